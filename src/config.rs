@@ -1,0 +1,216 @@
+//! Settings, parsed once from the Worker's environment. Every setting has a safe default and a bad
+//! value is an error that names the setting (answered as 500 `server_misconfigured`), never a silent
+//! fallback. Pure: the environment is read through a lookup function so this is tested on the host.
+
+/// Who may call `/publish` and the connection API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishAuth {
+    /// The token's `scope` claim must contain `publish` (the default).
+    Scope,
+    /// Any valid token may publish to any user (HopeFlow Realtime's behaviour).
+    AnyToken,
+}
+
+/// Which origins get `access-control-allow-origin`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    Any,
+    List(Vec<String>),
+}
+
+impl CorsOrigins {
+    /// The `access-control-allow-origin` value for a request from `origin`, if any.
+    pub fn allow(&self, origin: Option<&str>) -> Option<String> {
+        match self {
+            CorsOrigins::Any => Some("*".to_string()),
+            CorsOrigins::List(list) => {
+                let origin = origin?;
+                list.iter().any(|o| o == origin).then(|| origin.to_string())
+            }
+        }
+    }
+}
+
+/// Every setting Switchboard reads. See the README's "Settings" table.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Secrets accepted for HS256: `JWT_SECRET`, then `JWT_SECRET_PREVIOUS` when set.
+    pub jwt_secrets: Vec<Vec<u8>>,
+    pub publish_auth: PublishAuth,
+    pub ack_timeout_ms: u64,
+    pub ack_timeout_max_ms: u64,
+    pub cors_origins: CorsOrigins,
+    pub max_publish_bytes: usize,
+    pub max_frame_bytes: usize,
+    pub max_frames_per_second: u32,
+}
+
+pub const DEFAULT_ACK_TIMEOUT_MS: u64 = 5_000;
+pub const DEFAULT_ACK_TIMEOUT_MAX_MS: u64 = 30_000;
+pub const DEFAULT_MAX_PUBLISH_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_MAX_FRAMES_PER_SECOND: u32 = 100;
+
+impl Config {
+    /// Reads the settings through `lookup` (an environment variable or secret by name). Empty strings
+    /// count as unset.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
+        let get = |name: &str| lookup(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+
+        let secret = get("JWT_SECRET").ok_or_else(|| {
+            "JWT_SECRET is not set: add it to .dev.vars locally or run `wrangler secret put JWT_SECRET`"
+                .to_string()
+        })?;
+        let mut jwt_secrets = vec![secret.into_bytes()];
+        if let Some(previous) = get("JWT_SECRET_PREVIOUS") {
+            jwt_secrets.push(previous.into_bytes());
+        }
+
+        let publish_auth = match get("PUBLISH_AUTH").as_deref() {
+            None | Some("scope") => PublishAuth::Scope,
+            Some("any-token") => PublishAuth::AnyToken,
+            Some(other) => {
+                return Err(format!(
+                    "PUBLISH_AUTH must be `scope` or `any-token`, not `{other}`"
+                ))
+            }
+        };
+
+        let ack_timeout_ms = number(&get, "ACK_TIMEOUT_MS", DEFAULT_ACK_TIMEOUT_MS, 0, 300_000)?;
+        let ack_timeout_max_ms =
+            number(&get, "ACK_TIMEOUT_MAX_MS", DEFAULT_ACK_TIMEOUT_MAX_MS.max(ack_timeout_ms), 0, 300_000)?;
+        if ack_timeout_max_ms < ack_timeout_ms {
+            return Err(format!(
+                "ACK_TIMEOUT_MAX_MS ({ack_timeout_max_ms}) must not be below ACK_TIMEOUT_MS ({ack_timeout_ms})"
+            ));
+        }
+
+        let cors_origins = match get("CORS_ORIGINS") {
+            None => CorsOrigins::Any,
+            Some(v) if v == "*" => CorsOrigins::Any,
+            Some(v) => {
+                let list: Vec<String> = v
+                    .split(',')
+                    .map(|s| s.trim().trim_end_matches('/').to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                if let Some(bad) = list.iter().find(|o| !(o.starts_with("http://") || o.starts_with("https://"))) {
+                    return Err(format!(
+                        "CORS_ORIGINS must be `*` or a comma-separated list of origins like https://app.example.com, not `{bad}`"
+                    ));
+                }
+                CorsOrigins::List(list)
+            }
+        };
+
+        let max_publish_bytes =
+            number(&get, "MAX_PUBLISH_BYTES", DEFAULT_MAX_PUBLISH_BYTES as u64, 1024, 100 * 1024 * 1024)? as usize;
+        let max_frame_bytes =
+            number(&get, "MAX_FRAME_BYTES", DEFAULT_MAX_FRAME_BYTES as u64, 1024, 32 * 1024 * 1024)? as usize;
+        let max_frames_per_second =
+            number(&get, "MAX_FRAMES_PER_SECOND", DEFAULT_MAX_FRAMES_PER_SECOND as u64, 1, 100_000)? as u32;
+
+        Ok(Config {
+            jwt_secrets,
+            publish_auth,
+            ack_timeout_ms,
+            ack_timeout_max_ms,
+            cors_origins,
+            max_publish_bytes,
+            max_frame_bytes,
+            max_frames_per_second,
+        })
+    }
+}
+
+fn number(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, String> {
+    match get(name) {
+        None => Ok(default),
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(format!("{name} must be a whole number from {min} to {max}, not `{v}`")),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<Config, String> {
+        let map: HashMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&[("JWT_SECRET", "s")]).unwrap();
+        assert_eq!(c.jwt_secrets, vec![b"s".to_vec()]);
+        assert_eq!(c.publish_auth, PublishAuth::Scope);
+        assert_eq!(c.ack_timeout_ms, 5000);
+        assert_eq!(c.ack_timeout_max_ms, 30000);
+        assert_eq!(c.cors_origins, CorsOrigins::Any);
+        assert_eq!(c.max_publish_bytes, 1 << 20);
+        assert_eq!(c.max_frame_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn missing_secret_names_the_setting() {
+        assert!(parse(&[]).unwrap_err().contains("JWT_SECRET"));
+        assert!(parse(&[("JWT_SECRET", "  ")]).unwrap_err().contains("JWT_SECRET"));
+    }
+
+    #[test]
+    fn previous_secret_is_accepted_second() {
+        let c = parse(&[("JWT_SECRET", "new"), ("JWT_SECRET_PREVIOUS", "old")]).unwrap();
+        assert_eq!(c.jwt_secrets, vec![b"new".to_vec(), b"old".to_vec()]);
+    }
+
+    #[test]
+    fn bad_values_are_errors_naming_the_setting() {
+        for (k, v) in [
+            ("PUBLISH_AUTH", "everyone"),
+            ("ACK_TIMEOUT_MS", "-1"),
+            ("ACK_TIMEOUT_MS", "5s"),
+            ("MAX_PUBLISH_BYTES", "10"),
+            ("MAX_FRAME_BYTES", "lots"),
+            ("CORS_ORIGINS", "example.com"),
+            ("MAX_FRAMES_PER_SECOND", "0"),
+        ] {
+            let err = parse(&[("JWT_SECRET", "s"), (k, v)]).unwrap_err();
+            assert!(err.contains(k), "{err}");
+        }
+        let err = parse(&[("JWT_SECRET", "s"), ("ACK_TIMEOUT_MS", "9000"), ("ACK_TIMEOUT_MAX_MS", "100")]).unwrap_err();
+        assert!(err.contains("ACK_TIMEOUT_MAX_MS"));
+    }
+
+    #[test]
+    fn any_token_and_cors_list() {
+        let c = parse(&[
+            ("JWT_SECRET", "s"),
+            ("PUBLISH_AUTH", "any-token"),
+            ("CORS_ORIGINS", "https://a.example, http://localhost:5173/"),
+        ])
+        .unwrap();
+        assert_eq!(c.publish_auth, PublishAuth::AnyToken);
+        assert_eq!(c.cors_origins.allow(Some("https://a.example")).as_deref(), Some("https://a.example"));
+        assert_eq!(c.cors_origins.allow(Some("http://localhost:5173")).as_deref(), Some("http://localhost:5173"));
+        assert_eq!(c.cors_origins.allow(Some("https://evil.example")), None);
+        assert_eq!(c.cors_origins.allow(None), None);
+        assert_eq!(CorsOrigins::Any.allow(None).as_deref(), Some("*"));
+    }
+
+    #[test]
+    fn timeout_max_follows_a_larger_default() {
+        let c = parse(&[("JWT_SECRET", "s"), ("ACK_TIMEOUT_MS", "60000")]).unwrap();
+        assert_eq!(c.ack_timeout_max_ms, 60000);
+    }
+}

@@ -1,0 +1,87 @@
+//! HTTP plumbing shared by the Worker and the hub: JSON responses with CORS headers, the preflight
+//! answer, and reading a request body without ever holding more than the limit.
+
+use crate::error::Error;
+use futures_util::StreamExt;
+use worker::{Headers, Request, Response};
+
+/// Methods and headers a browser may use cross-origin.
+const ALLOW_METHODS: &str = "GET, POST, DELETE, OPTIONS";
+const ALLOW_HEADERS: &str = "Authorization, Content-Type, Idempotency-Key";
+
+/// Headers for a JSON response; `cors` is the `access-control-allow-origin` value, if any.
+pub fn json_headers(cors: Option<&str>) -> Headers {
+    let h = Headers::new();
+    let _ = h.set("content-type", "application/json; charset=utf-8");
+    let _ = h.set("cache-control", "no-store");
+    add_cors(&h, cors);
+    h
+}
+
+fn add_cors(h: &Headers, cors: Option<&str>) {
+    if let Some(origin) = cors {
+        let _ = h.set("access-control-allow-origin", origin);
+        let _ = h.set("access-control-expose-headers", "content-type");
+        if origin != "*" {
+            let _ = h.set("vary", "Origin");
+        }
+    }
+}
+
+/// A JSON response with `status` and an already-serialized body.
+pub fn json(status: u16, body: String, cors: Option<&str>) -> worker::Result<Response> {
+    Ok(Response::from_body(worker::ResponseBody::Body(body.into_bytes()))?
+        .with_status(status)
+        .with_headers(json_headers(cors)))
+}
+
+/// The error as `{"error", "message"}` with its status.
+pub fn error(e: &Error, cors: Option<&str>) -> worker::Result<Response> {
+    let mut r = json(e.status(), e.body(), cors)?;
+    if let Error::MethodNotAllowed { allow, .. } = e {
+        r.headers_mut().set("allow", allow)?;
+    }
+    Ok(r)
+}
+
+/// The CORS preflight answer (204).
+pub fn preflight(cors: Option<&str>) -> worker::Result<Response> {
+    let h = Headers::new();
+    add_cors(&h, cors);
+    h.set("access-control-allow-methods", ALLOW_METHODS)?;
+    h.set("access-control-allow-headers", ALLOW_HEADERS)?;
+    h.set("access-control-max-age", "86400")?;
+    Ok(Response::empty()?.with_status(204).with_headers(h))
+}
+
+/// Reads the whole body, refusing it with 413 as soon as it is known to exceed `limit` bytes:
+/// from `Content-Length` when sent, else while streaming, so a huge chunked body is never buffered.
+pub async fn read_body(req: &mut Request, limit: usize) -> Result<Vec<u8>, Error> {
+    let too_large = Error::PayloadTooLarge { limit };
+    if let Ok(Some(len)) = req.headers().get("content-length") {
+        if len.trim().parse::<u64>().map_or(true, |n| n > limit as u64) {
+            return Err(too_large);
+        }
+    }
+    let mut body = Vec::new();
+    let Ok(mut stream) = req.stream() else {
+        return Ok(body); // no body at all
+    };
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| Error::bad_request("invalid_body", format!("the body could not be read: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Whether the request's `Content-Type` is JSON (`application/json` or `application/*+json`).
+pub fn is_json(req: &Request) -> bool {
+    let Ok(Some(ct)) = req.headers().get("content-type") else {
+        return false;
+    };
+    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}

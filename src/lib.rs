@@ -1,0 +1,48 @@
+//! # Switchboard
+//!
+//! Persistent connections as a service: browsers hold WebSockets to this Worker, request/response
+//! backends `POST /publish`, and a Durable Object per user fans each envelope out to that user's
+//! matching connections and returns their acks.
+//!
+//! # Layout
+//!
+//! Pure modules (no `worker` types; unit-tested on the host with `cargo test`):
+//! - [`protocol`]: client frames in, control frames and envelopes out, the `/publish` body and reply.
+//! - [`filter`]: subscription filters, their limits, and matching against an envelope.
+//! - [`auth`]: token extraction and HS256 verification with `exp`/`nbf` and secret rotation.
+//! - [`acks`]: bookkeeping for publishes waiting on their recipients' acks.
+//! - [`config`]: every setting, parsed once, with errors that name the setting.
+//! - [`error`]: the one error type, with its HTTP status and stable code.
+//! - [`ratelimit`]: the per-connection token bucket that stops floods.
+//! - [`ids`]: random UUIDs for connections and envelopes.
+//!
+//! Runtime-facing modules (thin, exercised by the end-to-end suite in `tests/` against workerd):
+//! - [`router`]: the Worker entry point: routing, authentication, CORS, and the hop to a hub.
+//! - [`hub`]: the `UserHub` Durable Object: connection cache, storage, publish fan-out and acks,
+//!   plus the Worker-side helpers that reach a user's hub.
+//! - [`ws`]: the WebSocket transport inside the hub: accept, frames, close codes.
+//! - [`http`]: JSON responses, CORS headers, and reading bodies under a size limit.
+//! - [`log`]: one JSON line per event, readable in `wrangler dev` and `wrangler tail`.
+
+pub mod acks;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod filter;
+pub mod ids;
+pub mod protocol;
+pub mod ratelimit;
+
+#[cfg(target_arch = "wasm32")]
+mod http;
+#[cfg(target_arch = "wasm32")]
+mod hub;
+#[cfg(target_arch = "wasm32")]
+mod log;
+#[cfg(target_arch = "wasm32")]
+mod router;
+#[cfg(target_arch = "wasm32")]
+mod ws;
+
+#[cfg(target_arch = "wasm32")]
+pub use hub::UserHub;

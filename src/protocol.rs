@@ -1,0 +1,426 @@
+//! The wire protocol: client frames in, control frames and envelopes out, and the `/publish` body and
+//! response. Pure serde, host-tested. Payloads and ack results stay as raw JSON text
+//! ([`RawValue`]) from the moment they are read until they are written, so a publish never re-encodes
+//! its payload and an envelope is serialized once for all of its recipients.
+
+use crate::error::Error;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+/// Longest `id` a client may attach to a frame, as JSON text.
+pub const MAX_ID_BYTES: usize = 256;
+/// Longest envelope `type`, in bytes.
+pub const MAX_TYPE_BYTES: usize = 256;
+
+/// A frame a client sent, parsed and checked.
+#[derive(Debug)]
+pub enum ClientFrame<'a> {
+    /// `ping` in any case, with surrounding whitespace (exactly `ping` never reaches the hub).
+    Ping,
+    Subscribe { filters: Value, since: Option<u64>, id: Option<&'a RawValue> },
+    Unsubscribe { filters: Value, id: Option<&'a RawValue> },
+    Ack { envelope_id: String, result: Option<&'a RawValue>, id: Option<&'a RawValue> },
+    Message { data: Option<&'a RawValue>, id: Option<&'a RawValue> },
+}
+
+/// Why a client frame was refused; answered with an `error` control frame.
+#[derive(Debug)]
+pub struct FrameError<'a> {
+    pub code: &'static str,
+    pub message: String,
+    pub id: Option<&'a RawValue>,
+}
+
+impl<'a> FrameError<'a> {
+    fn new(code: &'static str, message: impl Into<String>, id: Option<&'a RawValue>) -> Self {
+        FrameError { code, message: message.into(), id }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawFrame<'a> {
+    #[serde(rename = "type", default)]
+    kind: Option<Value>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(default)]
+    filters: Option<Value>,
+    #[serde(default)]
+    since: Option<Value>,
+    #[serde(rename = "envelopeId", default)]
+    envelope_id: Option<Value>,
+    #[serde(borrow, default)]
+    result: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+/// Parses one text frame from a client.
+pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, FrameError<'_>> {
+    let trimmed = text.trim();
+    if trimmed.eq_ignore_ascii_case("ping") {
+        return Ok(ClientFrame::Ping);
+    }
+    // serde would also read a struct from a JSON array; a frame must be an object.
+    if !trimmed.starts_with('{') {
+        let code = if serde_json::from_str::<serde::de::IgnoredAny>(trimmed).is_ok() { "invalid_frame" } else { "invalid_json" };
+        return Err(FrameError::new(code, "a frame must be `ping` or a JSON object with a string `type`", None));
+    }
+    let raw: RawFrame<'_> = serde_json::from_str(trimmed).map_err(|e| {
+        if e.is_data() {
+            FrameError::new("invalid_frame", format!("a frame must be a JSON object with a string `type`: {e}"), None)
+        } else {
+            FrameError::new("invalid_json", "the frame is not valid JSON (send `ping` or a JSON object)", None)
+        }
+    })?;
+    let id = raw.id;
+    if let Some(id) = id {
+        if id.get().len() > MAX_ID_BYTES {
+            return Err(FrameError::new("invalid_frame", format!("`id` is longer than {MAX_ID_BYTES} bytes"), None));
+        }
+    }
+    let kind = match &raw.kind {
+        Some(Value::String(k)) => k.as_str(),
+        _ => return Err(FrameError::new("invalid_frame", "a frame needs a string `type`", id)),
+    };
+    match kind {
+        "subscribe" | "unsubscribe" => {
+            let filters = raw
+                .filters
+                .ok_or_else(|| FrameError::new("invalid_frame", format!("`{kind}` needs a `filters` array"), id))?;
+            if kind == "unsubscribe" {
+                return Ok(ClientFrame::Unsubscribe { filters, id });
+            }
+            let since = match raw.since {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(v.as_u64().ok_or_else(|| {
+                    FrameError::new("invalid_frame", "`since` must be a non-negative whole number", id)
+                })?),
+            };
+            Ok(ClientFrame::Subscribe { filters, since, id })
+        }
+        "ack" => match raw.envelope_id {
+            Some(Value::String(envelope_id)) if !envelope_id.is_empty() => {
+                Ok(ClientFrame::Ack { envelope_id, result: raw.result, id })
+            }
+            _ => Err(FrameError::new("invalid_frame", "`ack` needs a string `envelopeId`", id)),
+        },
+        "message" => Ok(ClientFrame::Message { data: raw.data, id }),
+        "ping" => Ok(ClientFrame::Ping),
+        other => {
+            let mut shown: String = other.chars().take(40).collect();
+            if shown.len() < other.len() {
+                shown.push('…');
+            }
+            Err(FrameError::new(
+                "unknown_type",
+                format!("unknown frame type `{shown}` (expected subscribe, unsubscribe, ack or message)"),
+                id,
+            ))
+        }
+    }
+}
+
+/// `{"type":"welcome",...}`, sent when a connection opens.
+pub fn welcome_frame(connection_id: &str, user_id: &str, seq: u64) -> String {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Welcome<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        connection_id: &'a str,
+        user_id: &'a str,
+        seq: u64,
+    }
+    to_json(&Welcome { kind: "welcome", connection_id, user_id, seq })
+}
+
+/// `{"type":"ok","id":...}`, the reply to a valid frame that carried an `id`.
+pub fn ok_frame(id: &RawValue) -> String {
+    format!(r#"{{"type":"ok","id":{}}}"#, id.get())
+}
+
+/// A skipped entry of a frame's `filters`, reported in the error frame.
+#[derive(Serialize, Debug, PartialEq)]
+pub struct Skipped {
+    pub index: usize,
+    pub reason: String,
+}
+
+/// `{"type":"error","code":...,"message":...,"id"?:...,"skipped"?:[...]}`.
+pub fn error_frame(code: &str, message: &str, id: Option<&RawValue>, skipped: &[Skipped]) -> String {
+    #[derive(Serialize)]
+    struct ErrorFrame<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        code: &'a str,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+        #[serde(skip_serializing_if = "<[Skipped]>::is_empty")]
+        skipped: &'a [Skipped],
+    }
+    to_json(&ErrorFrame { kind: "error", code, message, id, skipped })
+}
+
+/// An envelope as sent to clients. Serialized once per publish.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Envelope<'a> {
+    pub envelope_id: &'a str,
+    pub seq: u64,
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    pub user_id: &'a str,
+    pub timestamp: &'a str,
+    pub payload: &'a RawValue,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
+}
+
+impl Envelope<'_> {
+    pub fn to_json(&self) -> String {
+        to_json(self)
+    }
+}
+
+/// A checked `POST /publish` body. Borrowed from the request bytes.
+#[derive(Debug)]
+pub struct PublishRequest<'a> {
+    pub user_id: String,
+    pub kind: String,
+    pub payload: &'a RawValue,
+    pub connection_id: Option<String>,
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct RawPublish<'a> {
+    #[serde(rename = "userId", default)]
+    user_id: Option<Value>,
+    #[serde(rename = "type", default)]
+    kind: Option<Value>,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+    #[serde(rename = "connectionId", default)]
+    connection_id: Option<Value>,
+    #[serde(rename = "timeoutMs", default)]
+    timeout_ms: Option<Value>,
+}
+
+/// Parses and checks a publish body. Unknown fields are ignored (HopeFlow clients send extras).
+pub fn parse_publish(body: &[u8]) -> Result<PublishRequest<'_>, Error> {
+    // serde would also read a struct from a JSON array; the body must be an object.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
+            Error::bad_request("invalid_body", "the body must be a JSON object")
+        } else {
+            Error::bad_request("invalid_json", "the body is not valid JSON")
+        });
+    }
+    let raw: RawPublish<'_> = serde_json::from_slice(body).map_err(|e| {
+        if e.is_data() {
+            Error::bad_request("invalid_body", format!("the body must be a JSON object: {e}"))
+        } else {
+            Error::bad_request("invalid_json", "the body is not valid JSON")
+        }
+    })?;
+    let user_id = match raw.user_id {
+        Some(Value::String(s)) => s,
+        None | Some(Value::Null) => return Err(Error::bad_request("invalid_user_id", "`userId` is required")),
+        Some(_) => return Err(Error::bad_request("invalid_user_id", "`userId` must be a string")),
+    };
+    crate::auth::check_user_id(&user_id).map_err(|m| Error::bad_request("invalid_user_id", m))?;
+    let kind = match raw.kind {
+        None | Some(Value::Null) => "message".to_string(),
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_TYPE_BYTES => s,
+        Some(_) => {
+            return Err(Error::bad_request(
+                "invalid_type",
+                format!("`type` must be a non-empty string of at most {MAX_TYPE_BYTES} bytes"),
+            ))
+        }
+    };
+    let connection_id = match raw.connection_id {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.is_empty() => Some(s),
+        Some(_) => return Err(Error::bad_request("invalid_connection_id", "`connectionId` must be a non-empty string")),
+    };
+    let timeout_ms = match raw.timeout_ms {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.as_u64().ok_or_else(|| {
+            Error::bad_request("invalid_timeout", "`timeoutMs` must be a non-negative whole number of milliseconds")
+        })?),
+    };
+    let payload = raw.payload.unwrap_or_else(|| null());
+    Ok(PublishRequest { user_id, kind, payload, connection_id, timeout_ms })
+}
+
+/// JSON `null` as raw JSON (the payload of a publish without one, the result of an ack without one).
+pub fn null() -> &'static RawValue {
+    // Borrowed from a static string; `null` always parses.
+    serde_json::from_str("null").unwrap_or_else(|_| unreachable!())
+}
+
+/// One connection's acknowledgement in a publish response.
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct AckOut<'a> {
+    pub connection_id: &'a str,
+    pub result: &'a RawValue,
+}
+
+/// The `POST /publish` response body.
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishResponse<'a> {
+    pub envelope_id: &'a str,
+    pub seq: u64,
+    pub client_count: usize,
+    pub results: Vec<&'a RawValue>,
+    pub acks: Vec<AckOut<'a>>,
+    pub pending: Vec<&'a str>,
+    pub closed: Vec<&'a str>,
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    // Serializing these plain structs into a String cannot fail.
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn ping_any_case_and_whitespace() {
+        for t in ["ping", "PING", " Ping\n", "\tpInG "] {
+            assert!(matches!(parse_client_frame(t), Ok(ClientFrame::Ping)), "{t:?}");
+        }
+        assert!(parse_client_frame("pingg").is_err());
+    }
+
+    #[test]
+    fn subscribe_with_id_and_since() {
+        let f = parse_client_frame(r#"{"type":"subscribe","filters":[{"type":"a"}],"since":7,"id":"x1"}"#).unwrap();
+        match f {
+            ClientFrame::Subscribe { filters, since, id } => {
+                assert_eq!(filters, json!([{"type": "a"}]));
+                assert_eq!(since, Some(7));
+                assert_eq!(id.unwrap().get(), r#""x1""#);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn ack_keeps_result_raw() {
+        let f = parse_client_frame(r#"{"type":"ack","envelopeId":"e1","result":{"ok": true}}"#).unwrap();
+        match f {
+            ClientFrame::Ack { envelope_id, result, id } => {
+                assert_eq!(envelope_id, "e1");
+                assert_eq!(result.unwrap().get(), r#"{"ok": true}"#);
+                assert!(id.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse_client_frame(r#"{"type":"ack","envelopeId":"e1"}"#),
+            Ok(ClientFrame::Ack { result: None, .. })
+        ));
+    }
+
+    #[test]
+    fn refused_frames_carry_codes_and_ids() {
+        let cases = [
+            ("{", "invalid_json"),
+            ("hello", "invalid_json"),
+            ("", "invalid_json"),
+            ("[1,2]", "invalid_frame"),
+            ("42", "invalid_frame"),
+            (r#"{"filters":[]}"#, "invalid_frame"),
+            (r#"{"type":5}"#, "invalid_frame"),
+            (r#"{"type":"subscribe"}"#, "invalid_frame"),
+            (r#"{"type":"subscribe","filters":[],"since":-1}"#, "invalid_frame"),
+            (r#"{"type":"ack"}"#, "invalid_frame"),
+            (r#"{"type":"ack","envelopeId":7}"#, "invalid_frame"),
+            (r#"{"type":"dance","id":3}"#, "unknown_type"),
+            (r#"{"type":"a","type":"b"}"#, "invalid_frame"),
+        ];
+        for (text, code) in cases {
+            let err = parse_client_frame(text).unwrap_err();
+            assert_eq!(err.code, code, "{text}");
+        }
+        let err = parse_client_frame(r#"{"type":"dance","id":3}"#).unwrap_err();
+        assert_eq!(err.id.unwrap().get(), "3");
+        let big_id = format!(r#"{{"type":"subscribe","filters":[],"id":"{}"}}"#, "x".repeat(MAX_ID_BYTES));
+        assert_eq!(parse_client_frame(&big_id).unwrap_err().code, "invalid_frame");
+    }
+
+    #[test]
+    fn control_frames_are_json() {
+        let w: Value = serde_json::from_str(&welcome_frame("c1", "u\"1", 3)).unwrap();
+        assert_eq!(w, json!({"type": "welcome", "connectionId": "c1", "userId": "u\"1", "seq": 3}));
+        let id: Box<RawValue> = serde_json::from_str(r#"{"n":1}"#).unwrap();
+        let ok: Value = serde_json::from_str(&ok_frame(&id)).unwrap();
+        assert_eq!(ok, json!({"type": "ok", "id": {"n": 1}}));
+        let skipped = [Skipped { index: 2, reason: "bad".into() }];
+        let e: Value = serde_json::from_str(&error_frame("invalid_filter", "m", Some(&id), &skipped)).unwrap();
+        assert_eq!(
+            e,
+            json!({"type": "error", "code": "invalid_filter", "message": "m", "id": {"n": 1}, "skipped": [{"index": 2, "reason": "bad"}]})
+        );
+        let e: Value = serde_json::from_str(&error_frame("x", "m", None, &[])).unwrap();
+        assert_eq!(e, json!({"type": "error", "code": "x", "message": "m"}));
+    }
+
+    #[test]
+    fn envelope_embeds_payload_verbatim() {
+        let payload: Box<RawValue> = serde_json::from_str(r#"{"a": [1, 2]}"#).unwrap();
+        let env = Envelope {
+            envelope_id: "e",
+            seq: 1,
+            kind: "t",
+            user_id: "u",
+            timestamp: "2026-01-01T00:00:00.000Z",
+            payload: &payload,
+            replayed: false,
+        };
+        assert_eq!(
+            env.to_json(),
+            r#"{"envelopeId":"e","seq":1,"type":"t","userId":"u","timestamp":"2026-01-01T00:00:00.000Z","payload":{"a": [1, 2]}}"#
+        );
+    }
+
+    #[test]
+    fn publish_body_defaults_and_checks() {
+        let p = parse_publish(br#"{"userId":"u1","extra":1}"#).unwrap();
+        assert_eq!((p.user_id.as_str(), p.kind.as_str(), p.payload.get()), ("u1", "message", "null"));
+        assert_eq!(p.timeout_ms, None);
+        let p = parse_publish(br#"{"userId":"u1","type":"t","payload":[1],"connectionId":"c","timeoutMs":0}"#).unwrap();
+        assert_eq!((p.kind.as_str(), p.payload.get(), p.connection_id.as_deref(), p.timeout_ms), ("t", "[1]", Some("c"), Some(0)));
+
+        let cases: [(&[u8], &str); 12] = [
+            (b"", "invalid_json"),
+            (b"{", "invalid_json"),
+            (b"\xff\xfe", "invalid_json"),
+            (b"[]", "invalid_body"),
+            (b"\"u1\"", "invalid_body"),
+            (b"{}", "invalid_user_id"),
+            (br#"{"userId":"  "}"#, "invalid_user_id"),
+            (br#"{"userId":7}"#, "invalid_user_id"),
+            (br#"{"userId":"u","type":""}"#, "invalid_type"),
+            (br#"{"userId":"u","type":{}}"#, "invalid_type"),
+            (br#"{"userId":"u","connectionId":1}"#, "invalid_connection_id"),
+            (br#"{"userId":"u","timeoutMs":-5}"#, "invalid_timeout"),
+        ];
+        for (body, code) in cases {
+            let err = parse_publish(body).unwrap_err();
+            assert_eq!(err.code(), code, "{}", String::from_utf8_lossy(body));
+            assert_eq!(err.status(), 400);
+        }
+        assert_eq!(parse_publish(br#"{"userId":"u","timeoutMs":1.5}"#).unwrap_err().code(), "invalid_timeout");
+    }
+}

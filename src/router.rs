@@ -1,0 +1,120 @@
+//! The Worker entry point. It authenticates, routes and hops to the user's hub; it keeps no state.
+//!
+//! | route | method | what |
+//! |---|---|---|
+//! | any path with `Upgrade: websocket` | GET | connect (token needs `userId`) |
+//! | `/publish` | POST | publish to a user (token needs the `publish` scope) |
+//! | `/healthz` | GET, HEAD | liveness, no token |
+//! | any | OPTIONS | CORS preflight |
+
+use crate::auth::{self, Identity};
+use crate::config::{Config, PublishAuth};
+use crate::error::Error;
+use crate::{http, hub, log, protocol, ws};
+use serde_json::json;
+use std::cell::OnceCell;
+use std::rc::Rc;
+use worker::{event, Context, Date, Env, Method, Request, Response};
+
+thread_local! {
+    /// Settings are fixed for the life of an isolate (a deploy or a `.dev.vars` edit starts a new
+    /// one), so they are parsed once instead of on every request.
+    static SETTINGS: OnceCell<Result<Rc<Config>, String>> = const { OnceCell::new() };
+}
+
+/// The parsed settings, or 500 `server_misconfigured` naming the bad setting.
+pub fn settings(env: &Env) -> Result<Rc<Config>, Error> {
+    SETTINGS.with(|cell| {
+        cell.get_or_init(|| {
+            Config::from_lookup(|name| env.var(name).ok().map(|v| v.to_string())).map(Rc::new)
+        })
+        .clone()
+        .map_err(Error::Misconfigured)
+    })
+}
+
+#[event(fetch)]
+pub async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
+    let config = match settings(&env) {
+        Ok(c) => c,
+        Err(e) => {
+            log::error("misconfigured", json!({ "message": e.to_string() }));
+            return http::error(&e, Some("*"));
+        }
+    };
+    let origin = req.headers().get("origin").ok().flatten();
+    let cors = config.cors_origins.allow(origin.as_deref());
+    let method = req.method();
+    let path = req.path();
+    match route(req, &env, &config, cors.as_deref()).await {
+        Ok(response) => Ok(response),
+        Err(e) => {
+            let fields = json!({
+                "method": method.as_ref(), "path": path, "status": e.status(), "code": e.code(),
+                "message": e.to_string(),
+            });
+            if e.status() >= 500 {
+                log::error("request_failed", fields);
+            } else {
+                log::info("request_refused", fields);
+            }
+            http::error(&e, cors.as_deref())
+        }
+    }
+}
+
+async fn route(req: Request, env: &Env, config: &Config, cors: Option<&str>) -> Result<Response, Error> {
+    let method = req.method();
+    if method == Method::Options {
+        return Ok(http::preflight(cors)?);
+    }
+    if ws::is_upgrade(&req) {
+        if method != Method::Get {
+            return Err(Error::MethodNotAllowed { method: method.to_string(), allow: "GET" });
+        }
+        return connect(req, env, config).await;
+    }
+    let path = req.path();
+    match (path.as_str(), method) {
+        ("/publish", Method::Post) => publish(req, env, config, cors).await,
+        ("/publish", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "POST, OPTIONS" }),
+        ("/healthz", Method::Get | Method::Head) => Ok(http::json(200, r#"{"status":"ok"}"#.into(), cors)?),
+        ("/healthz", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "GET, HEAD" }),
+        ("/", Method::Get) => Err(Error::UpgradeRequired),
+        ("/", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "GET, OPTIONS" }),
+        _ => Err(Error::NotFound(format!("there is no route {path}"))),
+    }
+}
+
+/// Verifies the request's token (Bearer header first, then `?token=`).
+fn authenticate(req: &Request, config: &Config) -> Result<Identity, Error> {
+    let header = req.headers().get("authorization").ok().flatten();
+    let query = req.url().ok().and_then(|u| u.query_pairs().find(|(k, _)| k == "token").map(|(_, v)| v.into_owned()));
+    let token = auth::token_from(header.as_deref(), query.as_deref()).ok_or(Error::MissingToken)?;
+    auth::verify(token, &config.jwt_secrets, Date::now().as_millis() as i64)
+}
+
+async fn connect(req: Request, env: &Env, config: &Config) -> Result<Response, Error> {
+    let identity = authenticate(&req, config)?;
+    let user_id = identity
+        .user_id
+        .ok_or_else(|| Error::InvalidToken("the token has no `userId` claim (a non-empty string)".into()))?;
+    auth::check_user_id(&user_id).map_err(Error::InvalidToken)?;
+    hub::connect(env, &user_id, identity.expires_at_ms).await
+}
+
+async fn publish(mut req: Request, env: &Env, config: &Config, cors: Option<&str>) -> Result<Response, Error> {
+    let identity = authenticate(&req, config)?;
+    if config.publish_auth == PublishAuth::Scope && !identity.can_publish {
+        return Err(Error::Forbidden(
+            "publishing needs a token whose `scope` claim contains `publish` (PUBLISH_AUTH=any-token restores HopeFlow's any-token behaviour)".into(),
+        ));
+    }
+    if !http::is_json(&req) {
+        return Err(Error::UnsupportedMediaType);
+    }
+    let body = http::read_body(&mut req, config.max_publish_bytes).await?;
+    // Checked here so a bad body never costs a hop; the hub reads it again from the same bytes.
+    let user_id = protocol::parse_publish(&body)?.user_id;
+    hub::publish(env, &user_id, body, cors).await
+}

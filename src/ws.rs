@@ -1,0 +1,250 @@
+//! The WebSocket transport inside a hub: accepting a socket, reading client frames, answering
+//! closes. Frames are parsed by [`crate::protocol`]; this file decides what each one does to the hub.
+//!
+//! Close codes (see the README's table): 4000-4499 mean "reconnect", 4500-4999 "do not reconnect".
+
+use crate::acks::AckOutcome;
+use crate::error::Error;
+use crate::filter::{self, FilterSet};
+use crate::hub::{Conn, UserHub};
+use crate::protocol::{self, ClientFrame, Skipped};
+use crate::ratelimit::TokenBucket;
+use crate::{ids, log};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use serde_json::value::RawValue;
+use worker::{Date, Request, Response, WebSocket, WebSocketIncomingMessage, WebSocketPair};
+
+/// A frame larger than `MAX_FRAME_BYTES` (reconnecting is fine; resending it is not).
+pub const CLOSE_FRAME_TOO_LARGE: u16 = 4009;
+/// More frames than `MAX_FRAMES_PER_SECOND` allows (reconnect after a backoff).
+pub const CLOSE_FLOOD: u16 = 4029;
+
+/// What each socket carries through hibernation besides its tag (the connection id).
+/// Versioned so a deploy that changes it can still read the old shape.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Attachment {
+    pub v: u8,
+    #[serde(rename = "u")]
+    pub user_id: String,
+    /// When the connection opened, in ms since the epoch.
+    #[serde(rename = "t")]
+    pub connected_at: f64,
+    /// The connect token's `exp`, in ms since the epoch.
+    #[serde(rename = "e", default)]
+    pub expires_at: Option<f64>,
+}
+
+/// Whether the request asks for a WebSocket upgrade.
+pub fn is_upgrade(req: &Request) -> bool {
+    matches!(req.headers().get("upgrade"), Ok(Some(v)) if v.eq_ignore_ascii_case("websocket"))
+}
+
+/// The code to answer a client's close with: its own when it may be sent, else 1000
+/// (1005 "no code" and 1006 "abnormal" are reserved and cannot be sent).
+pub fn reply_close_code(code: usize) -> u16 {
+    match code {
+        1000 | 3000..=4999 => code as u16,
+        _ => 1000,
+    }
+}
+
+fn conn_id(hub: &UserHub, ws: &WebSocket) -> Option<String> {
+    hub.state.get_tags(ws).into_iter().next()
+}
+
+fn send(ws: &WebSocket, text: &str) {
+    // A socket that is closing refuses sends; its close handler cleans up.
+    let _ = ws.send_with_str(text);
+}
+
+fn send_error(ws: &WebSocket, code: &str, message: &str, id: Option<&RawValue>, skipped: &[Skipped]) {
+    send(ws, &protocol::error_frame(code, message, id, skipped));
+}
+
+fn reply_ok(ws: &WebSocket, id: Option<&RawValue>) {
+    if let Some(id) = id {
+        send(ws, &protocol::ok_frame(id));
+    }
+}
+
+impl UserHub {
+    /// Accepts a socket for the user named in the hop's URL and sends `welcome`.
+    pub(crate) fn accept(&self, req: &Request) -> Result<Response, Error> {
+        let config = self.config()?;
+        let url = req.url()?;
+        let mut user_id = None;
+        let mut expires_at = None;
+        for (k, v) in url.query_pairs() {
+            match k.as_ref() {
+                "user" => user_id = Some(v.into_owned()),
+                "exp" => expires_at = v.parse::<f64>().ok(),
+                _ => {}
+            }
+        }
+        let user_id = user_id.ok_or_else(|| Error::Internal("the hop to the hub carried no user".into()))?;
+        self.ensure_loaded()?;
+
+        let pair = WebSocketPair::new()?;
+        let id = ids::uuid_v4();
+        let now = Date::now().as_millis() as f64;
+        self.state.accept_websocket_with_tags(&pair.server, &[id.as_str()]);
+        pair.server.serialize_attachment(Attachment { v: 1, user_id: user_id.clone(), connected_at: now, expires_at })?;
+        send(&pair.server, &protocol::welcome_frame(&id, &user_id, self.current_seq()));
+        if let Some(conns) = self.conns.borrow_mut().as_mut() {
+            conns.insert(
+                id.clone(),
+                Conn {
+                    ws: pair.server,
+                    filters: FilterSet::default(),
+                    bucket: TokenBucket::new(config.max_frames_per_second, now),
+                },
+            );
+        }
+        let open = self.conns.borrow().as_ref().map_or(0, |c| c.len());
+        log::info("connect", json!({ "userId": user_id, "connectionId": id, "transport": "websocket", "open": open }));
+        Ok(Response::from_websocket(pair.client)?)
+    }
+
+    /// One client frame. Nothing here panics or closes the socket on bad input; only abuse
+    /// (an oversized frame, a flood) closes it.
+    pub(crate) fn on_message(&self, ws: &WebSocket, message: WebSocketIncomingMessage) {
+        let Some(id) = conn_id(self, ws) else { return };
+        let config = match self.config().and_then(|c| self.ensure_loaded().map(|_| c)) {
+            Ok(c) => c,
+            Err(e) => {
+                send_error(ws, "internal_error", &e.to_string(), None, &[]);
+                return;
+            }
+        };
+        let text = match message {
+            WebSocketIncomingMessage::String(text) => text,
+            WebSocketIncomingMessage::Binary(bytes) => {
+                if bytes.len() > config.max_frame_bytes {
+                    return self.close_abuse(ws, &id, CLOSE_FRAME_TOO_LARGE, "frame too large");
+                }
+                if !self.take_token(&id) {
+                    return self.close_abuse(ws, &id, CLOSE_FLOOD, "too many frames");
+                }
+                return send_error(ws, "unsupported_frame", "binary frames are not supported: send JSON text frames", None, &[]);
+            }
+        };
+        if text.len() > config.max_frame_bytes {
+            return self.close_abuse(ws, &id, CLOSE_FRAME_TOO_LARGE, "frame too large");
+        }
+        let frame = protocol::parse_client_frame(&text);
+        // Acks the hub is waiting for are paced by publishes, not by the client: they never count
+        // against the flood limit. Everything else does.
+        if let Ok(ClientFrame::Ack { envelope_id, result, id: frame_id }) = &frame {
+            let outcome = self.acks.borrow_mut().ack(envelope_id, &id, result.map(ToOwned::to_owned));
+            if outcome == AckOutcome::Recorded {
+                return reply_ok(ws, *frame_id);
+            }
+            if !self.take_token(&id) {
+                return self.close_abuse(ws, &id, CLOSE_FLOOD, "too many frames");
+            }
+            // A late or repeated ack is harmless; a HopeFlow client expects silence, so only a frame
+            // that asked for a reply (`id`) hears about it.
+            if frame_id.is_some() {
+                let message = if outcome == AckOutcome::Duplicate {
+                    "this envelope was already acknowledged by this connection"
+                } else {
+                    "no publish is waiting for this ack (unknown envelope, or its timeout has passed)"
+                };
+                send_error(ws, "unknown_envelope", message, *frame_id, &[]);
+            }
+            return;
+        }
+        if !self.take_token(&id) {
+            return self.close_abuse(ws, &id, CLOSE_FLOOD, "too many frames");
+        }
+        match frame {
+            Err(e) => send_error(ws, e.code, &e.message, e.id, &[]),
+            Ok(ClientFrame::Ping) => send(ws, "pong"),
+            Ok(ClientFrame::Subscribe { filters, id: frame_id, .. }) => {
+                self.change_filters(ws, &id, &filters, frame_id, true)
+            }
+            Ok(ClientFrame::Unsubscribe { filters, id: frame_id }) => {
+                self.change_filters(ws, &id, &filters, frame_id, false)
+            }
+            Ok(ClientFrame::Message { id: frame_id, .. }) => send_error(
+                ws,
+                "no_backend",
+                "no backend webhook is configured to receive messages (set WEBHOOK_URL and WEBHOOK_SECRET)",
+                frame_id,
+                &[],
+            ),
+            Ok(ClientFrame::Ack { .. }) => {}
+        }
+    }
+
+    fn take_token(&self, id: &str) -> bool {
+        let now = Date::now().as_millis() as f64;
+        self.conns.borrow_mut().as_mut().and_then(|c| c.get_mut(id)).is_none_or(|c| c.bucket.take(now))
+    }
+
+    fn change_filters(&self, ws: &WebSocket, id: &str, list: &serde_json::Value, frame_id: Option<&RawValue>, add: bool) {
+        let parsed = match filter::parse_list(list) {
+            Ok(p) => p,
+            Err(message) => return send_error(ws, "invalid_frame", &message, frame_id, &[]),
+        };
+        let mut skipped: Vec<Skipped> =
+            parsed.skipped.into_iter().map(|(index, reason)| Skipped { index, reason }).collect();
+        let updated = {
+            let mut conns = self.conns.borrow_mut();
+            let Some(conn) = conns.as_mut().and_then(|c| c.get_mut(id)) else { return };
+            if add {
+                for index in conn.filters.add(parsed.valid) {
+                    skipped.push(Skipped {
+                        index,
+                        reason: format!("this connection already holds {} filters", filter::MAX_FILTERS_PER_CONNECTION),
+                    });
+                }
+            } else {
+                conn.filters.remove(&parsed.valid);
+            }
+            conn.filters.clone()
+        };
+        if let Err(e) = self.store_filters(id, &updated) {
+            log::error("storage_error", json!({ "op": "store_filters", "message": e.to_string() }));
+            return send_error(ws, "internal_error", "the subscription could not be stored; try again", frame_id, &[]);
+        }
+        if skipped.is_empty() {
+            return reply_ok(ws, frame_id);
+        }
+        skipped.sort_by_key(|s| s.index);
+        let message = format!("{} filter(s) skipped; the others were applied", skipped.len());
+        send_error(ws, "invalid_filter", &message, frame_id, &skipped);
+    }
+
+    /// Closes a socket for abuse and forgets it at once (its close event may never come).
+    fn close_abuse(&self, ws: &WebSocket, id: &str, code: u16, reason: &str) {
+        let _ = ws.close(Some(code), Some(reason));
+        self.forget(id);
+        log::info("close", json!({ "connectionId": id, "code": code, "reason": reason, "by": "server" }));
+    }
+
+    /// The client closed: answer the close (so its handshake completes promptly) and forget it.
+    pub(crate) fn on_close(&self, ws: &WebSocket, code: usize, reason: &str, was_clean: bool) {
+        let id = conn_id(self, ws);
+        if let Some(id) = &id {
+            self.forget(id);
+        }
+        let reply: String = reason.chars().take(100).collect();
+        // Already-closing sockets throw here; that is fine.
+        let _ = ws.close(Some(reply_close_code(code)), Some(reply));
+        let user_id = ws.deserialize_attachment::<Attachment>().ok().flatten().map(|a| a.user_id);
+        log::info(
+            "close",
+            json!({ "userId": user_id, "connectionId": id, "code": code, "reason": reason, "clean": was_clean, "by": "client" }),
+        );
+    }
+
+    pub(crate) fn on_error(&self, ws: &WebSocket, error: &str) {
+        if let Some(id) = conn_id(self, ws) {
+            self.forget(&id);
+            log::error("socket_error", json!({ "connectionId": id, "message": error }));
+        }
+        let _ = ws.close(Some(1011), Some("socket error"));
+    }
+}

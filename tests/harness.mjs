@@ -1,0 +1,180 @@
+// Test harness: runs the built Worker (build/index.js + wasm) in workerd through Miniflare 4, and
+// gives tests real WebSocket and HTTP clients against it. Nothing of the runtime is mocked.
+import { Miniflare } from "miniflare";
+import WebSocket from "ws";
+import crypto from "node:crypto";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+export const SECRET = "test-secret-" + crypto.randomBytes(16).toString("hex");
+export const WORKER = "switchboard";
+
+/** Starts workerd with the built Worker. `vars` override settings; `JWT_SECRET` defaults to SECRET. */
+export async function startWorker(vars = {}) {
+  const logs = [];
+  const bindings = { JWT_SECRET: SECRET, ...vars };
+  for (const k of Object.keys(bindings)) if (bindings[k] === undefined) delete bindings[k];
+  const mf = new Miniflare({
+    name: WORKER,
+    scriptPath: path.join(ROOT, "build/index.js"),
+    modules: true,
+    modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
+    compatibilityDate: "2026-08-01",
+    durableObjects: { USER_HUB: { className: "UserHub", useSQLite: true } },
+    bindings,
+    host: "127.0.0.1",
+    port: 0,
+    handleRuntimeStdio(stdout, stderr) {
+      for (const s of [stdout, stderr]) {
+        s.setEncoding("utf8");
+        let buf = "";
+        s.on("data", (d) => {
+          buf += d;
+          let i;
+          while ((i = buf.indexOf("\n")) >= 0) {
+            logs.push(buf.slice(0, i));
+            buf = buf.slice(i + 1);
+          }
+        });
+      }
+    },
+  });
+  const url = (await mf.ready).toString().replace(/\/$/, "");
+  return {
+    mf,
+    url,
+    wsUrl: url.replace(/^http/, "ws"),
+    logs,
+    /** Structured log events (JSON lines) seen so far. */
+    events: () =>
+      logs.flatMap((l) => {
+        const j = l.indexOf("{");
+        if (j < 0) return [];
+        try {
+          return [JSON.parse(l.slice(j))];
+        } catch {
+          return [];
+        }
+      }),
+    /** Forces the user's hub out of memory, keeping its sockets (hibernation). */
+    evict: (userId) => mf.unsafeEvictDurableObject(WORKER, "UserHub", { name: userId, webSockets: "hibernate" }),
+    stop: () => mf.dispose(),
+  };
+}
+
+const b64url = (x) => Buffer.from(typeof x === "string" ? x : JSON.stringify(x)).toString("base64url");
+
+/** Mints an HS256 JWT (or any header, for hostile tests). */
+export function mint(claims, { secret = SECRET, header = { alg: "HS256", typ: "JWT" } } = {}) {
+  const data = `${b64url(header)}.${b64url(claims)}`;
+  const sig = crypto.createHmac("sha256", secret).update(data).digest("base64url");
+  return `${data}.${sig}`;
+}
+
+export const now = () => Math.floor(Date.now() / 1000);
+export const clientToken = (userId, extra = {}) => mint({ userId, exp: now() + 3600, ...extra });
+export const publishToken = (extra = {}) => mint({ sub: "backend", scope: "publish", exp: now() + 3600, ...extra });
+
+/** POST /publish; returns { status, body, headers }. */
+export async function publish(w, body, { token = publishToken(), headers = {} } = {}) {
+  const res = await fetch(`${w.url}/publish`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${token}`, "content-type": "application/json", ...headers },
+    body: typeof body === "string" || body instanceof Uint8Array ? body : JSON.stringify(body),
+  });
+  const text = await res.text();
+  let json;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    json = undefined;
+  }
+  return { status: res.status, body: json, text, headers: res.headers };
+}
+
+/** A real WebSocket client that records every frame and lets tests wait for the ones they expect. */
+export class Client {
+  static async connect(w, token, { query = true, headers = {}, autoAck = false } = {}) {
+    const c = new Client();
+    const url = query ? `${w.wsUrl}/?token=${encodeURIComponent(token)}` : `${w.wsUrl}/`;
+    c.ws = new WebSocket(url, { headers: query ? headers : { authorization: `Bearer ${token}`, ...headers } });
+    c.autoAck = autoAck;
+    c.ws.on("message", (data, isBinary) => c.#onFrame(isBinary ? data : data.toString()));
+    c.closed = new Promise((resolve) => c.ws.on("close", (code, reason) => resolve({ code, reason: reason.toString() })));
+    await new Promise((resolve, reject) => {
+      c.ws.once("open", resolve);
+      c.ws.once("unexpected-response", (_req, res) => reject(Object.assign(new Error(`HTTP ${res.statusCode}`), { status: res.statusCode })));
+      c.ws.once("error", reject);
+    });
+    c.welcome = await c.next((f) => f.type === "welcome");
+    c.id = c.welcome.connectionId;
+    return c;
+  }
+
+  frames = [];
+  #waiters = [];
+
+  #onFrame(raw) {
+    let frame = raw;
+    if (typeof raw === "string" && raw !== "pong") {
+      try {
+        frame = JSON.parse(raw);
+      } catch {
+        frame = raw;
+      }
+    }
+    if (this.autoAck && frame && frame.envelopeId) {
+      const result = typeof this.autoAck === "function" ? this.autoAck(frame) : { ok: true, by: this.id };
+      this.send({ type: "ack", envelopeId: frame.envelopeId, result });
+    }
+    const w = this.#waiters.findIndex((x) => x.pred(frame));
+    if (w >= 0) {
+      const [x] = this.#waiters.splice(w, 1);
+      clearTimeout(x.timer);
+      x.resolve(frame);
+    } else {
+      this.frames.push(frame);
+    }
+  }
+
+  /** Resolves with the first frame (already received or future) matching `pred`. */
+  next(pred = () => true, timeoutMs = 5000) {
+    const i = this.frames.findIndex(pred);
+    if (i >= 0) return Promise.resolve(this.frames.splice(i, 1)[0]);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#waiters = this.#waiters.filter((x) => x.resolve !== resolve);
+        reject(new Error(`no matching frame within ${timeoutMs} ms; unconsumed: ${JSON.stringify(this.frames).slice(0, 500)}`));
+      }, timeoutMs);
+      this.#waiters.push({ pred, resolve, timer });
+    });
+  }
+
+  /** Sends a frame and, if it has an `id`, waits for the ok/error reply with that id. */
+  async request(frame) {
+    const reply = this.next((f) => f && (f.type === "ok" || f.type === "error") && JSON.stringify(f.id) === JSON.stringify(frame.id));
+    this.send(frame);
+    return reply;
+  }
+
+  send(frame) {
+    this.ws.send(typeof frame === "string" || Buffer.isBuffer(frame) ? frame : JSON.stringify(frame));
+  }
+
+  subscribe(filters, extra = {}) {
+    return this.request({ type: "subscribe", filters, id: `sub-${Math.random()}`, ...extra });
+  }
+
+  /** Resolves once nothing has arrived for `ms` (to assert silence). */
+  async quiet(ms = 300) {
+    const before = this.frames.length;
+    await new Promise((r) => setTimeout(r, ms));
+    return this.frames.slice(before);
+  }
+
+  close(code = 1000, reason = "") {
+    this.ws.close(code, reason);
+    return this.closed;
+  }
+}
