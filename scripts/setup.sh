@@ -11,6 +11,7 @@ cd "$root"
 WORKER_BUILD_VERSION=0.8.7
 NODE_VERSION=22.23.3
 log() { printf '[setup] %s\n' "$*" >&2; }
+export PATH="$HOME/.cargo/bin:$PATH"  # where cargo install puts worker-build and wasm-bindgen
 
 # 1. Rust: the wasm target.
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
@@ -19,7 +20,8 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknow
 fi
 
 # 2. worker-build, pinned.
-if [ "$(worker-build --version 2>/dev/null | awk '{print $2}')" != "$WORKER_BUILD_VERSION" ]; then
+version_of() { "$@" --version 2>/dev/null | grep -oE '[0-9]+\.[0-9]+\.[0-9]+' | head -1; }
+if [ "$(version_of worker-build)" != "$WORKER_BUILD_VERSION" ]; then
   log "installing worker-build $WORKER_BUILD_VERSION (a few minutes, once)"
   cargo install worker-build --version "$WORKER_BUILD_VERSION" --locked
 fi
@@ -27,7 +29,7 @@ fi
 # 3. wasm-bindgen-cli at exactly the wasm-bindgen version in Cargo.lock (they must match).
 wb_version="$(awk '/^name = "wasm-bindgen"$/{getline; gsub(/[^0-9.]/,""); print; exit}' Cargo.lock)"
 if [ -z "$wb_version" ]; then log "no wasm-bindgen in Cargo.lock"; exit 1; fi
-if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$wb_version" ]; then
+if [ "$(version_of wasm-bindgen)" != "$wb_version" ]; then
   log "installing wasm-bindgen-cli $wb_version (a few minutes, once)"
   cargo install wasm-bindgen-cli --version "$wb_version"
 fi

@@ -65,7 +65,9 @@ impl Collector {
 
     /// Acks in arrival order as `(connectionId, result)`; a missing result is JSON `null`.
     pub fn acks(&self) -> impl Iterator<Item = (&str, &RawValue)> {
-        self.acks.iter().map(|(i, r)| (self.expected[*i].0.as_str(), r.as_deref().unwrap_or_else(|| crate::protocol::null())))
+        self.acks
+            .iter()
+            .map(|(i, r)| (self.expected[*i].0.as_str(), r.as_deref().unwrap_or_else(|| crate::protocol::null())))
     }
 
     /// Connections still open that did not ack.

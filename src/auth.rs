@@ -53,8 +53,8 @@ pub fn verify(token: &str, secrets: &[Vec<u8>], now_ms: i64) -> Result<Identity,
     if token.len() > MAX_TOKEN_BYTES {
         return Err(Error::InvalidToken(format!("the token is longer than {MAX_TOKEN_BYTES} bytes")));
     }
-    let untrusted = UntrustedToken::new(token)
-        .map_err(|_| Error::InvalidToken("the token is not a well-formed JWT".into()))?;
+    let untrusted =
+        UntrustedToken::new(token).map_err(|_| Error::InvalidToken("the token is not a well-formed JWT".into()))?;
     if untrusted.algorithm() != "HS256" {
         return Err(Error::InvalidToken("only HS256-signed tokens are accepted".into()));
     }
@@ -93,11 +93,7 @@ pub fn verify(token: &str, secrets: &[Vec<u8>], now_ms: i64) -> Result<Identity,
         Some(Value::String(s)) => s.split_ascii_whitespace().any(|s| s == "publish"),
         _ => false,
     };
-    Ok(Identity {
-        user_id,
-        can_publish,
-        expires_at_ms: claims.expiration.map(|e| e.timestamp_millis()),
-    })
+    Ok(Identity { user_id, can_publish, expires_at_ms: claims.expiration.map(|e| e.timestamp_millis()) })
 }
 
 /// Checks a `userId` read from a token or a request body.

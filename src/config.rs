@@ -58,8 +58,7 @@ impl Config {
         let get = |name: &str| lookup(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
 
         let secret = get("JWT_SECRET").ok_or_else(|| {
-            "JWT_SECRET is not set: add it to .dev.vars locally or run `wrangler secret put JWT_SECRET`"
-                .to_string()
+            "JWT_SECRET is not set: add it to .dev.vars locally or run `wrangler secret put JWT_SECRET`".to_string()
         })?;
         let mut jwt_secrets = vec![secret.into_bytes()];
         if let Some(previous) = get("JWT_SECRET_PREVIOUS") {
@@ -69,11 +68,7 @@ impl Config {
         let publish_auth = match get("PUBLISH_AUTH").as_deref() {
             None | Some("scope") => PublishAuth::Scope,
             Some("any-token") => PublishAuth::AnyToken,
-            Some(other) => {
-                return Err(format!(
-                    "PUBLISH_AUTH must be `scope` or `any-token`, not `{other}`"
-                ))
-            }
+            Some(other) => return Err(format!("PUBLISH_AUTH must be `scope` or `any-token`, not `{other}`")),
         };
 
         let ack_timeout_ms = number(&get, "ACK_TIMEOUT_MS", DEFAULT_ACK_TIMEOUT_MS, 0, 300_000)?;
@@ -123,13 +118,7 @@ impl Config {
     }
 }
 
-fn number(
-    get: &impl Fn(&str) -> Option<String>,
-    name: &str,
-    default: u64,
-    min: u64,
-    max: u64,
-) -> Result<u64, String> {
+fn number(get: &impl Fn(&str) -> Option<String>, name: &str, default: u64, min: u64, max: u64) -> Result<u64, String> {
     match get(name) {
         None => Ok(default),
         Some(v) => match v.parse::<u64>() {
@@ -145,8 +134,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn parse(pairs: &[(&str, &str)]) -> Result<Config, String> {
-        let map: HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_lookup(|k| map.get(k).cloned())
     }
 

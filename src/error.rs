@@ -50,10 +50,7 @@ impl Error {
     pub fn status(&self) -> u16 {
         match self {
             Error::BadRequest { .. } => 400,
-            Error::MissingToken
-            | Error::InvalidToken(_)
-            | Error::TokenExpired
-            | Error::TokenNotYetValid => 401,
+            Error::MissingToken | Error::InvalidToken(_) | Error::TokenExpired | Error::TokenNotYetValid => 401,
             Error::Forbidden(_) => 403,
             Error::NotFound(_) | Error::ConnectionNotFound(_) => 404,
             Error::MethodNotAllowed { .. } => 405,

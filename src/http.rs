@@ -68,7 +68,8 @@ pub async fn read_body(req: &mut Request, limit: usize) -> Result<Vec<u8>, Error
         return Ok(body); // no body at all
     };
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| Error::bad_request("invalid_body", format!("the body could not be read: {e}")))?;
+        let chunk =
+            chunk.map_err(|e| Error::bad_request("invalid_body", format!("the body could not be read: {e}")))?;
         if body.len() + chunk.len() > limit {
             return Err(too_large);
         }

@@ -23,8 +23,8 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 use worker::{
-    durable_object, Date, Delay, Env, Headers, Method, Request, RequestInit, Response, State, Stub,
-    WebSocket, WebSocketIncomingMessage,
+    durable_object, Date, Delay, Env, Headers, Method, Request, RequestInit, Response, State, Stub, WebSocket,
+    WebSocketIncomingMessage,
 };
 
 /// The binding name of the `UserHub` namespace in wrangler.toml.

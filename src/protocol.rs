@@ -18,10 +18,24 @@ pub const MAX_TYPE_BYTES: usize = 256;
 pub enum ClientFrame<'a> {
     /// `ping` in any case, with surrounding whitespace (exactly `ping` never reaches the hub).
     Ping,
-    Subscribe { filters: Value, since: Option<u64>, id: Option<&'a RawValue> },
-    Unsubscribe { filters: Value, id: Option<&'a RawValue> },
-    Ack { envelope_id: String, result: Option<&'a RawValue>, id: Option<&'a RawValue> },
-    Message { data: Option<&'a RawValue>, id: Option<&'a RawValue> },
+    Subscribe {
+        filters: Value,
+        since: Option<u64>,
+        id: Option<&'a RawValue>,
+    },
+    Unsubscribe {
+        filters: Value,
+        id: Option<&'a RawValue>,
+    },
+    Ack {
+        envelope_id: String,
+        result: Option<&'a RawValue>,
+        id: Option<&'a RawValue>,
+    },
+    Message {
+        data: Option<&'a RawValue>,
+        id: Option<&'a RawValue>,
+    },
 }
 
 /// Why a client frame was refused; answered with an `error` control frame.
@@ -64,7 +78,11 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, FrameError<'_>>
     }
     // serde would also read a struct from a JSON array; a frame must be an object.
     if !trimmed.starts_with('{') {
-        let code = if serde_json::from_str::<serde::de::IgnoredAny>(trimmed).is_ok() { "invalid_frame" } else { "invalid_json" };
+        let code = if serde_json::from_str::<serde::de::IgnoredAny>(trimmed).is_ok() {
+            "invalid_frame"
+        } else {
+            "invalid_json"
+        };
         return Err(FrameError::new(code, "a frame must be `ping` or a JSON object with a string `type`", None));
     }
     let raw: RawFrame<'_> = serde_json::from_str(trimmed).map_err(|e| {
@@ -245,7 +263,9 @@ pub fn parse_publish(body: &[u8]) -> Result<PublishRequest<'_>, Error> {
     let connection_id = match raw.connection_id {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if !s.is_empty() => Some(s),
-        Some(_) => return Err(Error::bad_request("invalid_connection_id", "`connectionId` must be a non-empty string")),
+        Some(_) => {
+            return Err(Error::bad_request("invalid_connection_id", "`connectionId` must be a non-empty string"))
+        }
     };
     let timeout_ms = match raw.timeout_ms {
         None | Some(Value::Null) => None,
@@ -400,7 +420,10 @@ mod tests {
         assert_eq!((p.user_id.as_str(), p.kind.as_str(), p.payload.get()), ("u1", "message", "null"));
         assert_eq!(p.timeout_ms, None);
         let p = parse_publish(br#"{"userId":"u1","type":"t","payload":[1],"connectionId":"c","timeoutMs":0}"#).unwrap();
-        assert_eq!((p.kind.as_str(), p.payload.get(), p.connection_id.as_deref(), p.timeout_ms), ("t", "[1]", Some("c"), Some(0)));
+        assert_eq!(
+            (p.kind.as_str(), p.payload.get(), p.connection_id.as_deref(), p.timeout_ms),
+            ("t", "[1]", Some("c"), Some(0))
+        );
 
         let cases: [(&[u8], &str); 12] = [
             (b"", "invalid_json"),

@@ -25,11 +25,9 @@ thread_local! {
 /// The parsed settings, or 500 `server_misconfigured` naming the bad setting.
 pub fn settings(env: &Env) -> Result<Rc<Config>, Error> {
     SETTINGS.with(|cell| {
-        cell.get_or_init(|| {
-            Config::from_lookup(|name| env.var(name).ok().map(|v| v.to_string())).map(Rc::new)
-        })
-        .clone()
-        .map_err(Error::Misconfigured)
+        cell.get_or_init(|| Config::from_lookup(|name| env.var(name).ok().map(|v| v.to_string())).map(Rc::new))
+            .clone()
+            .map_err(Error::Misconfigured)
     })
 }
 

@@ -89,7 +89,12 @@ impl UserHub {
         let id = ids::uuid_v4();
         let now = Date::now().as_millis() as f64;
         self.state.accept_websocket_with_tags(&pair.server, &[id.as_str()]);
-        pair.server.serialize_attachment(Attachment { v: 1, user_id: user_id.clone(), connected_at: now, expires_at })?;
+        pair.server.serialize_attachment(Attachment {
+            v: 1,
+            user_id: user_id.clone(),
+            connected_at: now,
+            expires_at,
+        })?;
         send(&pair.server, &protocol::welcome_frame(&id, &user_id, self.current_seq()));
         if let Some(conns) = self.conns.borrow_mut().as_mut() {
             conns.insert(
@@ -126,7 +131,13 @@ impl UserHub {
                 if !self.take_token(&id) {
                     return self.close_abuse(ws, &id, CLOSE_FLOOD, "too many frames");
                 }
-                return send_error(ws, "unsupported_frame", "binary frames are not supported: send JSON text frames", None, &[]);
+                return send_error(
+                    ws,
+                    "unsupported_frame",
+                    "binary frames are not supported: send JSON text frames",
+                    None,
+                    &[],
+                );
             }
         };
         if text.len() > config.max_frame_bytes {
@@ -183,7 +194,14 @@ impl UserHub {
         self.conns.borrow_mut().as_mut().and_then(|c| c.get_mut(id)).is_none_or(|c| c.bucket.take(now))
     }
 
-    fn change_filters(&self, ws: &WebSocket, id: &str, list: &serde_json::Value, frame_id: Option<&RawValue>, add: bool) {
+    fn change_filters(
+        &self,
+        ws: &WebSocket,
+        id: &str,
+        list: &serde_json::Value,
+        frame_id: Option<&RawValue>,
+        add: bool,
+    ) {
         let parsed = match filter::parse_list(list) {
             Ok(p) => p,
             Err(message) => return send_error(ws, "invalid_frame", &message, frame_id, &[]),

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs every test: installs what is missing, host unit tests, the release wasm build, then the
+# end-to-end suite against that build in workerd (Miniflare) and one smoke test through `wrangler dev`.
+# Pass test files to run only those e2e files: scripts/test.sh tests/ws.test.mjs
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/setup.sh
+# shellcheck source=env.sh
+. scripts/env.sh
+
+echo "== unit tests (host)"
+cargo test --lib --quiet
+
+echo "== release build"
+bash scripts/build.sh >/tmp/switchboard-build.log 2>&1 || { cat /tmp/switchboard-build.log; exit 1; }
+ls -l build/index_bg.wasm | awk '{print "wasm bytes:", $5}'
+
+echo "== end-to-end tests (workerd)"
+if [ $# -gt 0 ]; then files=("$@"); else files=(tests/*.test.mjs); fi
+node --test --test-concurrency=1 --test-timeout=180000 "${files[@]}"
