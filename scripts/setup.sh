@@ -66,6 +66,13 @@ if [ ! -f "$stamp" ] || ! cmp -s package-lock.json "$stamp"; then
   cp package-lock.json "$stamp"
 fi
 
+# 6. Debian's Chromium for the real-browser tests (playwright-core drives it; no browser download).
+if [ ! -x /usr/bin/chromium ]; then
+  log "installing Debian's chromium for the browser tests"
+  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+  $sudo apt-get update -qq >/dev/null && $sudo apt-get install -y -qq chromium >/dev/null
+fi
+
 # Record where node lives for scripts/env.sh.
 mkdir -p .tools
 printf '%s\n' "$node_dir" > .tools/node-dir

@@ -9,6 +9,8 @@ import { fileURLToPath } from "node:url";
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 export const SECRET = "test-secret-" + crypto.randomBytes(16).toString("hex");
 export const WORKER = "switchboard";
+/** The built Worker to test; SWITCHBOARD_BUILD_DIR points elsewhere (e.g. a private copy). */
+export const BUILD_DIR = process.env.SWITCHBOARD_BUILD_DIR || path.join(ROOT, "build");
 
 /** Starts workerd with the built Worker. `vars` override settings; `JWT_SECRET` defaults to SECRET. */
 export async function startWorker(vars = {}) {
@@ -17,7 +19,7 @@ export async function startWorker(vars = {}) {
   for (const k of Object.keys(bindings)) if (bindings[k] === undefined) delete bindings[k];
   const mf = new Miniflare({
     name: WORKER,
-    scriptPath: path.join(ROOT, "build/index.js"),
+    scriptPath: path.join(BUILD_DIR, "index.js"),
     modules: true,
     modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
     compatibilityDate: "2026-08-01",
