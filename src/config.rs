@@ -43,6 +43,19 @@ pub struct Config {
     pub max_publish_bytes: usize,
     pub max_frame_bytes: usize,
     pub max_frames_per_second: u32,
+    /// How long envelopes (and idempotency keys) are kept for replay, in seconds; 0 keeps none.
+    pub history_seconds: u64,
+    /// How many envelopes per user are kept for replay; 0 keeps none.
+    pub history_limit: u64,
+    /// Seconds between keep-alive comments on idle SSE streams.
+    pub sse_keepalive_seconds: u64,
+}
+
+impl Config {
+    /// Whether envelopes are stored for replay.
+    pub fn history_enabled(&self) -> bool {
+        self.history_seconds > 0 && self.history_limit > 0
+    }
 }
 
 pub const DEFAULT_ACK_TIMEOUT_MS: u64 = 5_000;
@@ -50,6 +63,9 @@ pub const DEFAULT_ACK_TIMEOUT_MAX_MS: u64 = 30_000;
 pub const DEFAULT_MAX_PUBLISH_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_FRAMES_PER_SECOND: u32 = 100;
+pub const DEFAULT_HISTORY_SECONDS: u64 = 3_600;
+pub const DEFAULT_HISTORY_LIMIT: u64 = 1_000;
+pub const DEFAULT_SSE_KEEPALIVE_SECONDS: u64 = 15;
 
 impl Config {
     /// Reads the settings through `lookup` (an environment variable or secret by name). Empty strings
@@ -105,8 +121,15 @@ impl Config {
         let max_frames_per_second =
             number(&get, "MAX_FRAMES_PER_SECOND", DEFAULT_MAX_FRAMES_PER_SECOND as u64, 1, 100_000)? as u32;
 
+        let history_seconds = number(&get, "HISTORY_SECONDS", DEFAULT_HISTORY_SECONDS, 0, 30 * 86_400)?;
+        let history_limit = number(&get, "HISTORY_LIMIT", DEFAULT_HISTORY_LIMIT, 0, 100_000)?;
+        let sse_keepalive_seconds = number(&get, "SSE_KEEPALIVE_SECONDS", DEFAULT_SSE_KEEPALIVE_SECONDS, 1, 3_600)?;
+
         Ok(Config {
             jwt_secrets,
+            history_seconds,
+            history_limit,
+            sse_keepalive_seconds,
             publish_auth,
             ack_timeout_ms,
             ack_timeout_max_ms,
@@ -148,6 +171,14 @@ mod tests {
         assert_eq!(c.cors_origins, CorsOrigins::Any);
         assert_eq!(c.max_publish_bytes, 1 << 20);
         assert_eq!(c.max_frame_bytes, 1 << 20);
+        assert_eq!((c.history_seconds, c.history_limit, c.sse_keepalive_seconds), (3600, 1000, 15));
+        assert!(c.history_enabled());
+    }
+
+    #[test]
+    fn zero_turns_history_off() {
+        assert!(!parse(&[("JWT_SECRET", "s"), ("HISTORY_LIMIT", "0")]).unwrap().history_enabled());
+        assert!(!parse(&[("JWT_SECRET", "s"), ("HISTORY_SECONDS", "0")]).unwrap().history_enabled());
     }
 
     #[test]
@@ -172,6 +203,9 @@ mod tests {
             ("MAX_FRAME_BYTES", "lots"),
             ("CORS_ORIGINS", "example.com"),
             ("MAX_FRAMES_PER_SECOND", "0"),
+            ("HISTORY_SECONDS", "forever"),
+            ("HISTORY_LIMIT", "1000000"),
+            ("SSE_KEEPALIVE_SECONDS", "0"),
         ] {
             let err = parse(&[("JWT_SECRET", "s"), (k, v)]).unwrap_err();
             assert!(err.contains(k), "{err}");

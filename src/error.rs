@@ -23,6 +23,10 @@ pub enum Error {
     NotFound(String),
     #[error("no open connection {0} for this user")]
     ConnectionNotFound(String),
+    #[error("no publish is waiting for this ack (unknown envelope, or its timeout has passed)")]
+    UnknownEnvelope,
+    #[error("this Idempotency-Key was already used with a different body")]
+    IdempotencyConflict,
     #[error("{method} is not allowed here; allowed: {allow}")]
     MethodNotAllowed { method: String, allow: &'static str },
     #[error("the body is larger than {limit} bytes (MAX_PUBLISH_BYTES)")]
@@ -52,8 +56,9 @@ impl Error {
             Error::BadRequest { .. } => 400,
             Error::MissingToken | Error::InvalidToken(_) | Error::TokenExpired | Error::TokenNotYetValid => 401,
             Error::Forbidden(_) => 403,
-            Error::NotFound(_) | Error::ConnectionNotFound(_) => 404,
+            Error::NotFound(_) | Error::ConnectionNotFound(_) | Error::UnknownEnvelope => 404,
             Error::MethodNotAllowed { .. } => 405,
+            Error::IdempotencyConflict => 409,
             Error::PayloadTooLarge { .. } => 413,
             Error::UnsupportedMediaType => 415,
             Error::UpgradeRequired => 426,
@@ -74,6 +79,8 @@ impl Error {
             Error::Forbidden(_) => "forbidden",
             Error::NotFound(_) => "not_found",
             Error::ConnectionNotFound(_) => "connection_not_found",
+            Error::UnknownEnvelope => "unknown_envelope",
+            Error::IdempotencyConflict => "idempotency_conflict",
             Error::MethodNotAllowed { .. } => "method_not_allowed",
             Error::PayloadTooLarge { .. } => "payload_too_large",
             Error::UnsupportedMediaType => "unsupported_media_type",
@@ -114,6 +121,8 @@ mod tests {
             Error::Forbidden("no".into()),
             Error::NotFound("nope".into()),
             Error::ConnectionNotFound("c1".into()),
+            Error::UnknownEnvelope,
+            Error::IdempotencyConflict,
             Error::MethodNotAllowed { method: "PUT".into(), allow: "POST, OPTIONS" },
             Error::PayloadTooLarge { limit: 10 },
             Error::UnsupportedMediaType,

@@ -2,23 +2,28 @@
 //! Hibernation API (<https://developers.cloudflare.com/durable-objects/best-practices/websockets/>).
 //!
 //! Memory is only a cache. The truth is each socket's tag (its connection id) and attachment, and
-//! the object's SQLite storage (filters per connection, the user's `seq`). After the runtime evicts an
-//! idle hub, the constructor runs again and the cache is rebuilt from those on first use, so
-//! subscriptions survive hibernation. Nothing here sets a timer while idle: the only timer is a
-//! publish's ack timeout, which lives exactly as long as that publish's request.
+//! the object's SQLite storage: filters per connection, the user's `seq`, the history of recent
+//! envelopes and the idempotency keys. After the runtime evicts an idle hub, the constructor runs
+//! again and the cache is rebuilt from those on first use, so nothing is lost to hibernation.
+//! Nothing here sets a timer while idle: the only timer is a publish's ack timeout, which lives
+//! exactly as long as that publish's request.
+//!
+//! SSE clients are connections too: the Worker holds the event stream and bridges it to a
+//! hibernatable WebSocket into this hub ([`crate::sse`]), so they hibernate, count in `clientCount`
+//! and ack like any socket. Frames for them are sent already framed as SSE events.
 
-use crate::acks::{AckRegistry, Collector};
+use crate::acks::{AckOutcome, AckRegistry, Collector};
 use crate::config::Config;
 use crate::error::Error;
 use crate::filter::{EnvelopeView, FilterSet};
-use crate::protocol::{self, AckOut, Envelope, PublishResponse};
+use crate::protocol::{self, AckOut, Envelope, PublishResponse, StoredEnvelope};
 use crate::ratelimit::TokenBucket;
 use crate::{http, ids, log, router};
 use chrono::{DateTime, SecondsFormat};
 use futures_util::future::{select, Either};
 use serde::Deserialize;
 use serde_json::json;
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
@@ -32,15 +37,60 @@ pub const BINDING: &str = "USER_HUB";
 /// Header carrying the CORS origin decision from the Worker to the hub, so the hub's response can be
 /// returned as it is.
 const CORS_HEADER: &str = "x-switchboard-cors";
+const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 
-const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS subscriptions (conn_id TEXT PRIMARY KEY, filters TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);";
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS subscriptions (conn_id TEXT PRIMARY KEY, filters TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS history (seq INTEGER PRIMARY KEY, at INTEGER NOT NULL, envelope TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, seq INTEGER NOT NULL, envelope_id TEXT NOT NULL,
+  at INTEGER NOT NULL, body_hash TEXT NOT NULL, response TEXT);
+CREATE INDEX IF NOT EXISTS idempotency_at ON idempotency (at);";
+
+/// How a connection reaches its client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    WebSocket,
+    /// Server-Sent Events, bridged by the Worker: frames go out as SSE events.
+    Sse,
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::Sse => "sse",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Transport {
+        if name == "sse" {
+            Transport::Sse
+        } else {
+            Transport::WebSocket
+        }
+    }
+}
 
 /// One open connection, as cached in memory.
 pub(crate) struct Conn {
     pub ws: WebSocket,
     pub filters: FilterSet,
     pub bucket: TokenBucket,
+    pub transport: Transport,
+    /// The user's `seq` when this connection opened: envelopes after it may have been delivered live.
+    pub accepted_seq: u64,
+}
+
+impl Conn {
+    /// Sends a frame the way this connection's transport expects (`seq` becomes the SSE `id:`).
+    pub fn send(&self, text: &str, seq: Option<u64>) {
+        // A socket that is closing refuses sends; its close handler cleans up.
+        let _ = match self.transport {
+            Transport::WebSocket => self.ws.send_with_str(text),
+            Transport::Sse => self.ws.send_with_str(protocol::sse_event(seq, text)),
+        };
+    }
 }
 
 #[durable_object]
@@ -52,6 +102,8 @@ pub struct UserHub {
     pub(crate) acks: RefCell<AckRegistry>,
     /// The last `seq` handed out; valid once `conns` is loaded.
     seq: Cell<u64>,
+    /// The oldest stored envelope's `(seq, at)`, to trim history without scanning it.
+    oldest: Cell<Option<(u64, i64)>>,
 }
 
 impl worker::DurableObject for UserHub {
@@ -60,7 +112,14 @@ impl worker::DurableObject for UserHub {
         if let Ok(pair) = worker::WebSocketRequestResponsePair::new("ping", "pong") {
             state.set_websocket_auto_response(&pair);
         }
-        UserHub { state, env, conns: RefCell::new(None), acks: RefCell::default(), seq: Cell::new(0) }
+        UserHub {
+            state,
+            env,
+            conns: RefCell::new(None),
+            acks: RefCell::default(),
+            seq: Cell::new(0),
+            oldest: Cell::new(None),
+        }
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
@@ -68,6 +127,7 @@ impl worker::DurableObject for UserHub {
         let result = match req.path().as_str() {
             "/connect" => self.accept(&req),
             "/publish" => self.publish(&mut req, cors.as_deref()).await,
+            "/ack" => self.http_ack(&mut req, cors.as_deref()).await,
             other => Err(Error::NotFound(format!("the hub has no route {other}"))),
         };
         result.or_else(|e| {
@@ -105,25 +165,54 @@ struct ValueRow {
     value: i64,
 }
 
+#[derive(Deserialize)]
+struct OldestRow {
+    seq: i64,
+    at: i64,
+}
+
+#[derive(Deserialize)]
+struct HistoryRow {
+    seq: i64,
+    envelope: String,
+}
+
+#[derive(Deserialize)]
+struct IdempotencyRow {
+    seq: i64,
+    envelope_id: String,
+    body_hash: String,
+    response: Option<String>,
+}
+
 impl UserHub {
     pub(crate) fn config(&self) -> Result<Rc<Config>, Error> {
         router::settings(&self.env)
     }
 
-    /// Rebuilds the connection cache from the sockets' tags and the stored filters, once per
-    /// construction. Rows of connections that no longer exist are deleted.
+    fn sql(&self) -> worker::SqlStorage {
+        self.state.storage().sql()
+    }
+
+    /// Rebuilds the connection cache from the sockets' tags and attachments and the stored filters,
+    /// once per construction. Rows of connections that no longer exist are deleted.
     pub(crate) fn ensure_loaded(&self) -> Result<(), Error> {
         if self.conns.borrow().is_some() {
             return Ok(());
         }
         let config = self.config()?;
-        let sql = self.state.storage().sql();
+        let sql = self.sql();
         sql.exec(SCHEMA, None)?;
         let seq = sql
             .exec("SELECT value FROM meta WHERE key = 'seq'", None)?
             .to_array::<ValueRow>()?
             .first()
             .map_or(0, |r| r.value.max(0) as u64);
+        let oldest = sql
+            .exec("SELECT seq, at FROM history ORDER BY seq LIMIT 1", None)?
+            .to_array::<OldestRow>()?
+            .first()
+            .map(|r| (r.seq as u64, r.at));
         let mut stored: HashMap<String, String> = sql
             .exec("SELECT conn_id, filters FROM subscriptions", None)?
             .to_array::<SubRow>()?
@@ -134,13 +223,24 @@ impl UserHub {
         let mut conns = HashMap::new();
         for ws in self.state.get_websockets() {
             let Some(id) = self.state.get_tags(&ws).into_iter().next() else { continue };
+            let attachment = ws.deserialize_attachment::<crate::ws::Attachment>().ok().flatten();
             let filters = stored.remove(&id).map(|t| FilterSet::from_json(&t)).unwrap_or_default();
-            conns.insert(id, Conn { ws, filters, bucket: TokenBucket::new(config.max_frames_per_second, now) });
+            conns.insert(
+                id,
+                Conn {
+                    ws,
+                    filters,
+                    bucket: TokenBucket::new(config.max_frames_per_second, now),
+                    transport: attachment.as_ref().map_or(Transport::WebSocket, |a| Transport::from_name(&a.transport)),
+                    accepted_seq: attachment.map_or(0, |a| a.accepted_seq),
+                },
+            );
         }
         for orphan in stored.keys() {
             sql.exec("DELETE FROM subscriptions WHERE conn_id = ?", vec![orphan.clone().into()])?;
         }
         self.seq.set(seq);
+        self.oldest.set(oldest);
         log::info("hub_loaded", json!({ "connections": conns.len(), "seq": seq }));
         *self.conns.borrow_mut() = Some(conns);
         Ok(())
@@ -148,7 +248,7 @@ impl UserHub {
 
     /// Stores a connection's filters (the cache already holds them).
     pub(crate) fn store_filters(&self, id: &str, filters: &FilterSet) -> Result<(), Error> {
-        self.state.storage().sql().exec(
+        self.sql().exec(
             "INSERT INTO subscriptions (conn_id, filters) VALUES (?, ?) ON CONFLICT(conn_id) DO UPDATE SET filters = excluded.filters",
             vec![id.to_string().into(), filters.to_json().into()],
         )?;
@@ -159,11 +259,7 @@ impl UserHub {
     pub(crate) fn forget(&self, id: &str) {
         let known = self.conns.borrow_mut().as_mut().and_then(|c| c.remove(id)).is_some();
         if known {
-            if let Err(e) = self
-                .state
-                .storage()
-                .sql()
-                .exec("DELETE FROM subscriptions WHERE conn_id = ?", vec![id.to_string().into()])
+            if let Err(e) = self.sql().exec("DELETE FROM subscriptions WHERE conn_id = ?", vec![id.to_string().into()])
             {
                 log::error("storage_error", json!({ "op": "forget", "message": e.to_string() }));
             }
@@ -171,24 +267,100 @@ impl UserHub {
         self.acks.borrow_mut().connection_closed(id);
     }
 
-    /// Hands out the user's next `seq`, stored before any envelope carrying it leaves.
-    fn next_seq(&self) -> Result<u64, Error> {
-        let seq = self.seq.get() + 1;
-        self.state.storage().sql().exec(
+    pub(crate) fn current_seq(&self) -> u64 {
+        self.seq.get()
+    }
+
+    /// Hands out the next `seq` and stores the envelope in history, before any envelope carrying it
+    /// leaves (the output gate holds sends until the write is durable).
+    fn record(&self, config: &Config, seq: u64, now_ms: i64, envelope: &str) -> Result<(), Error> {
+        let sql = self.sql();
+        sql.exec(
             "INSERT INTO meta (key, value) VALUES ('seq', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             vec![(seq as i64).into()],
         )?;
         self.seq.set(seq);
-        Ok(seq)
+        if !config.history_enabled() {
+            return Ok(());
+        }
+        sql.exec(
+            "INSERT INTO history (seq, at, envelope) VALUES (?, ?, ?)",
+            vec![(seq as i64).into(), now_ms.into(), envelope.to_string().into()],
+        )?;
+        // Trim by count (one indexed delete, only when over the limit) and by age (only when the
+        // oldest row has expired), so a publish never scans the history.
+        let cutoff = now_ms - (config.history_seconds as i64) * 1000;
+        match self.oldest.get() {
+            None => self.oldest.set(Some((seq, now_ms))),
+            Some((oldest_seq, oldest_at)) => {
+                let keep_from = seq.saturating_sub(config.history_limit) + 1;
+                if oldest_seq < keep_from || oldest_at < cutoff {
+                    sql.exec(
+                        "DELETE FROM history WHERE seq < ? OR at < ?",
+                        vec![(keep_from as i64).into(), cutoff.into()],
+                    )?;
+                    let oldest = sql
+                        .exec("SELECT seq, at FROM history ORDER BY seq LIMIT 1", None)?
+                        .to_array::<OldestRow>()?
+                        .first()
+                        .map(|r| (r.seq as u64, r.at));
+                    self.oldest.set(oldest);
+                }
+            }
+        }
+        Ok(())
     }
 
-    pub(crate) fn current_seq(&self) -> u64 {
-        self.seq.get()
+    /// Replays to connection `id` the stored envelopes after `since` that match its filters, oldest
+    /// first, marked `replayed`, after a `gap` frame when history no longer reaches back that far.
+    /// `before` is the connection's filter set before this subscribe: envelopes it matched after the
+    /// connection opened were delivered live already and are not sent twice. Runs synchronously
+    /// (SQLite reads are synchronous), so no publish can interleave with the replay.
+    pub(crate) fn replay(&self, id: &str, since: u64, before: &FilterSet) -> Result<(), Error> {
+        let current = self.seq.get();
+        if since >= current {
+            return Ok(());
+        }
+        let config = self.config()?;
+        let rows = if config.history_enabled() {
+            let cutoff = Date::now().as_millis() as i64 - (config.history_seconds as i64) * 1000;
+            self.sql()
+                .exec(
+                    "SELECT seq, envelope FROM history WHERE seq > ? AND at >= ? ORDER BY seq",
+                    vec![(since as i64).into(), cutoff.into()],
+                )?
+                .to_array::<HistoryRow>()?
+        } else {
+            Vec::new()
+        };
+        let conns = self.conns.borrow();
+        let Some(conn) = conns.as_ref().and_then(|c| c.get(id)) else { return Ok(()) };
+        let first_kept = rows.first().map_or(current + 1, |r| r.seq as u64);
+        if first_kept > since + 1 {
+            conn.send(&protocol::gap_frame(since + 1, first_kept - 1), None);
+        }
+        let mut sent = 0;
+        for row in &rows {
+            let Ok(stored) = serde_json::from_str::<StoredEnvelope<'_>>(&row.envelope) else { continue };
+            let view = EnvelopeView::new(&stored.kind, stored.payload.get());
+            let seq = row.seq as u64;
+            let delivered_live = seq > conn.accepted_seq && before.matches(&view);
+            if conn.filters.matches(&view) && !delivered_live {
+                conn.send(&protocol::replayed(&row.envelope), Some(seq));
+                sent += 1;
+            }
+        }
+        log::info(
+            "replay",
+            json!({ "connectionId": id, "since": since, "replayed": sent, "gap": first_kept > since + 1 }),
+        );
+        Ok(())
     }
 
     /// Fans an envelope out to the matching connections and waits for their acks.
     async fn publish(&self, req: &mut Request, cors: Option<&str>) -> Result<Response, Error> {
         let config = self.config()?;
+        let idempotency_key = req.headers().get(IDEMPOTENCY_HEADER).ok().flatten();
         let body = req.bytes().await?;
         let p = protocol::parse_publish(&body)?;
         self.ensure_loaded()?;
@@ -198,7 +370,14 @@ impl UserHub {
             }
         }
         let started = Date::now().as_millis();
-        let seq = self.next_seq()?;
+        let now_ms = started as i64;
+        let body_hash = fnv1a(&body);
+        if let Some(key) = &idempotency_key {
+            if let Some(answer) = self.idempotent_replay(&config, key, &body_hash, now_ms, cors)? {
+                return Ok(answer);
+            }
+        }
+        let seq = self.seq.get() + 1;
         let envelope_id = ids::uuid_v4();
         let timestamp = rfc3339(started);
         let text = Envelope {
@@ -211,15 +390,36 @@ impl UserHub {
             replayed: false,
         }
         .to_json();
+        self.record(&config, seq, now_ms, &text)?;
+        if let Some(key) = &idempotency_key {
+            self.sql().exec(
+                "INSERT INTO idempotency (key, seq, envelope_id, at, body_hash) VALUES (?, ?, ?, ?, ?)",
+                vec![
+                    key.clone().into(),
+                    (seq as i64).into(),
+                    envelope_id.clone().into(),
+                    now_ms.into(),
+                    body_hash.into(),
+                ],
+            )?;
+        }
+
         let view = EnvelopeView::new(&p.kind, p.payload.get());
+        let sse_text = OnceCell::new();
         let mut expected = Vec::new();
         if let Some(conns) = self.conns.borrow().as_ref() {
             for (id, conn) in conns {
-                if p.connection_id.as_ref().is_some_and(|t| t != id) {
+                if p.connection_id.as_ref().is_some_and(|t| t != id) || !conn.filters.matches(&view) {
                     continue;
                 }
                 // A socket that is already closing refuses the send; it is not counted.
-                if conn.filters.matches(&view) && conn.ws.send_with_str(&text).is_ok() {
+                let sent = match conn.transport {
+                    Transport::WebSocket => conn.ws.send_with_str(&text),
+                    Transport::Sse => {
+                        conn.ws.send_with_str(sse_text.get_or_init(|| protocol::sse_event(Some(seq), &text)))
+                    }
+                };
+                if sent.is_ok() {
                     expected.push(id.clone());
                 }
             }
@@ -244,6 +444,7 @@ impl UserHub {
             acks: collector.acks().map(|(c, r)| AckOut { connection_id: c, result: r }).collect(),
             pending: collector.pending().collect(),
             closed: collector.closed_ids().collect(),
+            duplicate: false,
         };
         log::info(
             "publish",
@@ -254,8 +455,79 @@ impl UserHub {
             }),
         );
         let body = serde_json::to_string(&response).map_err(|e| Error::Internal(e.to_string()))?;
+        if let Some(key) = &idempotency_key {
+            // Kept so a retry gets the same answer, acks included.
+            self.sql().exec(
+                "UPDATE idempotency SET response = ? WHERE key = ?",
+                vec![body.clone().into(), key.clone().into()],
+            )?;
+        }
         Ok(http::json(200, body, cors)?)
     }
+
+    /// The answer to a publish whose `Idempotency-Key` was seen within the window: the first
+    /// publish's answer with `"duplicate": true` (or its `envelopeId` and `seq` while it is still
+    /// waiting for acks). The same key with a different body is a 409.
+    fn idempotent_replay(
+        &self,
+        config: &Config,
+        key: &str,
+        body_hash: &str,
+        now_ms: i64,
+        cors: Option<&str>,
+    ) -> Result<Option<Response>, Error> {
+        let sql = self.sql();
+        let cutoff = now_ms - (config.history_seconds as i64) * 1000;
+        sql.exec("DELETE FROM idempotency WHERE at < ?", vec![cutoff.into()])?;
+        let rows = sql
+            .exec(
+                "SELECT seq, envelope_id, body_hash, response FROM idempotency WHERE key = ?",
+                vec![key.to_string().into()],
+            )?
+            .to_array::<IdempotencyRow>()?;
+        let Some(row) = rows.into_iter().next() else { return Ok(None) };
+        if row.body_hash != body_hash {
+            return Err(Error::IdempotencyConflict);
+        }
+        let mut answer: serde_json::Value = match row.response.as_deref().map(serde_json::from_str) {
+            Some(Ok(v)) => v,
+            _ => json!({
+                "envelopeId": row.envelope_id, "seq": row.seq, "clientCount": 0, "results": [], "acks": [],
+                "pending": [], "closed": [], "inProgress": true,
+            }),
+        };
+        answer["duplicate"] = json!(true);
+        log::info("publish_duplicate", json!({ "envelopeId": row.envelope_id, "seq": row.seq }));
+        Ok(Some(http::json(200, answer.to_string(), cors)?))
+    }
+
+    /// `POST /ack` from an SSE client (or any client that prefers HTTP for acks).
+    async fn http_ack(&self, req: &mut Request, cors: Option<&str>) -> Result<Response, Error> {
+        let body = req.bytes().await?;
+        let ack = protocol::parse_ack(&body)?;
+        self.ensure_loaded()?;
+        if !self.conns.borrow().as_ref().is_some_and(|c| c.contains_key(&ack.connection_id)) {
+            return Err(Error::ConnectionNotFound(ack.connection_id));
+        }
+        let outcome =
+            self.acks.borrow_mut().ack(&ack.envelope_id, &ack.connection_id, ack.result.map(ToOwned::to_owned));
+        match outcome {
+            AckOutcome::Recorded => Ok(http::json(200, r#"{"status":"recorded"}"#.into(), cors)?),
+            AckOutcome::Duplicate => Ok(http::json(200, r#"{"status":"duplicate"}"#.into(), cors)?),
+            AckOutcome::Unknown => Err(Error::UnknownEnvelope),
+        }
+    }
+}
+
+/// A short, stable fingerprint of a publish body, to tell a retry from a different publish that
+/// reuses its key. Not security-relevant (the key's owner is already authenticated).
+fn fnv1a(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}:{}", bytes.len())
 }
 
 fn rfc3339(ms: u64) -> String {
@@ -268,39 +540,68 @@ fn stub(env: &Env, user_id: &str) -> Result<Stub, Error> {
     Ok(env.durable_object(BINDING)?.id_from_name(user_id)?.get_stub()?)
 }
 
-/// Hands a WebSocket upgrade to the user's hub. The user id travels in the URL (header values
-/// cannot carry every Unicode user id).
-pub async fn connect(env: &Env, user_id: &str, expires_at_ms: Option<i64>) -> Result<Response, Error> {
-    let mut url = worker::Url::parse("https://hub/connect").map_err(|e| Error::Internal(e.to_string()))?;
-    url.query_pairs_mut().append_pair("user", user_id);
-    if let Some(exp) = expires_at_ms {
-        url.query_pairs_mut().append_pair("exp", &exp.to_string());
-    }
-    let headers = Headers::new();
-    headers.set("upgrade", "websocket")?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Get).with_headers(headers);
-    let req = Request::new_with_init(url.as_str(), &init)?;
+async fn hop(env: &Env, user_id: &str, req: Request) -> Result<Response, Error> {
     stub(env, user_id)?
         .fetch_with_request(req)
         .await
         .map_err(|e| Error::Unavailable(format!("the user's hub did not answer: {e}")))
 }
 
-/// Hands a checked publish body to the user's hub and returns its answer as it is.
-pub async fn publish(env: &Env, user_id: &str, body: Vec<u8>, cors: Option<&str>) -> Result<Response, Error> {
+/// What a new connection brings to the hub besides its user.
+pub struct ConnectOptions<'a> {
+    pub expires_at_ms: Option<i64>,
+    pub transport: Transport,
+    /// Filters to start with (SSE: from the query), as a JSON array.
+    pub filters: Option<&'a str>,
+    /// Replay envelopes after this seq (SSE: `Last-Event-ID`).
+    pub since: Option<u64>,
+}
+
+/// Hands a WebSocket upgrade to the user's hub. Everything travels in the URL (header values cannot
+/// carry every Unicode user id).
+pub async fn connect(env: &Env, user_id: &str, options: ConnectOptions<'_>) -> Result<Response, Error> {
+    let mut url = worker::Url::parse("https://hub/connect").map_err(|e| Error::Internal(e.to_string()))?;
+    {
+        let mut q = url.query_pairs_mut();
+        q.append_pair("user", user_id);
+        q.append_pair("transport", options.transport.name());
+        if let Some(exp) = options.expires_at_ms {
+            q.append_pair("exp", &exp.to_string());
+        }
+        if let Some(filters) = options.filters {
+            q.append_pair("filters", filters);
+        }
+        if let Some(since) = options.since {
+            q.append_pair("since", &since.to_string());
+        }
+    }
+    let headers = Headers::new();
+    headers.set("upgrade", "websocket")?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Get).with_headers(headers);
+    hop(env, user_id, Request::new_with_init(url.as_str(), &init)?).await
+}
+
+/// Hands a checked body to the user's hub (`/publish` or `/ack`) and returns its answer as it is.
+pub async fn forward(
+    env: &Env,
+    route: &str,
+    user_id: &str,
+    body: Vec<u8>,
+    cors: Option<&str>,
+    idempotency_key: Option<&str>,
+) -> Result<Response, Error> {
     let headers = Headers::new();
     headers.set("content-type", "application/json")?;
     if let Some(origin) = cors {
         headers.set(CORS_HEADER, origin)?;
     }
+    if let Some(key) = idempotency_key {
+        headers.set(IDEMPOTENCY_HEADER, key)?;
+    }
     let mut init = RequestInit::new();
     init.with_method(Method::Post)
         .with_headers(headers)
         .with_body(Some(js_sys::Uint8Array::from(body.as_slice()).into()));
-    let req = Request::new_with_init("https://hub/publish", &init)?;
-    stub(env, user_id)?
-        .fetch_with_request(req)
-        .await
-        .map_err(|e| Error::Unavailable(format!("the user's hub did not answer: {e}")))
+    hop(env, user_id, Request::new_with_init(&format!("https://hub{route}"), &init)?).await
 }

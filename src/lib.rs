@@ -21,6 +21,8 @@
 //! - [`hub`]: the `UserHub` Durable Object: connection cache, storage, publish fan-out and acks,
 //!   plus the Worker-side helpers that reach a user's hub.
 //! - [`ws`]: the WebSocket transport inside the hub: accept, frames, close codes.
+//! - [`sse`]: Server-Sent Events: the Worker holds the stream and bridges it to a hibernatable
+//!   WebSocket into the hub.
 //! - [`http`]: JSON responses, CORS headers, and reading bodies under a size limit.
 //! - [`log`]: one JSON line per event, readable in `wrangler dev` and `wrangler tail`.
 
@@ -41,6 +43,8 @@ mod hub;
 mod log;
 #[cfg(target_arch = "wasm32")]
 mod router;
+#[cfg(target_arch = "wasm32")]
+mod sse;
 #[cfg(target_arch = "wasm32")]
 mod ws;
 

@@ -159,6 +159,121 @@ pub fn ok_frame(id: &RawValue) -> String {
     format!(r#"{{"type":"ok","id":{}}}"#, id.get())
 }
 
+/// `{"type":"gap","from":F,"to":T}`: envelopes `from..=to` can no longer be replayed (dropped from
+/// history, or history is off); fetch them from your own backend if they matter.
+pub fn gap_frame(from: u64, to: u64) -> String {
+    format!(r#"{{"type":"gap","from":{from},"to":{to}}}"#)
+}
+
+/// An envelope as stored in history, marked for replay: `"replayed": true` is added.
+pub fn replayed(envelope: &str) -> String {
+    match envelope.strip_suffix('}') {
+        Some(head) => format!(r#"{head},"replayed":true}}"#),
+        None => envelope.to_string(),
+    }
+}
+
+/// The parts of a stored envelope that filters look at.
+#[derive(Deserialize)]
+pub struct StoredEnvelope<'a> {
+    #[serde(rename = "type", borrow)]
+    pub kind: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    pub payload: &'a RawValue,
+}
+
+/// One Server-Sent Events event: `id:` (when given) and the text as `data:` lines. Every line break
+/// the text may hold (`\r\n`, `\r`, `\n`, which JSON allows between tokens) starts a new `data:` line,
+/// which the client joins back with `\n`, so any payload is framed correctly.
+pub fn sse_event(id: Option<u64>, data: &str) -> String {
+    let mut out = String::with_capacity(data.len() + 32);
+    if let Some(id) = id {
+        out.push_str("id: ");
+        out.push_str(&id.to_string());
+        out.push('\n');
+    }
+    let mut rest = data;
+    loop {
+        let cut = rest.find(['\r', '\n']);
+        out.push_str("data: ");
+        out.push_str(&rest[..cut.unwrap_or(rest.len())]);
+        out.push('\n');
+        match cut {
+            None => break,
+            Some(i) => {
+                let skip = if rest[i..].starts_with("\r\n") { 2 } else { 1 };
+                rest = &rest[i + skip..];
+            }
+        }
+    }
+    out.push('\n');
+    out
+}
+
+/// A checked `POST /ack` body (acknowledgements from SSE clients).
+#[derive(Debug)]
+pub struct AckRequest<'a> {
+    pub connection_id: String,
+    pub envelope_id: String,
+    pub result: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct RawAck<'a> {
+    #[serde(rename = "connectionId", default)]
+    connection_id: Option<Value>,
+    #[serde(rename = "envelopeId", default)]
+    envelope_id: Option<Value>,
+    #[serde(borrow, default)]
+    result: Option<&'a RawValue>,
+}
+
+/// Parses and checks a `POST /ack` body.
+pub fn parse_ack(body: &[u8]) -> Result<AckRequest<'_>, Error> {
+    require_object(body)?;
+    let raw: RawAck<'_> = serde_json::from_slice(body).map_err(body_error)?;
+    let string = |v: Option<Value>, name: &str| match v {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s),
+        _ => Err(Error::bad_request("invalid_ack", format!("`{name}` must be a non-empty string"))),
+    };
+    Ok(AckRequest {
+        connection_id: string(raw.connection_id, "connectionId")?,
+        envelope_id: string(raw.envelope_id, "envelopeId")?,
+        result: raw.result,
+    })
+}
+
+fn require_object(body: &[u8]) -> Result<(), Error> {
+    // serde would also read a struct from a JSON array; the body must be an object.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+        return Ok(());
+    }
+    Err(if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
+        Error::bad_request("invalid_body", "the body must be a JSON object")
+    } else {
+        Error::bad_request("invalid_json", "the body is not valid JSON")
+    })
+}
+
+fn body_error(e: serde_json::Error) -> Error {
+    if e.is_data() {
+        Error::bad_request("invalid_body", format!("the body must be a JSON object: {e}"))
+    } else {
+        Error::bad_request("invalid_json", "the body is not valid JSON")
+    }
+}
+
+/// Checks an `Idempotency-Key` header value: 1 to 255 visible ASCII characters.
+pub fn check_idempotency_key(key: &str) -> Result<(), Error> {
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::bad_request(
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        ));
+    }
+    Ok(())
+}
+
 /// A skipped entry of a frame's `filters`, reported in the error frame.
 #[derive(Serialize, Debug, PartialEq)]
 pub struct Skipped {
@@ -229,21 +344,8 @@ struct RawPublish<'a> {
 
 /// Parses and checks a publish body. Unknown fields are ignored (HopeFlow clients send extras).
 pub fn parse_publish(body: &[u8]) -> Result<PublishRequest<'_>, Error> {
-    // serde would also read a struct from a JSON array; the body must be an object.
-    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
-            Error::bad_request("invalid_body", "the body must be a JSON object")
-        } else {
-            Error::bad_request("invalid_json", "the body is not valid JSON")
-        });
-    }
-    let raw: RawPublish<'_> = serde_json::from_slice(body).map_err(|e| {
-        if e.is_data() {
-            Error::bad_request("invalid_body", format!("the body must be a JSON object: {e}"))
-        } else {
-            Error::bad_request("invalid_json", "the body is not valid JSON")
-        }
-    })?;
+    require_object(body)?;
+    let raw: RawPublish<'_> = serde_json::from_slice(body).map_err(body_error)?;
     let user_id = match raw.user_id {
         Some(Value::String(s)) => s,
         None | Some(Value::Null) => return Err(Error::bad_request("invalid_user_id", "`userId` is required")),
@@ -302,6 +404,9 @@ pub struct PublishResponse<'a> {
     pub acks: Vec<AckOut<'a>>,
     pub pending: Vec<&'a str>,
     pub closed: Vec<&'a str>,
+    /// Set on the answer to a retried publish (same `Idempotency-Key`): nothing was delivered again.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
 }
 
 fn to_json<T: Serialize>(value: &T) -> String {
@@ -412,6 +517,47 @@ mod tests {
             env.to_json(),
             r#"{"envelopeId":"e","seq":1,"type":"t","userId":"u","timestamp":"2026-01-01T00:00:00.000Z","payload":{"a": [1, 2]}}"#
         );
+    }
+
+    #[test]
+    fn sse_events_split_every_line_break() {
+        assert_eq!(sse_event(Some(3), r#"{"a":1}"#), "id: 3\ndata: {\"a\":1}\n\n");
+        assert_eq!(sse_event(None, "{\r\n\"a\":\r1\n}"), "data: {\ndata: \"a\":\ndata: 1\ndata: }\n\n");
+        assert_eq!(sse_event(None, ""), "data: \n\n");
+        let unicode = r#"{"t":"é 🙂 \u2028"}"#;
+        assert_eq!(sse_event(None, unicode), format!("data: {unicode}\n\n"));
+    }
+
+    #[test]
+    fn replayed_marks_an_envelope() {
+        let v: Value = serde_json::from_str(&replayed(r#"{"envelopeId":"e","seq":1,"payload":{}}"#)).unwrap();
+        assert_eq!(v["replayed"], true);
+        assert_eq!(v["seq"], 1);
+        let stored: StoredEnvelope<'_> = serde_json::from_str(r#"{"seq":1,"type":"t","payload":[1]}"#).unwrap();
+        assert_eq!((stored.kind.as_ref(), stored.payload.get()), ("t", "[1]"));
+        assert_eq!(gap_frame(3, 9), r#"{"type":"gap","from":3,"to":9}"#);
+    }
+
+    #[test]
+    fn ack_body_checks() {
+        let a = parse_ack(br#"{"connectionId":"c","envelopeId":"e","result":[1]}"#).unwrap();
+        assert_eq!((a.connection_id.as_str(), a.envelope_id.as_str(), a.result.unwrap().get()), ("c", "e", "[1]"));
+        for (body, code) in [
+            (&b"x"[..], "invalid_json"),
+            (b"[]", "invalid_body"),
+            (br#"{"envelopeId":"e"}"#, "invalid_ack"),
+            (br#"{"connectionId":"c","envelopeId":5}"#, "invalid_ack"),
+        ] {
+            assert_eq!(parse_ack(body).unwrap_err().code(), code);
+        }
+    }
+
+    #[test]
+    fn idempotency_keys() {
+        assert!(check_idempotency_key("order-123:retry").is_ok());
+        for bad in ["", " ", "has space", "é", &"k".repeat(256)] {
+            assert!(check_idempotency_key(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -4,13 +4,16 @@
 //! |---|---|---|
 //! | any path with `Upgrade: websocket` | GET | connect (token needs `userId`) |
 //! | `/publish` | POST | publish to a user (token needs the `publish` scope) |
+//! | `/sse` | GET | Server-Sent Events stream (token needs `userId`) |
+//! | `/ack` | POST | acknowledge a delivery over HTTP (SSE clients; token needs `userId`) |
 //! | `/healthz` | GET, HEAD | liveness, no token |
 //! | any | OPTIONS | CORS preflight |
 
 use crate::auth::{self, Identity};
 use crate::config::{Config, PublishAuth};
 use crate::error::Error;
-use crate::{http, hub, log, protocol, ws};
+use crate::hub::{ConnectOptions, Transport};
+use crate::{http, hub, log, protocol, sse, ws};
 use serde_json::json;
 use std::cell::OnceCell;
 use std::rc::Rc;
@@ -76,6 +79,10 @@ async fn route(req: Request, env: &Env, config: &Config, cors: Option<&str>) -> 
     match (path.as_str(), method) {
         ("/publish", Method::Post) => publish(req, env, config, cors).await,
         ("/publish", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "POST, OPTIONS" }),
+        ("/sse", Method::Get) => open_sse(req, env, config, cors).await,
+        ("/sse", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "GET, OPTIONS" }),
+        ("/ack", Method::Post) => ack(req, env, config, cors).await,
+        ("/ack", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "POST, OPTIONS" }),
         ("/healthz", Method::Get | Method::Head) => Ok(http::json(200, r#"{"status":"ok"}"#.into(), cors)?),
         ("/healthz", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "GET, HEAD" }),
         ("/", Method::Get) => Err(Error::UpgradeRequired),
@@ -92,13 +99,69 @@ fn authenticate(req: &Request, config: &Config) -> Result<Identity, Error> {
     auth::verify(token, &config.jwt_secrets, Date::now().as_millis() as i64)
 }
 
-async fn connect(req: Request, env: &Env, config: &Config) -> Result<Response, Error> {
-    let identity = authenticate(&req, config)?;
+/// The connecting user: the token's `userId` claim.
+fn connecting_user(identity: &Identity) -> Result<String, Error> {
     let user_id = identity
         .user_id
+        .clone()
         .ok_or_else(|| Error::InvalidToken("the token has no `userId` claim (a non-empty string)".into()))?;
     auth::check_user_id(&user_id).map_err(Error::InvalidToken)?;
-    hub::connect(env, &user_id, identity.expires_at_ms).await
+    Ok(user_id)
+}
+
+async fn connect(req: Request, env: &Env, config: &Config) -> Result<Response, Error> {
+    let identity = authenticate(&req, config)?;
+    let user_id = connecting_user(&identity)?;
+    let options = ConnectOptions {
+        expires_at_ms: identity.expires_at_ms,
+        transport: Transport::WebSocket,
+        filters: None,
+        since: None,
+    };
+    hub::connect(env, &user_id, options).await
+}
+
+async fn open_sse(req: Request, env: &Env, config: &Config, cors: Option<&str>) -> Result<Response, Error> {
+    let identity = authenticate(&req, config)?;
+    let user_id = connecting_user(&identity)?;
+    let url = req.url()?;
+    let param = |name: &str| url.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned());
+    let filters = param("filters").unwrap_or_else(|| "[]".into());
+    if filters.len() > sse::MAX_FILTERS_PARAM_BYTES {
+        return Err(Error::bad_request(
+            "invalid_filters",
+            format!("`filters` is longer than {} bytes", sse::MAX_FILTERS_PARAM_BYTES),
+        ));
+    }
+    match serde_json::from_str::<serde_json::Value>(&filters) {
+        Ok(serde_json::Value::Array(_)) => {}
+        _ => {
+            return Err(Error::bad_request(
+                "invalid_filters",
+                "`filters` must be a URL-encoded JSON array of filter objects",
+            ))
+        }
+    }
+    let last_event_id = req.headers().get("last-event-id").ok().flatten();
+    let query_since = param("lastEventId").or_else(|| param("since"));
+    let since = sse::since(last_event_id.as_deref(), query_since.as_deref())?;
+    sse::open(env, &user_id, identity.expires_at_ms, &filters, since, config.sse_keepalive_seconds, cors).await
+}
+
+/// Reads a JSON body under the size limit, after the content-type check.
+async fn json_body(req: &mut Request, config: &Config) -> Result<Vec<u8>, Error> {
+    if !http::is_json(req) {
+        return Err(Error::UnsupportedMediaType);
+    }
+    http::read_body(req, config.max_publish_bytes).await
+}
+
+async fn ack(mut req: Request, env: &Env, config: &Config, cors: Option<&str>) -> Result<Response, Error> {
+    let identity = authenticate(&req, config)?;
+    let user_id = connecting_user(&identity)?;
+    let body = json_body(&mut req, config).await?;
+    protocol::parse_ack(&body)?;
+    hub::forward(env, "/ack", &user_id, body, cors, None).await
 }
 
 async fn publish(mut req: Request, env: &Env, config: &Config, cors: Option<&str>) -> Result<Response, Error> {
@@ -108,11 +171,12 @@ async fn publish(mut req: Request, env: &Env, config: &Config, cors: Option<&str
             "publishing needs a token whose `scope` claim contains `publish` (PUBLISH_AUTH=any-token restores HopeFlow's any-token behaviour)".into(),
         ));
     }
-    if !http::is_json(&req) {
-        return Err(Error::UnsupportedMediaType);
+    let idempotency_key = req.headers().get("idempotency-key").ok().flatten();
+    if let Some(key) = &idempotency_key {
+        protocol::check_idempotency_key(key)?;
     }
-    let body = http::read_body(&mut req, config.max_publish_bytes).await?;
+    let body = json_body(&mut req, config).await?;
     // Checked here so a bad body never costs a hop; the hub reads it again from the same bytes.
     let user_id = protocol::parse_publish(&body)?.user_id;
-    hub::publish(env, &user_id, body, cors).await
+    hub::forward(env, "/publish", &user_id, body, cors, idempotency_key.as_deref()).await
 }

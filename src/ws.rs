@@ -6,7 +6,7 @@
 use crate::acks::AckOutcome;
 use crate::error::Error;
 use crate::filter::{self, FilterSet};
-use crate::hub::{Conn, UserHub};
+use crate::hub::{Conn, Transport, UserHub};
 use crate::protocol::{self, ClientFrame, Skipped};
 use crate::ratelimit::TokenBucket;
 use crate::{ids, log};
@@ -33,6 +33,16 @@ pub struct Attachment {
     /// The connect token's `exp`, in ms since the epoch.
     #[serde(rename = "e", default)]
     pub expires_at: Option<f64>,
+    /// `websocket`, or `sse` for a Server-Sent Events client bridged by the Worker.
+    #[serde(rename = "tr", default = "websocket")]
+    pub transport: String,
+    /// The user's `seq` when the connection opened.
+    #[serde(rename = "s", default)]
+    pub accepted_seq: u64,
+}
+
+fn websocket() -> String {
+    Transport::WebSocket.name().to_string()
 }
 
 /// Whether the request asks for a WebSocket upgrade.
@@ -69,16 +79,21 @@ fn reply_ok(ws: &WebSocket, id: Option<&RawValue>) {
 }
 
 impl UserHub {
-    /// Accepts a socket for the user named in the hop's URL and sends `welcome`.
+    /// Accepts a socket for the user named in the hop's URL and sends `welcome`. An SSE connection
+    /// brings its filters (and `since`) in the URL: they are applied, and the replay sent, before
+    /// anything live can reach it.
     pub(crate) fn accept(&self, req: &Request) -> Result<Response, Error> {
         let config = self.config()?;
         let url = req.url()?;
-        let mut user_id = None;
-        let mut expires_at = None;
+        let (mut user_id, mut expires_at, mut transport, mut filters, mut since) =
+            (None, None, Transport::WebSocket, None, None);
         for (k, v) in url.query_pairs() {
             match k.as_ref() {
                 "user" => user_id = Some(v.into_owned()),
                 "exp" => expires_at = v.parse::<f64>().ok(),
+                "transport" => transport = Transport::from_name(&v),
+                "filters" => filters = Some(v.into_owned()),
+                "since" => since = v.parse::<u64>().ok(),
                 _ => {}
             }
         }
@@ -88,26 +103,36 @@ impl UserHub {
         let pair = WebSocketPair::new()?;
         let id = ids::uuid_v4();
         let now = Date::now().as_millis() as f64;
+        let accepted_seq = self.current_seq();
         self.state.accept_websocket_with_tags(&pair.server, &[id.as_str()]);
         pair.server.serialize_attachment(Attachment {
             v: 1,
             user_id: user_id.clone(),
             connected_at: now,
             expires_at,
+            transport: transport.name().to_string(),
+            accepted_seq,
         })?;
-        send(&pair.server, &protocol::welcome_frame(&id, &user_id, self.current_seq()));
+        let conn = Conn {
+            ws: pair.server,
+            filters: FilterSet::default(),
+            bucket: TokenBucket::new(config.max_frames_per_second, now),
+            transport,
+            accepted_seq,
+        };
+        conn.send(&protocol::welcome_frame(&id, &user_id, accepted_seq), None);
         if let Some(conns) = self.conns.borrow_mut().as_mut() {
-            conns.insert(
-                id.clone(),
-                Conn {
-                    ws: pair.server,
-                    filters: FilterSet::default(),
-                    bucket: TokenBucket::new(config.max_frames_per_second, now),
-                },
-            );
+            conns.insert(id.clone(), conn);
+        }
+        if let Some(filters) = filters {
+            let list = serde_json::from_str(&filters).unwrap_or(serde_json::Value::Null);
+            self.change_filters(&id, &list, None, true, since);
         }
         let open = self.conns.borrow().as_ref().map_or(0, |c| c.len());
-        log::info("connect", json!({ "userId": user_id, "connectionId": id, "transport": "websocket", "open": open }));
+        log::info(
+            "connect",
+            json!({ "userId": user_id, "connectionId": id, "transport": transport.name(), "open": open, "since": since }),
+        );
         Ok(Response::from_websocket(pair.client)?)
     }
 
@@ -172,11 +197,11 @@ impl UserHub {
         match frame {
             Err(e) => send_error(ws, e.code, &e.message, e.id, &[]),
             Ok(ClientFrame::Ping) => send(ws, "pong"),
-            Ok(ClientFrame::Subscribe { filters, id: frame_id, .. }) => {
-                self.change_filters(ws, &id, &filters, frame_id, true)
+            Ok(ClientFrame::Subscribe { filters, since, id: frame_id }) => {
+                self.change_filters(&id, &filters, frame_id, true, since)
             }
             Ok(ClientFrame::Unsubscribe { filters, id: frame_id }) => {
-                self.change_filters(ws, &id, &filters, frame_id, false)
+                self.change_filters(&id, &filters, frame_id, false, None)
             }
             Ok(ClientFrame::Message { id: frame_id, .. }) => send_error(
                 ws,
@@ -194,23 +219,31 @@ impl UserHub {
         self.conns.borrow_mut().as_mut().and_then(|c| c.get_mut(id)).is_none_or(|c| c.bucket.take(now))
     }
 
+    /// Applies a subscribe (`add`) or unsubscribe, stores the result, replays history after `since`,
+    /// then replies: `ok` when the frame had an `id`, an `invalid_filter` error when entries were skipped.
     fn change_filters(
         &self,
-        ws: &WebSocket,
         id: &str,
         list: &serde_json::Value,
         frame_id: Option<&RawValue>,
         add: bool,
+        since: Option<u64>,
     ) {
+        let reply = |text: &str| {
+            if let Some(conn) = self.conns.borrow().as_ref().and_then(|c| c.get(id)) {
+                conn.send(text, None);
+            }
+        };
         let parsed = match filter::parse_list(list) {
             Ok(p) => p,
-            Err(message) => return send_error(ws, "invalid_frame", &message, frame_id, &[]),
+            Err(message) => return reply(&protocol::error_frame("invalid_frame", &message, frame_id, &[])),
         };
         let mut skipped: Vec<Skipped> =
             parsed.skipped.into_iter().map(|(index, reason)| Skipped { index, reason }).collect();
-        let updated = {
+        let (before, updated) = {
             let mut conns = self.conns.borrow_mut();
             let Some(conn) = conns.as_mut().and_then(|c| c.get_mut(id)) else { return };
+            let before = conn.filters.clone();
             if add {
                 for index in conn.filters.add(parsed.valid) {
                     skipped.push(Skipped {
@@ -221,18 +254,39 @@ impl UserHub {
             } else {
                 conn.filters.remove(&parsed.valid);
             }
-            conn.filters.clone()
+            (before, conn.filters.clone())
         };
-        if let Err(e) = self.store_filters(id, &updated) {
-            log::error("storage_error", json!({ "op": "store_filters", "message": e.to_string() }));
-            return send_error(ws, "internal_error", "the subscription could not be stored; try again", frame_id, &[]);
+        if updated != before {
+            if let Err(e) = self.store_filters(id, &updated) {
+                log::error("storage_error", json!({ "op": "store_filters", "message": e.to_string() }));
+                return reply(&protocol::error_frame(
+                    "internal_error",
+                    "the subscription could not be stored; try again",
+                    frame_id,
+                    &[],
+                ));
+            }
+        }
+        if let Some(since) = since {
+            if let Err(e) = self.replay(id, since, &before) {
+                log::error("storage_error", json!({ "op": "replay", "message": e.to_string() }));
+                return reply(&protocol::error_frame(
+                    "internal_error",
+                    "the history could not be read; try again",
+                    frame_id,
+                    &[],
+                ));
+            }
         }
         if skipped.is_empty() {
-            return reply_ok(ws, frame_id);
+            if let Some(frame_id) = frame_id {
+                reply(&protocol::ok_frame(frame_id));
+            }
+            return;
         }
         skipped.sort_by_key(|s| s.index);
         let message = format!("{} filter(s) skipped; the others were applied", skipped.len());
-        send_error(ws, "invalid_filter", &message, frame_id, &skipped);
+        reply(&protocol::error_frame("invalid_filter", &message, frame_id, &skipped));
     }
 
     /// Closes a socket for abuse and forgets it at once (its close event may never come).

@@ -1,0 +1,165 @@
+//! Server-Sent Events, Worker side. The Worker answers `GET /sse` with an event stream and bridges
+//! it to a hibernatable WebSocket into the user's hub: the hub sends frames already framed as SSE
+//! events, this stream forwards them and adds keep-alive comments. Holding the stream here rather
+//! than in the Durable Object lets the hub hibernate while SSE clients are idle, exactly as it does
+//! for WebSocket clients. When the client goes away the stream is dropped, which closes the
+//! WebSocket, which the hub sees as a close.
+
+use crate::error::Error;
+use crate::hub::{self, ConnectOptions, Transport};
+use futures_channel::mpsc::{unbounded, UnboundedReceiver};
+use futures_util::Stream;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use wasm_bindgen::closure::Closure;
+use wasm_bindgen::JsCast;
+use worker::{Delay, Env, Headers, Response, WebSocket};
+
+/// Longest `filters` query parameter read, in bytes.
+pub const MAX_FILTERS_PARAM_BYTES: usize = 16 * 1024;
+
+enum Event {
+    Data(String),
+    Closed,
+}
+
+/// The event stream handed to the runtime as the response body.
+struct SseStream {
+    ws: WebSocket,
+    rx: UnboundedReceiver<Event>,
+    keepalive: Pin<Box<Delay>>,
+    every: Duration,
+    preamble: bool,
+    done: bool,
+    on_message: Closure<dyn FnMut(web_sys::MessageEvent)>,
+    on_close: Closure<dyn FnMut(web_sys::CloseEvent)>,
+}
+
+impl SseStream {
+    fn new(ws: WebSocket, every: Duration) -> Result<Self, Error> {
+        let (tx, rx) = unbounded();
+        let tx_close = tx.clone();
+        let on_message = Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |e: web_sys::MessageEvent| {
+            if let Some(text) = e.data().as_string() {
+                let _ = tx.unbounded_send(Event::Data(text));
+            }
+        });
+        let on_close = Closure::<dyn FnMut(web_sys::CloseEvent)>::new(move |_e: web_sys::CloseEvent| {
+            let _ = tx_close.unbounded_send(Event::Closed);
+        });
+        let raw: &web_sys::WebSocket = ws.as_ref();
+        let target: &web_sys::EventTarget = raw.unchecked_ref();
+        let listen = |name: &str, f: &js_sys::Function| {
+            target
+                .add_event_listener_with_callback(name, f)
+                .map_err(|_| Error::Internal("could not listen on the hub socket".into()))
+        };
+        listen("message", on_message.as_ref().unchecked_ref())?;
+        listen("close", on_close.as_ref().unchecked_ref())?;
+        listen("error", on_close.as_ref().unchecked_ref())?;
+        ws.accept()?;
+        Ok(SseStream {
+            ws,
+            rx,
+            keepalive: Box::pin(Delay::from(every)),
+            every,
+            preamble: true,
+            done: false,
+            on_message,
+            on_close,
+        })
+    }
+}
+
+impl Stream for SseStream {
+    type Item = Result<Vec<u8>, worker::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if this.preamble {
+            // A comment first, so proxies flush headers at once, and the reconnect delay.
+            this.preamble = false;
+            return Poll::Ready(Some(Ok(b": switchboard\nretry: 2000\n\n".to_vec())));
+        }
+        match Pin::new(&mut this.rx).poll_next(cx) {
+            Poll::Ready(Some(Event::Data(text))) => return Poll::Ready(Some(Ok(text.into_bytes()))),
+            Poll::Ready(Some(Event::Closed)) | Poll::Ready(None) => {
+                this.done = true;
+                return Poll::Ready(None);
+            }
+            Poll::Pending => {}
+        }
+        if this.keepalive.as_mut().poll(cx).is_ready() {
+            this.keepalive = Box::pin(Delay::from(this.every));
+            let _ = this.keepalive.as_mut().poll(cx); // register the next wake-up
+            return Poll::Ready(Some(Ok(b": keepalive\n\n".to_vec())));
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for SseStream {
+    fn drop(&mut self) {
+        // Unhook the closures before they are freed, then tell the hub this client is gone.
+        let raw: &web_sys::WebSocket = self.ws.as_ref();
+        let target: &web_sys::EventTarget = raw.unchecked_ref();
+        let _ = target.remove_event_listener_with_callback("message", self.on_message.as_ref().unchecked_ref());
+        let _ = target.remove_event_listener_with_callback("close", self.on_close.as_ref().unchecked_ref());
+        let _ = target.remove_event_listener_with_callback("error", self.on_close.as_ref().unchecked_ref());
+        let _ = self.ws.close(Some(1000), Some("sse client gone"));
+    }
+}
+
+/// Opens an SSE stream for `user_id`: the hub applies `filters` (a JSON array) and replays after
+/// `since` before anything live is sent.
+pub async fn open(
+    env: &Env,
+    user_id: &str,
+    expires_at_ms: Option<i64>,
+    filters: &str,
+    since: Option<u64>,
+    keepalive_seconds: u64,
+    cors: Option<&str>,
+) -> Result<Response, Error> {
+    let hop = hub::connect(
+        env,
+        user_id,
+        ConnectOptions { expires_at_ms, transport: Transport::Sse, filters: Some(filters), since },
+    )
+    .await?;
+    if hop.status_code() != 101 {
+        return Ok(hop); // the hub refused (its JSON error passes through)
+    }
+    let ws = hop.websocket().ok_or_else(|| Error::Unavailable("the user's hub returned no socket".into()))?;
+    let stream = SseStream::new(ws, Duration::from_secs(keepalive_seconds))?;
+    let headers = Headers::new();
+    headers.set("content-type", "text/event-stream; charset=utf-8")?;
+    // No caching, and no buffering by proxies (nginx honours x-accel-buffering).
+    headers.set("cache-control", "no-cache, no-store, no-transform")?;
+    headers.set("x-accel-buffering", "no")?;
+    if let Some(origin) = cors {
+        headers.set("access-control-allow-origin", origin)?;
+        if origin != "*" {
+            headers.set("vary", "Origin")?;
+        }
+    }
+    Ok(Response::from_stream(stream)?.with_headers(headers))
+}
+
+/// Reads `since` for an SSE connect: `Last-Event-ID` (sent by EventSource when it reconnects), else
+/// the `lastEventId` or `since` query parameter (for clients that cannot set headers).
+pub fn since(last_event_id: Option<&str>, query: Option<&str>) -> Result<Option<u64>, Error> {
+    match last_event_id.filter(|s| !s.trim().is_empty()).or(query) {
+        None => Ok(None),
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| Error::bad_request("invalid_since", "Last-Event-ID (or since) must be a sequence number")),
+    }
+}
