@@ -145,7 +145,13 @@ async fn open_sse(req: Request, env: &Env, config: &Config, cors: Option<&str>) 
     let last_event_id = req.headers().get("last-event-id").ok().flatten();
     let query_since = param("lastEventId").or_else(|| param("since"));
     let since = sse::since(last_event_id.as_deref(), query_since.as_deref())?;
-    sse::open(env, &user_id, identity.expires_at_ms, &filters, since, config.sse_keepalive_seconds, cors).await
+    let options = ConnectOptions {
+        expires_at_ms: identity.expires_at_ms,
+        transport: Transport::Sse,
+        filters: Some(&filters),
+        since,
+    };
+    sse::open(env, &user_id, options, config.sse_keepalive_seconds, cors, Some(req.inner().signal())).await
 }
 
 /// Reads a JSON body under the size limit, after the content-type check.

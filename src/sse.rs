@@ -35,10 +35,12 @@ struct SseStream {
     done: bool,
     on_message: Closure<dyn FnMut(web_sys::MessageEvent)>,
     on_close: Closure<dyn FnMut(web_sys::CloseEvent)>,
+    /// The client's request signal and its listener: it fires when the client disconnects.
+    gone: Option<(web_sys::AbortSignal, Closure<dyn FnMut()>)>,
 }
 
 impl SseStream {
-    fn new(ws: WebSocket, every: Duration) -> Result<Self, Error> {
+    fn new(ws: WebSocket, every: Duration, signal: Option<web_sys::AbortSignal>) -> Result<Self, Error> {
         let (tx, rx) = unbounded();
         let tx_close = tx.clone();
         let on_message = Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |e: web_sys::MessageEvent| {
@@ -60,6 +62,16 @@ impl SseStream {
         listen("close", on_close.as_ref().unchecked_ref())?;
         listen("error", on_close.as_ref().unchecked_ref())?;
         ws.accept()?;
+        // Without this the runtime notices a vanished client only at the next write (a keep-alive
+        // or an envelope), and publishes in between would wait for a dead connection's ack.
+        let gone = signal.map(|signal| {
+            let hub_socket = ws.clone();
+            let closure = Closure::<dyn FnMut()>::new(move || {
+                let _ = hub_socket.close(Some(1000), Some("sse client gone"));
+            });
+            let _ = signal.add_event_listener_with_callback("abort", closure.as_ref().unchecked_ref());
+            (signal, closure)
+        });
         Ok(SseStream {
             ws,
             rx,
@@ -69,6 +81,7 @@ impl SseStream {
             done: false,
             on_message,
             on_close,
+            gone,
         })
     }
 }
@@ -111,32 +124,29 @@ impl Drop for SseStream {
         let _ = target.remove_event_listener_with_callback("message", self.on_message.as_ref().unchecked_ref());
         let _ = target.remove_event_listener_with_callback("close", self.on_close.as_ref().unchecked_ref());
         let _ = target.remove_event_listener_with_callback("error", self.on_close.as_ref().unchecked_ref());
+        if let Some((signal, closure)) = &self.gone {
+            let _ = signal.remove_event_listener_with_callback("abort", closure.as_ref().unchecked_ref());
+        }
         let _ = self.ws.close(Some(1000), Some("sse client gone"));
     }
 }
 
-/// Opens an SSE stream for `user_id`: the hub applies `filters` (a JSON array) and replays after
-/// `since` before anything live is sent.
+/// Opens an SSE stream for `user_id`: the hub applies `options.filters` (a JSON array) and replays
+/// after `options.since` before anything live is sent.
 pub async fn open(
     env: &Env,
     user_id: &str,
-    expires_at_ms: Option<i64>,
-    filters: &str,
-    since: Option<u64>,
+    options: ConnectOptions<'_>,
     keepalive_seconds: u64,
     cors: Option<&str>,
+    signal: Option<web_sys::AbortSignal>,
 ) -> Result<Response, Error> {
-    let hop = hub::connect(
-        env,
-        user_id,
-        ConnectOptions { expires_at_ms, transport: Transport::Sse, filters: Some(filters), since },
-    )
-    .await?;
+    let hop = hub::connect(env, user_id, ConnectOptions { transport: Transport::Sse, ..options }).await?;
     if hop.status_code() != 101 {
         return Ok(hop); // the hub refused (its JSON error passes through)
     }
     let ws = hop.websocket().ok_or_else(|| Error::Unavailable("the user's hub returned no socket".into()))?;
-    let stream = SseStream::new(ws, Duration::from_secs(keepalive_seconds))?;
+    let stream = SseStream::new(ws, Duration::from_secs(keepalive_seconds), signal)?;
     let headers = Headers::new();
     headers.set("content-type", "text/event-stream; charset=utf-8")?;
     // No caching, and no buffering by proxies (nginx honours x-accel-buffering).

@@ -23,6 +23,7 @@ export async function startWorker(vars = {}) {
     modules: true,
     modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
     compatibilityDate: "2026-08-01",
+    compatibilityFlags: ["enable_request_signal"], // as in wrangler.toml
     durableObjects: { USER_HUB: { className: "UserHub", useSQLite: true } },
     bindings,
     host: "127.0.0.1",
@@ -178,5 +179,113 @@ export class Client {
   close(code = 1000, reason = "") {
     this.ws.close(code, reason);
     return this.closed;
+  }
+}
+
+/**
+ * A Server-Sent Events client over fetch streaming, recording every event and comment byte-exactly
+ * (EventSource hides comments and headers; tests need them).
+ */
+export class SseClient {
+  static async open(w, token, { filters, lastEventId, query = {}, headers = {} } = {}) {
+    const c = new SseClient();
+    const params = new URLSearchParams({ token, ...query });
+    if (filters !== undefined) params.set("filters", typeof filters === "string" ? filters : JSON.stringify(filters));
+    c.abort = new AbortController();
+    const h = { ...headers };
+    if (lastEventId !== undefined) h["last-event-id"] = String(lastEventId);
+    c.response = await fetch(`${w.url}/sse?${params}`, { headers: h, signal: c.abort.signal });
+    c.status = c.response.status;
+    c.headers = c.response.headers;
+    if (c.status !== 200) {
+      c.body = await c.response.json().catch(() => undefined);
+      return c;
+    }
+    c.ended = c.#pump();
+    c.welcome = (await c.next((e) => e.json?.type === "welcome")).json;
+    c.id = c.welcome.connectionId;
+    return c;
+  }
+
+  events = [];
+  comments = [];
+  raw = "";
+  #waiters = [];
+
+  async #pump() {
+    const decoder = new TextDecoder();
+    let buf = "";
+    try {
+      for await (const chunk of this.response.body) {
+        const text = decoder.decode(chunk, { stream: true });
+        this.raw += text;
+        buf += text;
+        let i;
+        while ((i = buf.search(/\r\n\r\n|\n\n|\r\r/)) >= 0) {
+          const block = buf.slice(0, i);
+          buf = buf.slice(i + (buf.startsWith("\r\n\r\n", i) ? 4 : 2));
+          this.#onBlock(block);
+        }
+      }
+    } catch {
+      // aborted
+    }
+  }
+
+  #onBlock(block) {
+    const ev = { data: [], id: undefined };
+    for (const line of block.split(/\r\n|\r|\n/)) {
+      if (line.startsWith(":")) {
+        this.comments.push(line);
+        continue;
+      }
+      const colon = line.indexOf(":");
+      const field = colon < 0 ? line : line.slice(0, colon);
+      const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+      if (field === "data") ev.data.push(value);
+      else if (field === "id") ev.id = value;
+      else if (field === "retry") this.retry = Number(value);
+    }
+    if (ev.data.length === 0) return;
+    const data = ev.data.join("\n");
+    const event = { id: ev.id, data, dataLines: ev.data.length };
+    try {
+      event.json = JSON.parse(data);
+    } catch {}
+    const w = this.#waiters.findIndex((x) => x.pred(event));
+    if (w >= 0) {
+      const [x] = this.#waiters.splice(w, 1);
+      clearTimeout(x.timer);
+      x.resolve(event);
+    } else {
+      this.events.push(event);
+    }
+  }
+
+  next(pred = () => true, timeoutMs = 5000) {
+    const i = this.events.findIndex(pred);
+    if (i >= 0) return Promise.resolve(this.events.splice(i, 1)[0]);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#waiters = this.#waiters.filter((x) => x.resolve !== resolve);
+        reject(new Error(`no matching SSE event within ${timeoutMs} ms; raw tail: ${this.raw.slice(-400)}`));
+      }, timeoutMs);
+      this.#waiters.push({ pred, resolve, timer });
+    });
+  }
+
+  /** POST /ack with this client's token. */
+  async ack(w, token, envelopeId, result, connectionId = this.id) {
+    const res = await fetch(`${w.url}/ack`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+      body: JSON.stringify({ connectionId, envelopeId, result }),
+    });
+    return { status: res.status, body: await res.json().catch(() => undefined) };
+  }
+
+  close() {
+    this.abort.abort();
+    return this.ended;
   }
 }
