@@ -31,6 +31,19 @@ impl CorsOrigins {
     }
 }
 
+/// Where and how the hub sends backend webhooks.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub url: String,
+    pub secret: Vec<u8>,
+    /// One attempt's time limit.
+    pub timeout_ms: u64,
+    /// Events older than this are dropped (with an error log) instead of retried.
+    pub max_age_seconds: u64,
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+}
+
 /// Every setting Switchboard reads. See the README's "Settings" table.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -49,6 +62,12 @@ pub struct Config {
     pub history_limit: u64,
     /// Seconds between keep-alive comments on idle SSE streams.
     pub sse_keepalive_seconds: u64,
+    /// Open connections one user may hold; more are refused with 429.
+    pub max_connections_per_user: usize,
+    /// A connection's fixed lifetime in seconds (closed with 4003); 0 = no limit.
+    pub max_connection_seconds: u64,
+    /// Backend webhooks, when `WEBHOOK_URL` and `WEBHOOK_SECRET` are set.
+    pub webhook: Option<WebhookConfig>,
 }
 
 impl Config {
@@ -66,6 +85,11 @@ pub const DEFAULT_MAX_FRAMES_PER_SECOND: u32 = 100;
 pub const DEFAULT_HISTORY_SECONDS: u64 = 3_600;
 pub const DEFAULT_HISTORY_LIMIT: u64 = 1_000;
 pub const DEFAULT_SSE_KEEPALIVE_SECONDS: u64 = 15;
+pub const DEFAULT_MAX_CONNECTIONS_PER_USER: u64 = 100;
+pub const DEFAULT_WEBHOOK_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_WEBHOOK_MAX_AGE_SECONDS: u64 = 86_400;
+pub const DEFAULT_WEBHOOK_RETRY_BASE_MS: u64 = 1_000;
+pub const DEFAULT_WEBHOOK_RETRY_MAX_MS: u64 = 300_000;
 
 impl Config {
     /// Reads the settings through `lookup` (an environment variable or secret by name). Empty strings
@@ -125,8 +149,39 @@ impl Config {
         let history_limit = number(&get, "HISTORY_LIMIT", DEFAULT_HISTORY_LIMIT, 0, 100_000)?;
         let sse_keepalive_seconds = number(&get, "SSE_KEEPALIVE_SECONDS", DEFAULT_SSE_KEEPALIVE_SECONDS, 1, 3_600)?;
 
+        let max_connections_per_user =
+            number(&get, "MAX_CONNECTIONS_PER_USER", DEFAULT_MAX_CONNECTIONS_PER_USER, 1, 30_000)? as usize;
+        let max_connection_seconds = number(&get, "MAX_CONNECTION_SECONDS", 0, 0, 365 * 86_400)?;
+        let webhook = match (get("WEBHOOK_URL"), get("WEBHOOK_SECRET")) {
+            (None, None) => None,
+            (Some(_), None) => return Err("WEBHOOK_URL is set but WEBHOOK_SECRET is not: set both, or neither".into()),
+            (None, Some(_)) => return Err("WEBHOOK_SECRET is set but WEBHOOK_URL is not: set both, or neither".into()),
+            (Some(url), Some(secret)) => {
+                if !(url.starts_with("https://") || url.starts_with("http://")) || url.contains(char::is_whitespace) {
+                    return Err(format!("WEBHOOK_URL must be an http(s) URL, not `{url}`"));
+                }
+                Some(WebhookConfig {
+                    url,
+                    secret: crate::webhook::parse_secret(&secret)?,
+                    timeout_ms: number(&get, "WEBHOOK_TIMEOUT_MS", DEFAULT_WEBHOOK_TIMEOUT_MS, 100, 60_000)?,
+                    max_age_seconds: number(
+                        &get,
+                        "WEBHOOK_MAX_AGE_SECONDS",
+                        DEFAULT_WEBHOOK_MAX_AGE_SECONDS,
+                        1,
+                        30 * 86_400,
+                    )?,
+                    retry_base_ms: number(&get, "WEBHOOK_RETRY_BASE_MS", DEFAULT_WEBHOOK_RETRY_BASE_MS, 10, 3_600_000)?,
+                    retry_max_ms: number(&get, "WEBHOOK_RETRY_MAX_MS", DEFAULT_WEBHOOK_RETRY_MAX_MS, 10, 86_400_000)?,
+                })
+            }
+        };
+
         Ok(Config {
             jwt_secrets,
+            max_connections_per_user,
+            max_connection_seconds,
+            webhook,
             history_seconds,
             history_limit,
             sse_keepalive_seconds,
@@ -176,6 +231,29 @@ mod tests {
     }
 
     #[test]
+    fn webhook_needs_url_and_secret_together() {
+        assert!(parse(&[("JWT_SECRET", "s")]).unwrap().webhook.is_none());
+        assert!(parse(&[("JWT_SECRET", "s"), ("WEBHOOK_URL", "https://b.example/hook")])
+            .unwrap_err()
+            .contains("WEBHOOK_SECRET"));
+        assert!(parse(&[("JWT_SECRET", "s"), ("WEBHOOK_SECRET", "x")]).unwrap_err().contains("WEBHOOK_URL"));
+        assert!(parse(&[("JWT_SECRET", "s"), ("WEBHOOK_URL", "ftp://x"), ("WEBHOOK_SECRET", "x")])
+            .unwrap_err()
+            .contains("WEBHOOK_URL"));
+        let c = parse(&[
+            ("JWT_SECRET", "s"),
+            ("WEBHOOK_URL", "https://b.example/hook"),
+            ("WEBHOOK_SECRET", "whsec_aGVsbG8="),
+        ])
+        .unwrap();
+        let w = c.webhook.unwrap();
+        assert_eq!(w.secret, b"hello");
+        assert_eq!((w.timeout_ms, w.max_age_seconds, w.retry_base_ms), (10_000, 86_400, 1_000));
+        assert_eq!(c.max_connections_per_user, 100);
+        assert_eq!(c.max_connection_seconds, 0);
+    }
+
+    #[test]
     fn zero_turns_history_off() {
         assert!(!parse(&[("JWT_SECRET", "s"), ("HISTORY_LIMIT", "0")]).unwrap().history_enabled());
         assert!(!parse(&[("JWT_SECRET", "s"), ("HISTORY_SECONDS", "0")]).unwrap().history_enabled());
@@ -206,6 +284,8 @@ mod tests {
             ("HISTORY_SECONDS", "forever"),
             ("HISTORY_LIMIT", "1000000"),
             ("SSE_KEEPALIVE_SECONDS", "0"),
+            ("MAX_CONNECTIONS_PER_USER", "0"),
+            ("MAX_CONNECTION_SECONDS", "-5"),
         ] {
             let err = parse(&[("JWT_SECRET", "s"), (k, v)]).unwrap_err();
             assert!(err.contains(k), "{err}");

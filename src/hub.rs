@@ -45,7 +45,9 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS history (seq INTEGER PRIMARY KEY, at INTEGER NOT NULL, envelope TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, seq INTEGER NOT NULL, envelope_id TEXT NOT NULL,
   at INTEGER NOT NULL, body_hash TEXT NOT NULL, response TEXT);
-CREATE INDEX IF NOT EXISTS idempotency_at ON idempotency (at);";
+CREATE INDEX IF NOT EXISTS idempotency_at ON idempotency (at);
+CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL, body TEXT NOT NULL,
+  created INTEGER NOT NULL, attempts INTEGER NOT NULL, next_at INTEGER NOT NULL);";
 
 /// How a connection reaches its client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +82,23 @@ pub(crate) struct Conn {
     pub transport: Transport,
     /// The user's `seq` when this connection opened: envelopes after it may have been delivered live.
     pub accepted_seq: u64,
+    pub user_id: String,
+    /// When it opened, in ms since the epoch.
+    pub connected_at: f64,
+    /// The connect token's `exp`, in ms since the epoch.
+    pub expires_at: Option<f64>,
+    /// When the hub closes it: the earlier of `expires_at` and the `MAX_CONNECTION_SECONDS` lifetime.
+    pub deadline: Option<f64>,
+}
+
+/// When a connection must be closed: the token's `exp` or the end of its fixed lifetime.
+pub(crate) fn deadline(config: &Config, connected_at: f64, expires_at: Option<f64>) -> Option<f64> {
+    let lifetime =
+        (config.max_connection_seconds > 0).then_some(connected_at + (config.max_connection_seconds as f64) * 1000.0);
+    match (expires_at, lifetime) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 impl Conn {
@@ -125,9 +144,11 @@ impl worker::DurableObject for UserHub {
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
         let cors = req.headers().get(CORS_HEADER).ok().flatten();
         let result = match req.path().as_str() {
-            "/connect" => self.accept(&req),
+            "/connect" => self.accept(&req).await,
             "/publish" => self.publish(&mut req, cors.as_deref()).await,
             "/ack" => self.http_ack(&mut req, cors.as_deref()).await,
+            "/connections" if req.method() == Method::Get => self.list_connections(cors.as_deref()),
+            "/connections" if req.method() == Method::Delete => self.kick(&req, cors.as_deref()).await,
             other => Err(Error::NotFound(format!("the hub has no route {other}"))),
         };
         result.or_else(|e| {
@@ -139,18 +160,26 @@ impl worker::DurableObject for UserHub {
     }
 
     async fn websocket_message(&self, ws: WebSocket, message: WebSocketIncomingMessage) -> worker::Result<()> {
-        self.on_message(&ws, message);
+        self.on_message(&ws, message).await;
         Ok(())
     }
 
     async fn websocket_close(&self, ws: WebSocket, code: usize, reason: String, was_clean: bool) -> worker::Result<()> {
-        self.on_close(&ws, code, &reason, was_clean);
+        self.on_close(&ws, code, &reason, was_clean).await;
         Ok(())
     }
 
     async fn websocket_error(&self, ws: WebSocket, error: worker::Error) -> worker::Result<()> {
-        self.on_error(&ws, &error.to_string());
+        self.on_error(&ws, &error.to_string()).await;
         Ok(())
+    }
+
+    async fn alarm(&self) -> worker::Result<Response> {
+        if let Err(e) = self.on_alarm().await {
+            // Throwing would make the runtime retry the alarm; the outbox re-arms itself instead.
+            log::error("alarm_error", json!({ "message": e.to_string() }));
+        }
+        Response::empty()
     }
 }
 
@@ -223,7 +252,7 @@ impl UserHub {
         let mut conns = HashMap::new();
         for ws in self.state.get_websockets() {
             let Some(id) = self.state.get_tags(&ws).into_iter().next() else { continue };
-            let attachment = ws.deserialize_attachment::<crate::ws::Attachment>().ok().flatten();
+            let Some(a) = ws.deserialize_attachment::<crate::ws::Attachment>().ok().flatten() else { continue };
             let filters = stored.remove(&id).map(|t| FilterSet::from_json(&t)).unwrap_or_default();
             conns.insert(
                 id,
@@ -231,8 +260,12 @@ impl UserHub {
                     ws,
                     filters,
                     bucket: TokenBucket::new(config.max_frames_per_second, now),
-                    transport: attachment.as_ref().map_or(Transport::WebSocket, |a| Transport::from_name(&a.transport)),
-                    accepted_seq: attachment.map_or(0, |a| a.accepted_seq),
+                    transport: Transport::from_name(&a.transport),
+                    accepted_seq: a.accepted_seq,
+                    deadline: deadline(&config, a.connected_at, a.expires_at),
+                    user_id: a.user_id,
+                    connected_at: a.connected_at,
+                    expires_at: a.expires_at,
                 },
             );
         }
@@ -256,15 +289,98 @@ impl UserHub {
     }
 
     /// Forgets a connection everywhere: cache, storage, and the publishes waiting on its ack.
-    pub(crate) fn forget(&self, id: &str) {
-        let known = self.conns.borrow_mut().as_mut().and_then(|c| c.remove(id)).is_some();
-        if known {
+    /// Returns the connection if it was still known (so its close is reported once).
+    pub(crate) fn forget(&self, id: &str) -> Option<Conn> {
+        let conn = self.conns.borrow_mut().as_mut().and_then(|c| c.remove(id));
+        if conn.is_some() {
             if let Err(e) = self.sql().exec("DELETE FROM subscriptions WHERE conn_id = ?", vec![id.to_string().into()])
             {
                 log::error("storage_error", json!({ "op": "forget", "message": e.to_string() }));
             }
         }
         self.acks.borrow_mut().connection_closed(id);
+        conn
+    }
+
+    /// The earliest connection deadline, in ms since the epoch.
+    pub(crate) fn next_deadline(&self) -> Option<i64> {
+        let conns = self.conns.borrow();
+        conns.as_ref()?.values().filter_map(|c| c.deadline).reduce(f64::min).map(|d| d.ceil() as i64)
+    }
+
+    /// Closes every connection past its deadline: 4001 when its token expired (reconnect with a fresh
+    /// token), 4003 at the end of `MAX_CONNECTION_SECONDS`.
+    pub(crate) async fn enforce_lifetimes(&self) {
+        // Alarms are not exact to the millisecond; a deadline this close counts as reached.
+        const SLACK_MS: f64 = 250.0;
+        let now = Date::now().as_millis() as f64 + SLACK_MS;
+        let due: Vec<(String, u16, &'static str)> = self
+            .conns
+            .borrow()
+            .iter()
+            .flat_map(|c| c.iter())
+            .filter(|(_, c)| c.deadline.is_some_and(|d| d <= now))
+            .map(|(id, c)| match c.expires_at {
+                Some(exp) if exp <= now => (id.clone(), crate::ws::CLOSE_TOKEN_EXPIRED, "token expired"),
+                _ => (id.clone(), crate::ws::CLOSE_LIFETIME, "connection lifetime reached"),
+            })
+            .collect();
+        for (id, code, reason) in due {
+            self.close_by_server(&id, code, reason, "lifetime").await;
+        }
+    }
+
+    /// `GET /connections`: the user's open connections.
+    fn list_connections(&self, cors: Option<&str>) -> Result<Response, Error> {
+        self.ensure_loaded()?;
+        let conns = self.conns.borrow();
+        let mut list: Vec<serde_json::Value> = conns
+            .iter()
+            .flat_map(|c| c.iter())
+            .map(|(id, c)| {
+                json!({
+                    "connectionId": id,
+                    "transport": c.transport.name(),
+                    "connectedAt": rfc3339(c.connected_at as u64),
+                    "expiresAt": c.expires_at.map(|e| rfc3339(e as u64)),
+                    "closesAt": c.deadline.map(|d| rfc3339(d as u64)),
+                    "filters": c.filters.as_slice(),
+                    "lastPingAt": self.last_auto_ping(&c.ws).map(rfc3339),
+                })
+            })
+            .collect();
+        list.sort_by(|a, b| a["connectedAt"].as_str().cmp(&b["connectedAt"].as_str()));
+        Ok(http::json(200, json!({ "connections": list }).to_string(), cors)?)
+    }
+
+    /// When the runtime last answered this socket's `ping` by itself, if ever
+    /// (`getWebSocketAutoResponseTimestamp`, not bound by workers-rs).
+    fn last_auto_ping(&self, ws: &WebSocket) -> Option<u64> {
+        use wasm_bindgen::JsCast;
+        let state: &wasm_bindgen::JsValue = self.state.as_raw().as_ref();
+        let f = js_sys::Reflect::get(state, &"getWebSocketAutoResponseTimestamp".into()).ok()?;
+        let raw: &web_sys::WebSocket = ws.as_ref();
+        let date = f.dyn_into::<js_sys::Function>().ok()?.call1(state, raw).ok()?;
+        date.dyn_into::<js_sys::Date>().ok().map(|d| d.get_time() as u64)
+    }
+
+    /// `DELETE /connections[?id=…]`: closes one connection (or all) with 4002.
+    async fn kick(&self, req: &Request, cors: Option<&str>) -> Result<Response, Error> {
+        self.ensure_loaded()?;
+        let target = req.url()?.query_pairs().find(|(k, _)| k == "id").map(|(_, v)| v.into_owned());
+        let ids: Vec<String> = match &target {
+            Some(id) => {
+                if !self.conns.borrow().as_ref().is_some_and(|c| c.contains_key(id)) {
+                    return Err(Error::ConnectionNotFound(id.clone()));
+                }
+                vec![id.clone()]
+            }
+            None => self.conns.borrow().iter().flat_map(|c| c.keys().cloned()).collect(),
+        };
+        for id in &ids {
+            self.close_by_server(id, crate::ws::CLOSE_BY_BACKEND, "closed by the backend", "backend").await;
+        }
+        Ok(http::json(200, json!({ "closed": ids }).to_string(), cors)?)
     }
 
     pub(crate) fn current_seq(&self) -> u64 {
@@ -530,7 +646,7 @@ fn fnv1a(bytes: &[u8]) -> String {
     format!("{h:016x}:{}", bytes.len())
 }
 
-fn rfc3339(ms: u64) -> String {
+pub(crate) fn rfc3339(ms: u64) -> String {
     DateTime::from_timestamp_millis(ms as i64).unwrap_or_default().to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
@@ -579,6 +695,27 @@ pub async fn connect(env: &Env, user_id: &str, options: ConnectOptions<'_>) -> R
     headers.set("upgrade", "websocket")?;
     let mut init = RequestInit::new();
     init.with_method(Method::Get).with_headers(headers);
+    hop(env, user_id, Request::new_with_init(url.as_str(), &init)?).await
+}
+
+/// `GET` or `DELETE` the user's connections (`connection_id` narrows a DELETE to one).
+pub async fn connections(
+    env: &Env,
+    method: Method,
+    user_id: &str,
+    connection_id: Option<&str>,
+    cors: Option<&str>,
+) -> Result<Response, Error> {
+    let mut url = worker::Url::parse("https://hub/connections").map_err(|e| Error::Internal(e.to_string()))?;
+    if let Some(id) = connection_id {
+        url.query_pairs_mut().append_pair("id", id);
+    }
+    let headers = Headers::new();
+    if let Some(origin) = cors {
+        headers.set(CORS_HEADER, origin)?;
+    }
+    let mut init = RequestInit::new();
+    init.with_method(method).with_headers(headers);
     hop(env, user_id, Request::new_with_init(url.as_str(), &init)?).await
 }
 

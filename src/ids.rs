@@ -23,6 +23,17 @@ pub fn uuid_v4() -> String {
     s
 }
 
+/// A random `u32` (for jitter).
+pub fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    if getrandom::fill(&mut b).is_err() {
+        let mut wide = [0u8; 16];
+        fallback(&mut wide);
+        b.copy_from_slice(&wide[..4]);
+    }
+    u32::from_le_bytes(b)
+}
+
 fn fallback(b: &mut [u8; 16]) {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0x9e37_79b9_7f4a_7c15);

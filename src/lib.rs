@@ -15,6 +15,7 @@
 //! - [`error`]: the one error type, with its HTTP status and stable code.
 //! - [`ratelimit`]: the per-connection token bucket that stops floods.
 //! - [`ids`]: random UUIDs for connections and envelopes.
+//! - [`webhook`]: CloudEvents for the backend, Standard Webhooks signatures, retry backoff.
 //!
 //! Runtime-facing modules (thin, exercised by the end-to-end suite in `tests/` against workerd):
 //! - [`router`]: the Worker entry point: routing, authentication, CORS, and the hop to a hub.
@@ -23,6 +24,7 @@
 //! - [`ws`]: the WebSocket transport inside the hub: accept, frames, close codes.
 //! - [`sse`]: Server-Sent Events: the Worker holds the stream and bridges it to a hibernatable
 //!   WebSocket into the hub.
+//! - [`outbox`]: the hub's durable webhook queue and its alarm (which also closes expired connections).
 //! - [`http`]: JSON responses, CORS headers, and reading bodies under a size limit.
 //! - [`log`]: one JSON line per event, readable in `wrangler dev` and `wrangler tail`.
 
@@ -34,6 +36,7 @@ pub mod filter;
 pub mod ids;
 pub mod protocol;
 pub mod ratelimit;
+pub mod webhook;
 
 #[cfg(target_arch = "wasm32")]
 mod http;
@@ -41,6 +44,8 @@ mod http;
 mod hub;
 #[cfg(target_arch = "wasm32")]
 mod log;
+#[cfg(target_arch = "wasm32")]
+mod outbox;
 #[cfg(target_arch = "wasm32")]
 mod router;
 #[cfg(target_arch = "wasm32")]

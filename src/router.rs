@@ -6,6 +6,8 @@
 //! | `/publish` | POST | publish to a user (token needs the `publish` scope) |
 //! | `/sse` | GET | Server-Sent Events stream (token needs `userId`) |
 //! | `/ack` | POST | acknowledge a delivery over HTTP (SSE clients; token needs `userId`) |
+//! | `/users/{userId}/connections` | GET, DELETE | list or close a user's connections (`publish` scope) |
+//! | `/users/{userId}/connections/{connectionId}` | DELETE | close one connection (`publish` scope) |
 //! | `/healthz` | GET, HEAD | liveness, no token |
 //! | any | OPTIONS | CORS preflight |
 
@@ -85,6 +87,7 @@ async fn route(req: Request, env: &Env, config: &Config, cors: Option<&str>) -> 
         ("/ack", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "POST, OPTIONS" }),
         ("/healthz", Method::Get | Method::Head) => Ok(http::json(200, r#"{"status":"ok"}"#.into(), cors)?),
         ("/healthz", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "GET, HEAD" }),
+        (p, m) if p.starts_with("/users/") => connection_api(req, env, config, cors, m).await,
         ("/", Method::Get) => Err(Error::UpgradeRequired),
         ("/", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "GET, OPTIONS" }),
         _ => Err(Error::NotFound(format!("there is no route {path}"))),
@@ -170,13 +173,50 @@ async fn ack(mut req: Request, env: &Env, config: &Config, cors: Option<&str>) -
     hub::forward(env, "/ack", &user_id, body, cors, None).await
 }
 
-async fn publish(mut req: Request, env: &Env, config: &Config, cors: Option<&str>) -> Result<Response, Error> {
-    let identity = authenticate(&req, config)?;
+/// Backend endpoints need the `publish` scope (or any valid token with `PUBLISH_AUTH=any-token`).
+fn authorize_backend(req: &Request, config: &Config) -> Result<Identity, Error> {
+    let identity = authenticate(req, config)?;
     if config.publish_auth == PublishAuth::Scope && !identity.can_publish {
         return Err(Error::Forbidden(
-            "publishing needs a token whose `scope` claim contains `publish` (PUBLISH_AUTH=any-token restores HopeFlow's any-token behaviour)".into(),
+            "this needs a token whose `scope` claim contains `publish` (PUBLISH_AUTH=any-token restores HopeFlow's any-token behaviour)".into(),
         ));
     }
+    Ok(identity)
+}
+
+/// `/users/{userId}/connections[/{connectionId}]`: `GET` lists, `DELETE` closes with 4002.
+async fn connection_api(
+    req: Request,
+    env: &Env,
+    config: &Config,
+    cors: Option<&str>,
+    method: Method,
+) -> Result<Response, Error> {
+    let path = req.path();
+    let segments: Vec<String> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .collect();
+    let (user_id, connection_id) = match segments.as_slice() {
+        [users, user, conns] if users == "users" && conns == "connections" => (user.clone(), None),
+        [users, user, conns, id] if users == "users" && conns == "connections" && !id.is_empty() => {
+            (user.clone(), Some(id.clone()))
+        }
+        _ => return Err(Error::NotFound(format!("there is no route {path}"))),
+    };
+    let allow = if connection_id.is_some() { "DELETE, OPTIONS" } else { "GET, DELETE, OPTIONS" };
+    match (&method, &connection_id) {
+        (Method::Get, None) | (Method::Delete, _) => {}
+        _ => return Err(Error::MethodNotAllowed { method: method.to_string(), allow }),
+    }
+    authorize_backend(&req, config)?;
+    auth::check_user_id(&user_id).map_err(|m| Error::bad_request("invalid_user_id", m))?;
+    hub::connections(env, method, &user_id, connection_id.as_deref(), cors).await
+}
+
+async fn publish(mut req: Request, env: &Env, config: &Config, cors: Option<&str>) -> Result<Response, Error> {
+    authorize_backend(&req, config)?;
     let idempotency_key = req.headers().get("idempotency-key").ok().flatten();
     if let Some(key) = &idempotency_key {
         protocol::check_idempotency_key(key)?;

@@ -6,15 +6,21 @@
 use crate::acks::AckOutcome;
 use crate::error::Error;
 use crate::filter::{self, FilterSet};
-use crate::hub::{Conn, Transport, UserHub};
+use crate::hub::{self, Conn, Transport, UserHub};
 use crate::protocol::{self, ClientFrame, Skipped};
 use crate::ratelimit::TokenBucket;
-use crate::{ids, log};
+use crate::{ids, log, webhook};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use serde_json::value::RawValue;
 use worker::{Date, Request, Response, WebSocket, WebSocketIncomingMessage, WebSocketPair};
 
+/// The connect token's `exp` passed: reconnect with a fresh token.
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
+/// Closed by the backend through the connection API.
+pub const CLOSE_BY_BACKEND: u16 = 4002;
+/// `MAX_CONNECTION_SECONDS` reached: reconnect.
+pub const CLOSE_LIFETIME: u16 = 4003;
 /// A frame larger than `MAX_FRAME_BYTES` (reconnecting is fine; resending it is not).
 pub const CLOSE_FRAME_TOO_LARGE: u16 = 4009;
 /// More frames than `MAX_FRAMES_PER_SECOND` allows (reconnect after a backoff).
@@ -82,7 +88,7 @@ impl UserHub {
     /// Accepts a socket for the user named in the hop's URL and sends `welcome`. An SSE connection
     /// brings its filters (and `since`) in the URL: they are applied, and the replay sent, before
     /// anything live can reach it.
-    pub(crate) fn accept(&self, req: &Request) -> Result<Response, Error> {
+    pub(crate) async fn accept(&self, req: &Request) -> Result<Response, Error> {
         let config = self.config()?;
         let url = req.url()?;
         let (mut user_id, mut expires_at, mut transport, mut filters, mut since) =
@@ -99,6 +105,12 @@ impl UserHub {
         }
         let user_id = user_id.ok_or_else(|| Error::Internal("the hop to the hub carried no user".into()))?;
         self.ensure_loaded()?;
+        let open = self.conns.borrow().as_ref().map_or(0, |c| c.len());
+        if open >= config.max_connections_per_user {
+            return Err(Error::TooManyRequests(format!(
+                "this user already has {open} open connections (MAX_CONNECTIONS_PER_USER)"
+            )));
+        }
 
         let pair = WebSocketPair::new()?;
         let id = ids::uuid_v4();
@@ -113,12 +125,17 @@ impl UserHub {
             transport: transport.name().to_string(),
             accepted_seq,
         })?;
+        let deadline = hub::deadline(&config, now, expires_at);
         let conn = Conn {
             ws: pair.server,
             filters: FilterSet::default(),
             bucket: TokenBucket::new(config.max_frames_per_second, now),
             transport,
             accepted_seq,
+            user_id: user_id.clone(),
+            connected_at: now,
+            expires_at,
+            deadline,
         };
         conn.send(&protocol::welcome_frame(&id, &user_id, accepted_seq), None);
         if let Some(conns) = self.conns.borrow_mut().as_mut() {
@@ -128,17 +145,22 @@ impl UserHub {
             let list = serde_json::from_str(&filters).unwrap_or(serde_json::Value::Null);
             self.change_filters(&id, &list, None, true, since);
         }
-        let open = self.conns.borrow().as_ref().map_or(0, |c| c.len());
         log::info(
             "connect",
-            json!({ "userId": user_id, "connectionId": id, "transport": transport.name(), "open": open, "since": since }),
+            json!({ "userId": user_id, "connectionId": id, "transport": transport.name(), "open": open + 1, "since": since }),
         );
+        let data =
+            json!({ "connectionId": id, "transport": transport.name(), "connectedAt": hub::rfc3339(now as u64) });
+        self.enqueue_event(webhook::CONNECTION_OPENED, &user_id, data).await?;
+        if let Some(d) = deadline {
+            self.schedule_alarm(Some(d.ceil() as i64), false).await?;
+        }
         Ok(Response::from_websocket(pair.client)?)
     }
 
     /// One client frame. Nothing here panics or closes the socket on bad input; only abuse
     /// (an oversized frame, a flood) closes it.
-    pub(crate) fn on_message(&self, ws: &WebSocket, message: WebSocketIncomingMessage) {
+    pub(crate) async fn on_message(&self, ws: &WebSocket, message: WebSocketIncomingMessage) {
         let Some(id) = conn_id(self, ws) else { return };
         let config = match self.config().and_then(|c| self.ensure_loaded().map(|_| c)) {
             Ok(c) => c,
@@ -151,10 +173,10 @@ impl UserHub {
             WebSocketIncomingMessage::String(text) => text,
             WebSocketIncomingMessage::Binary(bytes) => {
                 if bytes.len() > config.max_frame_bytes {
-                    return self.close_abuse(ws, &id, CLOSE_FRAME_TOO_LARGE, "frame too large");
+                    return self.close_by_server(&id, CLOSE_FRAME_TOO_LARGE, "frame too large", "abuse").await;
                 }
                 if !self.take_token(&id) {
-                    return self.close_abuse(ws, &id, CLOSE_FLOOD, "too many frames");
+                    return self.close_by_server(&id, CLOSE_FLOOD, "too many frames", "abuse").await;
                 }
                 return send_error(
                     ws,
@@ -166,7 +188,7 @@ impl UserHub {
             }
         };
         if text.len() > config.max_frame_bytes {
-            return self.close_abuse(ws, &id, CLOSE_FRAME_TOO_LARGE, "frame too large");
+            return self.close_by_server(&id, CLOSE_FRAME_TOO_LARGE, "frame too large", "abuse").await;
         }
         let frame = protocol::parse_client_frame(&text);
         // Acks the hub is waiting for are paced by publishes, not by the client: they never count
@@ -177,7 +199,7 @@ impl UserHub {
                 return reply_ok(ws, *frame_id);
             }
             if !self.take_token(&id) {
-                return self.close_abuse(ws, &id, CLOSE_FLOOD, "too many frames");
+                return self.close_by_server(&id, CLOSE_FLOOD, "too many frames", "abuse").await;
             }
             // A late or repeated ack is harmless; a HopeFlow client expects silence, so only a frame
             // that asked for a reply (`id`) hears about it.
@@ -192,7 +214,7 @@ impl UserHub {
             return;
         }
         if !self.take_token(&id) {
-            return self.close_abuse(ws, &id, CLOSE_FLOOD, "too many frames");
+            return self.close_by_server(&id, CLOSE_FLOOD, "too many frames", "abuse").await;
         }
         match frame {
             Err(e) => send_error(ws, e.code, &e.message, e.id, &[]),
@@ -203,13 +225,7 @@ impl UserHub {
             Ok(ClientFrame::Unsubscribe { filters, id: frame_id }) => {
                 self.change_filters(&id, &filters, frame_id, false, None)
             }
-            Ok(ClientFrame::Message { id: frame_id, .. }) => send_error(
-                ws,
-                "no_backend",
-                "no backend webhook is configured to receive messages (set WEBHOOK_URL and WEBHOOK_SECRET)",
-                frame_id,
-                &[],
-            ),
+            Ok(ClientFrame::Message { data, id: frame_id }) => self.upstream(ws, &id, data, frame_id).await,
             Ok(ClientFrame::Ack { .. }) => {}
         }
     }
@@ -289,34 +305,75 @@ impl UserHub {
         reply(&protocol::error_frame("invalid_filter", &message, frame_id, &skipped));
     }
 
-    /// Closes a socket for abuse and forgets it at once (its close event may never come).
-    fn close_abuse(&self, ws: &WebSocket, id: &str, code: u16, reason: &str) {
-        let _ = ws.close(Some(code), Some(reason));
-        self.forget(id);
-        log::info("close", json!({ "connectionId": id, "code": code, "reason": reason, "by": "server" }));
+    /// Sends a client's `message` frame to the backend webhook; `ok` (with an `id`) once it is stored.
+    async fn upstream(&self, ws: &WebSocket, id: &str, data: Option<&RawValue>, frame_id: Option<&RawValue>) {
+        let user_id = self.conns.borrow().as_ref().and_then(|c| c.get(id)).map(|c| c.user_id.clone());
+        let Some(user_id) = user_id else { return };
+        let data: serde_json::Value = data.and_then(|d| serde_json::from_str(d.get()).ok()).unwrap_or_default();
+        let mut event = json!({ "connectionId": id, "data": data });
+        if let Some(frame_id) = frame_id.and_then(|f| serde_json::from_str::<serde_json::Value>(f.get()).ok()) {
+            event["messageId"] = frame_id;
+        }
+        match self.enqueue_event(webhook::CLIENT_MESSAGE, &user_id, event).await {
+            Ok(true) => reply_ok(ws, frame_id),
+            Ok(false) => send_error(
+                ws,
+                "no_backend",
+                "no backend webhook is configured to receive messages (set WEBHOOK_URL and WEBHOOK_SECRET)",
+                frame_id,
+                &[],
+            ),
+            Err(e) => {
+                log::error("storage_error", json!({ "op": "enqueue_message", "message": e.to_string() }));
+                send_error(ws, "internal_error", "the message could not be stored; send it again", frame_id, &[]);
+            }
+        }
+    }
+
+    /// Closes a connection from the server side (abuse, lifetime, the backend) and forgets it at once
+    /// (its close event may never come); the backend hears about it once.
+    pub(crate) async fn close_by_server(&self, id: &str, code: u16, reason: &str, by: &str) {
+        let Some(conn) = self.forget(id) else { return };
+        let _ = conn.ws.close(Some(code), Some(reason));
+        log::info(
+            "close",
+            json!({ "userId": conn.user_id, "connectionId": id, "code": code, "reason": reason, "by": by }),
+        );
+        self.report_close(&conn, id, code, reason, by).await;
+    }
+
+    async fn report_close(&self, conn: &Conn, id: &str, code: u16, reason: &str, by: &str) {
+        let data = json!({
+            "connectionId": id, "transport": conn.transport.name(), "code": code, "reason": reason, "by": by,
+            "connectedAt": hub::rfc3339(conn.connected_at as u64),
+        });
+        if let Err(e) = self.enqueue_event(webhook::CONNECTION_CLOSED, &conn.user_id, data).await {
+            log::error("storage_error", json!({ "op": "enqueue_close", "message": e.to_string() }));
+        }
     }
 
     /// The client closed: answer the close (so its handshake completes promptly) and forget it.
-    pub(crate) fn on_close(&self, ws: &WebSocket, code: usize, reason: &str, was_clean: bool) {
-        let id = conn_id(self, ws);
-        if let Some(id) = &id {
-            self.forget(id);
-        }
+    pub(crate) async fn on_close(&self, ws: &WebSocket, code: usize, reason: &str, was_clean: bool) {
         let reply: String = reason.chars().take(100).collect();
         // Already-closing sockets throw here; that is fine.
         let _ = ws.close(Some(reply_close_code(code)), Some(reply));
-        let user_id = ws.deserialize_attachment::<Attachment>().ok().flatten().map(|a| a.user_id);
+        let Some(id) = conn_id(self, ws) else { return };
+        let _ = self.ensure_loaded();
+        // Unknown here means the server closed it first and has reported it already.
+        let Some(conn) = self.forget(&id) else { return };
         log::info(
             "close",
-            json!({ "userId": user_id, "connectionId": id, "code": code, "reason": reason, "clean": was_clean, "by": "client" }),
+            json!({ "userId": conn.user_id, "connectionId": id, "code": code, "reason": reason, "clean": was_clean, "by": "client" }),
         );
+        self.report_close(&conn, &id, code.min(u16::MAX as usize) as u16, reason, "client").await;
     }
 
-    pub(crate) fn on_error(&self, ws: &WebSocket, error: &str) {
-        if let Some(id) = conn_id(self, ws) {
-            self.forget(&id);
-            log::error("socket_error", json!({ "connectionId": id, "message": error }));
-        }
+    pub(crate) async fn on_error(&self, ws: &WebSocket, error: &str) {
         let _ = ws.close(Some(1011), Some("socket error"));
+        let Some(id) = conn_id(self, ws) else { return };
+        let _ = self.ensure_loaded();
+        let Some(conn) = self.forget(&id) else { return };
+        log::error("socket_error", json!({ "connectionId": id, "message": error }));
+        self.report_close(&conn, &id, 1011, "socket error", "error").await;
     }
 }

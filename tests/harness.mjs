@@ -180,6 +180,19 @@ export class Client {
     this.ws.close(code, reason);
     return this.closed;
   }
+
+  /**
+   * Resolves when the server's close frame has arrived (readyState CLOSING or CLOSED). For closes the
+   * hub starts outside a socket event (kick, expiry), local workerd ends the TCP connection only when
+   * the hub idles out, so `closed` (which waits for TCP) can lag by ~10 s; browsers give up after 2 s.
+   */
+  async closeFrame(timeoutMs = 10000) {
+    const end = Date.now() + timeoutMs;
+    while (this.ws.readyState < 2) {
+      if (Date.now() > end) throw new Error("no close frame");
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
 }
 
 /**
