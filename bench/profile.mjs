@@ -1,0 +1,139 @@
+// Where a server's CPU goes: runs a publish workload against one fresh server with the V8 sampling
+// profiler on (through workerd's inspector) and prints self time grouped by function and by kind
+// (wasm / JS glue / runtime builtins / GC). Not part of run.sh; see BENCHMARKS.md "Profile".
+//
+//   node bench/profile.mjs [switchboard|reference] [sockets=1] [publishes=2000] [payloadBytes=0]
+//
+// The release wasm has no name section, so wasm functions show as wasm-function[N]; the JS glue
+// (wasm-bindgen imports) and runtime builtins keep their names.
+import crypto from "node:crypto";
+import { Miniflare } from "miniflare";
+import WebSocket from "ws";
+import { serverOptions } from "./servers.mjs";
+
+const [name = "switchboard", socketsArg = "1", nArg = "2000", padArg = "0"] = process.argv.slice(2);
+const sockets = Number(socketsArg);
+const n = Number(nArg);
+const pad = "x".repeat(Math.max(0, Number(padArg) - 20));
+const secret = crypto.randomBytes(16).toString("hex");
+const hardStop = setTimeout(() => {
+  console.error("profile: gave up after 300 s");
+  process.exit(2);
+}, 300000);
+
+const b64 = (x) => Buffer.from(JSON.stringify(x)).toString("base64url");
+const mint = (claims) => {
+  const data = `${b64({ alg: "HS256", typ: "JWT" })}.${b64(claims)}`;
+  return `${data}.${crypto.createHmac("sha256", secret).update(data).digest("base64url")}`;
+};
+const exp = Math.floor(Date.now() / 1000) + 3600;
+
+const mf = new Miniflare({ ...serverOptions(name, secret), inspectorPort: 0 });
+const url = (await mf.ready).toString().replace(/\/$/, "");
+const inspector = await mf.getInspectorURL();
+const targets = await (await fetch(`http://${inspector.host}/json/list`)).json();
+const target = targets.find((t) => String(t.id).includes(name) || String(t.title).includes(name)) || targets[0];
+const cdp = new WebSocket(target.webSocketDebuggerUrl.replace("localhost", "127.0.0.1"));
+await new Promise((r, j) => (cdp.once("open", r), cdp.once("error", j)));
+let nextId = 1;
+const waiting = new Map();
+cdp.on("message", (d) => {
+  const m = JSON.parse(d.toString());
+  if (m.id && waiting.has(m.id)) {
+    waiting.get(m.id)(m);
+    waiting.delete(m.id);
+  }
+});
+const call = (method, params = {}) =>
+  new Promise((resolve) => {
+    const id = nextId++;
+    waiting.set(id, resolve);
+    cdp.send(JSON.stringify({ id, method, params }));
+  });
+
+// Clients that ack at once.
+const user = "prof";
+const clients = [];
+for (let i = 0; i < sockets; i++) {
+  const ws = new WebSocket(`${url.replace(/^http/, "ws")}/?token=${mint({ userId: user, exp })}`);
+  await new Promise((r, j) => {
+    ws.once("message", r);
+    ws.once("error", j);
+  });
+  ws.send(JSON.stringify({ type: "subscribe", filters: [{ type: "bench" }], id: 1 }));
+  await new Promise((r) => ws.once("message", r));
+  ws.on("message", (d) => {
+    const s = d.toString();
+    const k = s.indexOf('"envelopeId":"');
+    if (k >= 0) {
+      const id = s.slice(k + 14, s.indexOf('"', k + 14));
+      ws.send(`{"type":"ack","envelopeId":"${id}","result":{"s":${i}}}`);
+    }
+  });
+  clients.push(ws);
+}
+const auth = `Bearer ${mint({ scope: "publish", exp })}`;
+async function publish(i) {
+  const r = await fetch(`${url}/publish`, {
+    method: "POST",
+    headers: { authorization: auth, "content-type": "application/json" },
+    body: `{"userId":"${user}","type":"bench","payload":{"n":${i},"pad":"${pad}"},"timeoutMs":5000}`,
+  });
+  const j = await r.json();
+  if (r.status !== 200 || j.clientCount !== sockets || j.acks.length !== sockets) throw new Error(JSON.stringify(j).slice(0, 300));
+}
+for (let i = 0; i < Math.min(200, n); i++) await publish(i); // warm-up (tier-up)
+
+await call("Profiler.enable");
+await call("Profiler.setSamplingInterval", { interval: Number(process.env.PROFILE_INTERVAL_US || 200) });
+await call("Profiler.start");
+const t0 = performance.now();
+for (let i = 0; i < n; i++) await publish(i);
+const wall = performance.now() - t0;
+const { result } = await call("Profiler.stop");
+const profile = result.profile;
+
+// Self time per node from samples/timeDeltas.
+const self = new Map();
+const byId = new Map(profile.nodes.map((nd) => [nd.id, nd]));
+for (let i = 0; i < profile.samples.length; i++) {
+  const id = profile.samples[i];
+  self.set(id, (self.get(id) || 0) + (profile.timeDeltas[i + 1] ?? 0));
+}
+const kindOf = (cf) => {
+  if (cf.functionName.startsWith("(")) return cf.functionName;
+  if (cf.url.startsWith("wasm://") || /^(wasm-function|\$)/.test(cf.functionName)) return "wasm";
+  if (cf.url.endsWith("index.js") || cf.url.includes("/index.js")) return "js glue (index.js)";
+  if (cf.url.includes("worker.js")) return "reference js";
+  if (!cf.url) return "runtime builtins";
+  return "other js";
+};
+const byFn = new Map();
+const byKind = new Map();
+let busy = 0;
+for (const [id, us] of self) {
+  const cf = byId.get(id).callFrame;
+  const kind = kindOf(cf);
+  byKind.set(kind, (byKind.get(kind) || 0) + us);
+  if (kind !== "(idle)" && kind !== "(root)") busy += us;
+  const key = `${cf.functionName || "(anonymous)"}  [${kind}${cf.url && !cf.url.startsWith("wasm") ? " " + cf.url.split("/").pop() + ":" + cf.lineNumber : ""}]`;
+  byFn.set(key, (byFn.get(key) || 0) + us);
+}
+const per = (us) => (us / 1000 / n).toFixed(3);
+console.log(`server=${name} sockets=${sockets} publishes=${n} payload=${padArg}B wall=${wall.toFixed(0)}ms`);
+console.log(`isolate busy (non-idle samples): ${(busy / 1000).toFixed(1)} ms = ${per(busy)} ms/publish (JS thread only)`);
+console.log("by kind (ms per publish, share of busy):");
+for (const [k, us] of [...byKind].sort((a, b) => b[1] - a[1])) {
+  if (k === "(idle)" || k === "(root)") continue;
+  console.log(`  ${per(us).padStart(8)}  ${((100 * us) / busy).toFixed(1).padStart(5)}%  ${k}`);
+}
+console.log("top functions by self time (ms per publish, share of busy):");
+for (const [k, us] of [...byFn].sort((a, b) => b[1] - a[1]).slice(0, Number(process.env.PROFILE_TOP || 30))) {
+  if (k.startsWith("(idle)") || k.startsWith("(root)")) continue;
+  console.log(`  ${per(us).padStart(8)}  ${((100 * us) / busy).toFixed(1).padStart(5)}%  ${k}`);
+}
+for (const ws of clients) ws.terminate();
+cdp.terminate();
+await mf.dispose();
+clearTimeout(hardStop);
+process.exit(0);

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The benchmark suite's entry point (`npm run bench`). Runs every scenario against Switchboard and the
+# reference Worker and writes bench/results/latest.json (+ a timestamped copy and latest.txt).
+#
+#   bash bench/run.sh                 # full mode, 1 run
+#   bash bench/run.sh --runs 3        # full mode, medians of 3 runs (what BENCHMARKS.md reports)
+#   bash bench/run.sh --quick         # CI smoke: well under a minute after the builds
+#   BENCH_NO_BUILD=1 bash bench/run.sh --quick   # use the existing build/ as it is
+#
+# Any other flag goes to the generator (bench/target/release/switchboard-bench --help).
+# Exits non-zero if any publish or socket misbehaved.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+log() { printf '[bench] %s\n' "$*" >&2; }
+
+bash scripts/setup.sh
+. scripts/env.sh
+
+# BENCH_BUILD_DIR=<dir> benchmarks a build made elsewhere (e.g. an older commit's), as it is.
+if [ -n "${BENCH_BUILD_DIR:-}" ]; then
+  BENCH_NO_BUILD=1
+  src_build="$BENCH_BUILD_DIR"
+else
+  src_build=build
+fi
+if [ "${BENCH_NO_BUILD:-}" != "1" ]; then
+  log "building the release Worker (scripts/build.sh)"
+  bash scripts/build.sh
+fi
+log "building the load generator"
+cargo build --release --quiet --manifest-path bench/Cargo.toml
+
+# Benchmark a snapshot of build/, so a rebuild while we run cannot mix two versions.
+snap="$(mktemp -d "${TMPDIR:-/tmp}/switchboard-bench.XXXXXX")"
+trap 'rm -rf "$snap"' EXIT
+cp -R "$src_build"/. "$snap/"
+export BENCH_BUILD_DIR="$snap"
+BENCH_NODE="$(command -v node)"
+export BENCH_NODE
+
+mkdir -p bench/results
+log "machine, wasm size and cold start"
+timeout 300 node bench/coldstart.mjs > "$snap/extra.json"
+
+stamp="$(date -u +%Y%m%dT%H%M%SZ)"
+status=0
+timeout "${BENCH_TIMEOUT:-1800}" bench/target/release/switchboard-bench "$@" \
+  --extra "$snap/extra.json" --out bench/results/latest.json | tee bench/results/latest.txt || status=$?
+if [ -f bench/results/latest.json ]; then
+  cp bench/results/latest.json "bench/results/$stamp.json"
+  cp bench/results/latest.txt "bench/results/$stamp.txt"
+  log "results: bench/results/latest.json (copy: bench/results/$stamp.json)"
+fi
+exit "$status"

@@ -1,0 +1,80 @@
+// Shared by serve.mjs and coldstart.mjs: how each server under test is started with Miniflare.
+import { Miniflare } from "miniflare";
+import fs from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+export const BENCH = path.dirname(fileURLToPath(import.meta.url));
+export const ROOT = path.resolve(BENCH, "..");
+
+/** The servers under test. `build` is the directory holding Switchboard's index.js + wasm. */
+export function serverOptions(name, secret, build = process.env.BENCH_BUILD_DIR || path.join(ROOT, "build")) {
+  const common = {
+    modules: true,
+    compatibilityDate: "2026-08-01",
+    durableObjects: { USER_HUB: { className: "UserHub", useSQLite: true } },
+    host: "127.0.0.1",
+    port: 0,
+    // Both servers log one JSON line per connect and per publish; the lines are read and dropped
+    // here so printing them never slows the runner (see BENCHMARKS.md).
+    handleRuntimeStdio(stdout, stderr) {
+      stdout.on("data", () => {});
+      stderr.on("data", (d) => {
+        if (process.env.BENCH_SHOW_STDERR) process.stderr.write(d);
+      });
+    },
+  };
+  if (name === "switchboard") {
+    return {
+      ...common,
+      name: "switchboard",
+      scriptPath: path.join(build, "index.js"),
+      modulesRoot: build,
+      modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
+      // BENCH_SWITCHBOARD_VARS='{"HISTORY_LIMIT":"0"}' measures other settings (e.g. history off).
+      bindings: { JWT_SECRET: secret, MAX_FRAMES_PER_SECOND: "100000", ...JSON.parse(process.env.BENCH_SWITCHBOARD_VARS || "{}") },
+      compatibilityFlags: ["enable_request_signal"], // as in wrangler.toml
+    };
+  }
+  if (name === "reference") {
+    return {
+      ...common,
+      name: "reference",
+      scriptPath: path.join(BENCH, "reference", "worker.js"),
+      modulesRoot: path.join(BENCH, "reference"),
+      bindings: { JWT_SECRET: secret },
+    };
+  }
+  throw new Error(`unknown server ${name}`);
+}
+
+function childPids(ppid) {
+  const out = [];
+  for (const d of fs.readdirSync("/proc")) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${d}/stat`, "utf8");
+      const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      if (Number(rest[1]) === ppid) out.push(Number(d));
+    } catch {}
+  }
+  return out;
+}
+
+/** Starts one server; resolves with { mf, url, pid } where pid is its own workerd process. */
+export async function startServer(name, secret, build) {
+  const before = new Set(childPids(process.pid));
+  const mf = new Miniflare(serverOptions(name, secret, build));
+  const url = (await mf.ready).toString().replace(/\/$/, "");
+  const fresh = childPids(process.pid).filter((p) => !before.has(p));
+  let pid = fresh.find((p) => {
+    try {
+      return fs.readFileSync(`/proc/${p}/comm`, "utf8").includes("workerd");
+    } catch {
+      return false;
+    }
+  });
+  if (pid === undefined) pid = fresh[0];
+  if (pid === undefined) throw new Error(`could not find the workerd process of ${name}`);
+  return { mf, url, pid };
+}

@@ -1,0 +1,245 @@
+//! Medians over runs, Switchboard/reference ratios, the budget check, and printing.
+
+use crate::{Config, Metrics};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const SB: &str = "switchboard";
+const REF: &str = "reference";
+
+/// Metrics shown in the table, per scenario kind.
+fn shown(scenario: &str) -> &'static [&'static str] {
+    match scenario {
+        "idle" => {
+            &["sockets", "users", "mem_kb_per_socket", "rss_base_mb", "rss_mb", "cpu_ms_per_connect", "connects_per_s"]
+        }
+        "throughput" => &[
+            "sockets",
+            "publishes",
+            "publishes_per_s",
+            "deliveries_per_s",
+            "p50_ms",
+            "p99_ms",
+            "cpu_ms_per_publish",
+            "cpu_us_per_delivery",
+            "server_cpu_util",
+        ],
+        _ => &[
+            "sockets",
+            "publishes",
+            "p50_ms",
+            "p99_ms",
+            "delivery_p50_ms",
+            "delivery_p99_ms",
+            "last_delivery_p99_ms",
+            "publishes_per_s",
+            "deliveries_per_s",
+            "cpu_ms_per_publish",
+            "cpu_us_per_delivery",
+            "cpu_ms_per_connect",
+        ],
+    }
+}
+
+pub fn brief(m: &Metrics) -> String {
+    let keys = ["p50_ms", "p99_ms", "publishes_per_s", "cpu_ms_per_publish", "mem_kb_per_socket", "errors"];
+    keys.iter().filter_map(|k| m.get(*k).map(|v| format!("{k}={}", fmt(*v)))).collect::<Vec<_>>().join(" ")
+}
+
+fn fmt(v: f64) -> String {
+    if !v.is_finite() {
+        return "-".into();
+    }
+    let a = v.abs();
+    if a >= 1000.0 {
+        format!("{v:.0}")
+    } else if a >= 100.0 {
+        format!("{v:.1}")
+    } else if a >= 10.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn num(v: f64) -> Value {
+    if v.is_finite() {
+        json!((v * 1000.0).round() / 1000.0)
+    } else {
+        Value::Null
+    }
+}
+
+pub fn summarize(
+    config: &Config,
+    results: &BTreeMap<String, BTreeMap<String, Vec<Metrics>>>,
+    extra: Option<Value>,
+    errors: u64,
+    error_samples: &[String],
+    elapsed: Duration,
+) -> Value {
+    let mut scenarios = Vec::new();
+    let mut medians: BTreeMap<(String, String), Metrics> = BTreeMap::new();
+    for name in &config.scenarios {
+        let Some(by_server) = results.get(name) else { continue };
+        let mut entry = Map::new();
+        entry.insert("scenario".into(), json!(name));
+        for (server, runs) in by_server {
+            let mut keys: Vec<&String> = runs.iter().flat_map(|m| m.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            let mut med = Metrics::new();
+            for k in keys {
+                med.insert(k.clone(), median(runs.iter().filter_map(|m| m.get(k).copied()).collect()));
+            }
+            entry.insert(server.clone(), Value::Object(med.iter().map(|(k, v)| (k.clone(), num(*v))).collect()));
+            entry.insert(
+                format!("{server}_runs"),
+                Value::Array(
+                    runs.iter().map(|m| Value::Object(m.iter().map(|(k, v)| (k.clone(), num(*v))).collect())).collect(),
+                ),
+            );
+            medians.insert((name.clone(), server.clone()), med);
+        }
+        if let (Some(a), Some(b)) = (medians.get(&(name.clone(), SB.into())), medians.get(&(name.clone(), REF.into())))
+        {
+            let ratio: Map<String, Value> =
+                a.iter().filter_map(|(k, v)| b.get(k).map(|r| (k.clone(), num(v / r)))).collect();
+            entry.insert("ratio".into(), Value::Object(ratio));
+        }
+        scenarios.push(Value::Object(entry));
+    }
+
+    let get = |s: &str, server: &str, k: &str| {
+        medians.get(&(s.to_string(), server.to_string())).and_then(|m| m.get(k)).copied()
+    };
+    let ratio = |s: &str, k: &str| match (get(s, SB, k), get(s, REF, k)) {
+        (Some(a), Some(b)) if b != 0.0 => Some(a / b),
+        _ => None,
+    };
+    let mut budget = Vec::new();
+    let mut line = |what: String, value: Option<f64>, limit: f64, at_most: bool| {
+        let holds = value.map(|v| if at_most { v <= limit } else { v >= limit });
+        budget.push(json!({
+            "line": what, "value": value.map(num), "limit": limit,
+            "holds": holds,
+        }));
+    };
+    for s in ["rtt", "fanout100", "fanout1000", "throughput"] {
+        if medians.contains_key(&(s.to_string(), SB.to_string())) {
+            line(format!("{s}: server CPU per publish <= 1.1x reference"), ratio(s, "cpu_ms_per_publish"), 1.1, true);
+        }
+    }
+    for s in ["rtt", "fanout100", "fanout1000", "throughput", "payload1k", "payload64k", "payload512k"] {
+        if medians.contains_key(&(s.to_string(), SB.to_string())) {
+            line(format!("{s}: publish p99 <= 1.1x reference"), ratio(s, "p99_ms"), 1.1, true);
+        }
+    }
+    if medians.contains_key(&("throughput".to_string(), SB.to_string())) {
+        line("throughput: publishes/s >= 0.9x reference".into(), ratio("throughput", "publishes_per_s"), 0.9, false);
+    }
+    if medians.contains_key(&("idle".to_string(), SB.to_string())) {
+        line("idle: memory per socket <= 1.0x reference".into(), ratio("idle", "mem_kb_per_socket"), 1.0, true);
+    }
+    if let Some(gz) = extra.as_ref().and_then(|e| e.pointer("/wasm/gzip_bytes")).and_then(Value::as_f64) {
+        line("release wasm gzip <= 300 KB (300,000 bytes), in KB".into(), Some(gz / 1000.0), 300.0, true);
+    }
+
+    json!({
+        "mode": if config.quick { "quick" } else { "full" },
+        "runs": config.runs,
+        "statistic": "median over runs",
+        "generated_at_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        "elapsed_s": num(elapsed.as_secs_f64()),
+        "config": {
+            "rtt_n": config.rtt_n, "fanout_small": [config.fanout_small_sockets, config.fanout_small_n],
+            "fanout_large": [config.fanout_large_sockets, config.fanout_large_n],
+            "throughput": {"users": config.tp_users, "publishers": config.tp_publishers, "publishes": config.tp_n},
+            "idle": {"sockets": config.idle_sockets, "per_user": config.idle_per_user},
+            "payload_n": [config.payload_1k_n, config.payload_64k_n, config.payload_512k_n],
+        },
+        "extra": extra.unwrap_or(Value::Null),
+        "scenarios": scenarios,
+        "budget": budget,
+        "errors": errors,
+        "error_samples": error_samples,
+    })
+}
+
+pub fn print(summary: &Value) {
+    let empty = vec![];
+    let scenarios = summary["scenarios"].as_array().unwrap_or(&empty);
+    println!();
+    println!(
+        "Switchboard vs reference: {} mode, median of {} run(s)",
+        summary["mode"].as_str().unwrap_or("?"),
+        summary["runs"]
+    );
+    println!();
+    println!("| scenario | metric | switchboard | reference | ratio |");
+    println!("|---|---|---:|---:|---:|");
+    for s in scenarios {
+        let name = s["scenario"].as_str().unwrap_or("?");
+        for k in shown(name) {
+            let a = s[SB][*k].as_f64();
+            let b = s[REF][*k].as_f64();
+            if a.is_none() && b.is_none() {
+                continue;
+            }
+            let r = s["ratio"][*k].as_f64();
+            let f = |v: Option<f64>| v.map(fmt).unwrap_or_else(|| "-".into());
+            let ratio = if matches!(*k, "sockets" | "publishes" | "users") { "".into() } else { f(r) };
+            println!("| {name} | {k} | {} | {} | {ratio} |", f(a), f(b));
+        }
+    }
+    if let Some(extra) = summary["extra"].as_object() {
+        println!();
+        if let Some(w) = extra.get("wasm") {
+            println!(
+                "release wasm: {} bytes raw, {} bytes gzip (-9); whole upload (index.js + wasm) gzip {} bytes",
+                w["raw_bytes"], w["gzip_bytes"], w["bundle_gzip_bytes"]
+            );
+        }
+        if let Some(cs) = extra.get("coldstart").and_then(Value::as_object) {
+            for (server, v) in cs {
+                println!(
+                    "cold start {server}: workerd up (isolate + modules compiled) {} ms, first request {} ms, first connect+welcome {} ms (median of {})",
+                    v["ready_ms"], v["first_request_ms"], v["first_connect_ms"], v["samples"]
+                );
+            }
+        }
+    }
+    println!();
+    println!("Budget:");
+    for b in summary["budget"].as_array().unwrap_or(&empty) {
+        let mark = match b["holds"].as_bool() {
+            Some(true) => "HOLDS",
+            Some(false) => "FAILS",
+            None => "n/a  ",
+        };
+        println!("  [{mark}] {} (value {}, limit {})", b["line"].as_str().unwrap_or(""), b["value"], b["limit"]);
+    }
+    println!();
+    for s in scenarios {
+        let line = json!({
+            "scenario": s["scenario"], SB: s[SB], REF: s[REF], "ratio": s["ratio"],
+        });
+        println!("{line}");
+    }
+    println!("errors: {}", summary["errors"]);
+}

@@ -1,0 +1,389 @@
+//! The scenarios. Each connects its sockets, warms up, then measures a fixed number of publishes
+//! (or, for `idle`, a fixed number of sockets) against one server, checking every answer.
+
+use crate::proto::{self, Delivery, Http, Socket};
+use crate::servers::{cpu_ns, rss_kb, Server};
+use crate::{Config, Metrics};
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+pub struct Outcome {
+    pub metrics: Metrics,
+    pub errors: u64,
+    pub error_samples: Vec<String>,
+}
+
+impl Outcome {
+    pub fn failed(msg: &str) -> Outcome {
+        let mut metrics = Metrics::new();
+        metrics.insert("errors".into(), 1.0);
+        Outcome { metrics, errors: 1, error_samples: vec![msg.to_string()] }
+    }
+}
+
+#[derive(Default)]
+struct Errors {
+    count: u64,
+    samples: Vec<String>,
+}
+
+impl Errors {
+    fn add(&mut self, e: impl Into<String>) {
+        self.count += 1;
+        if self.samples.len() < 10 {
+            self.samples.push(e.into());
+        }
+    }
+}
+
+pub async fn run(name: &str, server: &Server, c: &Config, run: usize) -> Outcome {
+    let tag = format!("r{run}");
+    match name {
+        "rtt" => sequential(server, c, &format!("rtt-{tag}"), 1, c.rtt_n, 0).await,
+        "fanout100" => sequential(server, c, &format!("fan-{tag}"), c.fanout_small_sockets, c.fanout_small_n, 0).await,
+        "fanout1000" => sequential(server, c, &format!("fan-{tag}"), c.fanout_large_sockets, c.fanout_large_n, 0).await,
+        "payload1k" => sequential(server, c, &format!("pl-{tag}"), 1, c.payload_1k_n, 1024).await,
+        "payload64k" => sequential(server, c, &format!("pl-{tag}"), 1, c.payload_64k_n, 64 * 1024).await,
+        "payload512k" => sequential(server, c, &format!("pl-{tag}"), 1, c.payload_512k_n, 512 * 1024).await,
+        "throughput" => throughput(server, c, &tag).await,
+        "idle" => idle(server, c, &tag).await,
+        other => Outcome::failed(&format!("unknown scenario {other}")),
+    }
+}
+
+/// Connects `users[i].1` sockets for each user `users[i].0`, `concurrency` at a time. Socket
+/// numbers are global and consecutive in the order of `users`.
+async fn connect_many(
+    server: &Server,
+    users: &[(String, usize)],
+    concurrency: usize,
+    deliveries: Option<mpsc::UnboundedSender<Delivery>>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Vec<(usize, Socket)>, String> {
+    let host = server.host_port();
+    let mut jobs = Vec::new();
+    let mut number = 0u64;
+    for (u, (user, count)) in users.iter().enumerate() {
+        for _ in 0..*count {
+            jobs.push((u, user.clone(), number));
+            number += 1;
+        }
+    }
+    let results: Vec<Result<(usize, Socket), String>> = futures_util::stream::iter(jobs)
+        .map(|(u, user, n)| {
+            let (host, secret, d, s) = (host.clone(), server.secret.clone(), deliveries.clone(), shutdown.clone());
+            async move { proto::connect(&host, &secret, &user, n, d, s).await.map(|sock| (u, sock)) }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let mut out = Vec::with_capacity(results.len());
+    for r in results {
+        out.push(r?);
+    }
+    out.sort_by_key(|(_, s)| s.number);
+    Ok(out)
+}
+
+async fn close_all(sockets: Vec<(usize, Socket)>, shutdown: watch::Sender<bool>) {
+    let _ = shutdown.send(true);
+    for (_, s) in sockets {
+        let _ = tokio::time::timeout(Duration::from_secs(2), s.task).await;
+    }
+}
+
+fn body(user: &str, i: usize, pad: &str) -> Vec<u8> {
+    format!(r#"{{"userId":"{user}","type":"bench","payload":{{"n":{i},"pad":"{pad}"}},"timeoutMs":5000}}"#).into_bytes()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn latency_metrics(m: &mut Metrics, prefix: &str, mut v: Vec<f64>) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return;
+    }
+    m.insert(format!("{prefix}p50_ms"), percentile(&v, 50.0));
+    m.insert(format!("{prefix}p99_ms"), percentile(&v, 99.0));
+    m.insert(format!("{prefix}mean_ms"), v.iter().sum::<f64>() / v.len() as f64);
+    m.insert(format!("{prefix}max_ms"), v[v.len() - 1]);
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// One user, `sockets` sockets, `n` sequential publishes (after a warm-up) of a payload padded to
+/// about `pad_bytes`.
+async fn sequential(server: &Server, c: &Config, user: &str, sockets: usize, n: usize, pad_bytes: usize) -> Outcome {
+    let mut errors = Errors::default();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Delivery>();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let cpu_c0 = cpu_ns(server.pid);
+    let t_c = Instant::now();
+    let socks =
+        match connect_many(server, &[(user.to_string(), sockets)], c.connect_concurrency, Some(tx), &stop_rx).await {
+            Ok(s) => s,
+            Err(e) => return Outcome::failed(&e),
+        };
+    let connect_s = t_c.elapsed().as_secs_f64();
+    let cpu_connect = cpu_ns(server.pid) - cpu_c0;
+    let expected: HashMap<String, u64> = socks.iter().map(|(_, s)| (s.connection_id.clone(), s.number)).collect();
+    let pad = "x".repeat(pad_bytes.saturating_sub(20));
+    let warmup = (n / 10).clamp(5, 100);
+    let mut http = Http::new(&server.host_port(), &proto::publish_token(&server.secret));
+    let mut lat = Vec::with_capacity(n);
+    let mut dlat = Vec::with_capacity(n * sockets);
+    let mut dlast = Vec::with_capacity(n);
+    let (mut cpu0, mut t0) = (cpu_ns(server.pid), Instant::now());
+    for i in 0..warmup + n {
+        if i == warmup {
+            cpu0 = cpu_ns(server.pid);
+            t0 = Instant::now();
+        }
+        let b = body(user, i, &pad);
+        let sent = Instant::now();
+        let r = http.publish(&b).await;
+        let took = sent.elapsed();
+        let resp = match r.and_then(|(status, body)| proto::check_response(status, &body, &expected)) {
+            Ok(resp) => resp,
+            Err(e) => {
+                errors.add(format!("publish {i}: {e}"));
+                // Drop whatever was delivered for it.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                while rx.try_recv().is_ok() {}
+                continue;
+            }
+        };
+        // Every socket recorded its delivery before acking, so all are already queued.
+        let mut got = 0;
+        let mut last = Duration::ZERO;
+        while got < resp.client_count {
+            match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+                Ok(Some(d)) if d.envelope_id == resp.envelope_id => {
+                    got += 1;
+                    let dl = d.at.saturating_duration_since(sent);
+                    last = last.max(dl);
+                    if i >= warmup {
+                        dlat.push(ms(dl));
+                    }
+                }
+                Ok(Some(d)) => errors.add(format!("publish {i}: stray delivery of {}", d.envelope_id)),
+                _ => {
+                    errors.add(format!("publish {i}: only {got} of {} deliveries seen", resp.client_count));
+                    break;
+                }
+            }
+        }
+        if i >= warmup {
+            lat.push(ms(took));
+            dlast.push(ms(last));
+        }
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu = cpu_ns(server.pid) - cpu0;
+    let total = (warmup + n) as u64;
+    for (_, s) in &socks {
+        let got = s.received.load(Ordering::Relaxed);
+        if got != total {
+            errors.add(format!("socket {} received {got} envelopes, expected {total}", s.number));
+        }
+        if s.unexpected.load(Ordering::Relaxed) > 0 {
+            errors.add(format!("socket {} saw unexpected frames or closed", s.number));
+        }
+    }
+    close_all(socks, stop_tx).await;
+    let mut m = Metrics::new();
+    m.insert("sockets".into(), sockets as f64);
+    m.insert("publishes".into(), n as f64);
+    m.insert("payload_bytes".into(), pad_bytes as f64);
+    m.insert("elapsed_s".into(), elapsed);
+    m.insert("publishes_per_s".into(), n as f64 / elapsed);
+    m.insert("deliveries_per_s".into(), (n * sockets) as f64 / elapsed);
+    latency_metrics(&mut m, "", lat);
+    latency_metrics(&mut m, "delivery_", dlat);
+    latency_metrics(&mut m, "last_delivery_", dlast);
+    m.insert("cpu_ms_per_publish".into(), cpu as f64 / 1e6 / n as f64);
+    m.insert("cpu_us_per_delivery".into(), cpu as f64 / 1e3 / (n * sockets) as f64);
+    m.insert("server_cpu_util".into(), cpu as f64 / 1e9 / elapsed);
+    m.insert("connect_s".into(), connect_s);
+    m.insert("cpu_ms_per_connect".into(), cpu_connect as f64 / 1e6 / sockets as f64);
+    m.insert("errors".into(), errors.count as f64);
+    Outcome { metrics: m, errors: errors.count, error_samples: errors.samples }
+}
+
+/// Many users with 1-4 sockets each; `tp_publishers` concurrent publishers, round-robin over users.
+async fn throughput(server: &Server, c: &Config, tag: &str) -> Outcome {
+    let mut errors = Errors::default();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let users: Vec<(String, usize)> = (0..c.tp_users).map(|u| (format!("tp-{tag}-{u}"), 1 + u % 4)).collect();
+    let t_c = Instant::now();
+    let socks = match connect_many(server, &users, c.connect_concurrency, None, &stop_rx).await {
+        Ok(s) => s,
+        Err(e) => return Outcome::failed(&e),
+    };
+    let connect_s = t_c.elapsed().as_secs_f64();
+    let mut expected: Vec<HashMap<String, u64>> = vec![HashMap::new(); users.len()];
+    for (u, s) in &socks {
+        expected[*u].insert(s.connection_id.clone(), s.number);
+    }
+    let expected = Arc::new(expected);
+    let token = proto::publish_token(&server.secret);
+    let host = server.host_port();
+    let n_users = users.len();
+    let user_names: Arc<Vec<String>> = Arc::new(users.iter().map(|u| u.0.clone()).collect());
+    // Warm-up (one publish per user, concurrently), then the measured phase.
+    let phase = |count: usize, offset: usize| {
+        let next = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..c.tp_publishers {
+            let (next, expected, names, host, token) =
+                (next.clone(), expected.clone(), user_names.clone(), host.clone(), token.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut http = Http::new(&host, &token);
+                let mut lat = Vec::new();
+                let mut errs = Errors::default();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= count {
+                        break;
+                    }
+                    let u = (i + offset) % n_users;
+                    let b = body(&names[u], i, "");
+                    let sent = Instant::now();
+                    let r = http.publish(&b).await;
+                    let took = sent.elapsed();
+                    match r.and_then(|(status, body)| proto::check_response(status, &body, &expected[u])) {
+                        Ok(_) => lat.push(ms(took)),
+                        Err(e) => errs.add(format!("publish {i} to user {u}: {e}")),
+                    }
+                }
+                (lat, errs)
+            }));
+        }
+        tasks
+    };
+    let warm = n_users;
+    for t in phase(warm, 0) {
+        if let Ok((_, e)) = t.await {
+            errors.count += e.count;
+            errors.samples.extend(e.samples);
+        }
+    }
+    let cpu0 = cpu_ns(server.pid);
+    let t0 = Instant::now();
+    let mut lat = Vec::new();
+    for t in phase(c.tp_n, 0) {
+        match t.await {
+            Ok((l, e)) => {
+                lat.extend(l);
+                errors.count += e.count;
+                errors.samples.extend(e.samples);
+            }
+            Err(e) => errors.add(format!("publisher task failed: {e}")),
+        }
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu = cpu_ns(server.pid) - cpu0;
+    // Each socket must have seen one envelope per publish to its user.
+    let mut per_user = vec![1u64; n_users]; // the warm-up
+    for i in 0..c.tp_n {
+        per_user[i % n_users] += 1;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut deliveries = 0u64;
+    for (u, s) in &socks {
+        let got = s.received.load(Ordering::Relaxed);
+        deliveries += got;
+        if got != per_user[*u] {
+            errors.add(format!("socket {} of user {u} received {got}, expected {}", s.number, per_user[*u]));
+        }
+        if s.unexpected.load(Ordering::Relaxed) > 0 {
+            errors.add(format!("socket {} saw unexpected frames or closed", s.number));
+        }
+    }
+    let sockets = socks.len();
+    close_all(socks, stop_tx).await;
+    let measured_deliveries = deliveries.saturating_sub(sockets as u64);
+    let mut m = Metrics::new();
+    m.insert("users".into(), n_users as f64);
+    m.insert("sockets".into(), sockets as f64);
+    m.insert("publishers".into(), c.tp_publishers as f64);
+    m.insert("publishes".into(), c.tp_n as f64);
+    m.insert("elapsed_s".into(), elapsed);
+    m.insert("publishes_per_s".into(), c.tp_n as f64 / elapsed);
+    m.insert("deliveries_per_s".into(), measured_deliveries as f64 / elapsed);
+    latency_metrics(&mut m, "", lat);
+    m.insert("cpu_ms_per_publish".into(), cpu as f64 / 1e6 / c.tp_n as f64);
+    m.insert("cpu_us_per_delivery".into(), cpu as f64 / 1e3 / measured_deliveries.max(1) as f64);
+    m.insert("server_cpu_util".into(), cpu as f64 / 1e9 / elapsed);
+    m.insert("connect_s".into(), connect_s);
+    m.insert("errors".into(), errors.count as f64);
+    Outcome { metrics: m, errors: errors.count, error_samples: errors.samples }
+}
+
+/// `idle_sockets` subscribed sockets over `idle_sockets / idle_per_user` users, then nothing: the
+/// workerd process's RSS growth per socket.
+async fn idle(server: &Server, c: &Config, tag: &str) -> Outcome {
+    let mut errors = Errors::default();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let n_users = c.idle_sockets.div_ceil(c.idle_per_user).max(1);
+    let users: Vec<(String, usize)> = (0..n_users)
+        .map(|u| (format!("idle-{tag}-{u}"), c.idle_per_user.min(c.idle_sockets - u * c.idle_per_user)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss0 = rss_kb(server.pid);
+    let cpu0 = cpu_ns(server.pid);
+    let t0 = Instant::now();
+    let socks = match connect_many(server, &users, c.connect_concurrency, None, &stop_rx).await {
+        Ok(s) => s,
+        Err(e) => return Outcome::failed(&e),
+    };
+    let connect_s = t0.elapsed().as_secs_f64();
+    let cpu = cpu_ns(server.pid) - cpu0;
+    // Settle, then read RSS a few times and keep the last.
+    let mut rss1 = 0;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        rss1 = rss_kb(server.pid);
+    }
+    // Still alive and answering? One publish to the first user.
+    let expected: HashMap<String, u64> =
+        socks.iter().filter(|(u, _)| *u == 0).map(|(_, s)| (s.connection_id.clone(), s.number)).collect();
+    let mut http = Http::new(&server.host_port(), &proto::publish_token(&server.secret));
+    if let Err(e) = http
+        .publish(&body(&users[0].0, 0, ""))
+        .await
+        .and_then(|(status, body)| proto::check_response(status, &body, &expected))
+    {
+        errors.add(format!("publish after idle: {e}"));
+    }
+    for (_, s) in &socks {
+        if s.unexpected.load(Ordering::Relaxed) > 0 {
+            errors.add(format!("socket {} saw unexpected frames or closed", s.number));
+        }
+    }
+    let sockets = socks.len();
+    close_all(socks, stop_tx).await;
+    let mut m = Metrics::new();
+    m.insert("users".into(), n_users as f64);
+    m.insert("sockets".into(), sockets as f64);
+    m.insert("rss_base_mb".into(), rss0 as f64 / 1024.0);
+    m.insert("rss_mb".into(), rss1 as f64 / 1024.0);
+    m.insert("mem_kb_per_socket".into(), (rss1 as f64 - rss0 as f64) / sockets.max(1) as f64);
+    m.insert("connect_s".into(), connect_s);
+    m.insert("connects_per_s".into(), sockets as f64 / connect_s);
+    m.insert("cpu_ms_per_connect".into(), cpu as f64 / 1e6 / sockets.max(1) as f64);
+    m.insert("errors".into(), errors.count as f64);
+    Outcome { metrics: m, errors: errors.count, error_samples: errors.samples }
+}
