@@ -1,10 +1,12 @@
 # The two commands: `make dev` runs Switchboard locally, `make test` runs every test.
 # Both install whatever is missing first (scripts/setup.sh), so they work on a fresh machine.
-.PHONY: dev test bench build deploy check lint fmt
+.PHONY: dev test demo bench build deploy check lint fmt
 dev:
 	bash scripts/dev.sh
 test:
 	bash scripts/test.sh
+demo:
+	bash scripts/demo.sh
 bench:
 	bash bench/run.sh
 build:

@@ -15,6 +15,9 @@ echo "== release build"
 bash scripts/build.sh >/tmp/switchboard-build.log 2>&1 || { cat /tmp/switchboard-build.log; exit 1; }
 ls -l build/index_bg.wasm | awk '{print "wasm bytes:", $5}'
 
-echo "== end-to-end tests (workerd)"
-if [ $# -gt 0 ]; then files=("$@"); else files=(tests/*.test.mjs); fi
+echo "== JavaScript client build"
+node clients/js/build.mjs
+
+echo "== end-to-end tests (workerd), client SDK tests, real-browser tests (Chromium)"
+if [ $# -gt 0 ]; then files=("$@"); else files=(tests/*.test.mjs clients/js/test/*.test.mjs tests/browser/*.test.mjs); fi
 node --test --test-concurrency=1 --test-timeout=180000 "${files[@]}"

@@ -20,6 +20,7 @@ export async function startWorker(vars = {}) {
   const mf = new Miniflare({
     name: WORKER,
     scriptPath: path.join(BUILD_DIR, "index.js"),
+    modulesRoot: BUILD_DIR,
     modules: true,
     modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
     compatibilityDate: "2026-08-01",
