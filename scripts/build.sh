@@ -7,3 +7,13 @@ bash scripts/setup.sh
 # shellcheck source=env.sh
 . scripts/env.sh
 worker-build --release
+
+# worker-build keeps the wasm name section (readable stack traces) and optimizes with -O. The release
+# artifact drops the names and is optimized for size, which keeps it under the 300 KB (gzip) budget
+# (see BENCHMARKS.md). SWITCHBOARD_KEEP_NAMES=1 keeps them, for debugging a panic in `wrangler tail`.
+if [ "${SWITCHBOARD_KEEP_NAMES:-}" != "1" ]; then
+  wasm-opt -Oz --strip-debug --strip-producers \
+    --enable-mutable-globals --enable-sign-ext --enable-nontrapping-float-to-int --enable-bulk-memory \
+    --enable-multivalue --enable-reference-types --enable-exception-handling \
+    build/index_bg.wasm -o build/index_bg.wasm
+fi

@@ -13,10 +13,13 @@ enum State {
     Closed,
 }
 
-/// The acks of one envelope.
+/// The acks of one envelope. Acks and closes are O(1): an index by connection id and a count of
+/// connections still awaited (a fan-out to 1,000 sockets must not cost a million comparisons).
 #[derive(Debug)]
 pub struct Collector {
     expected: Vec<(String, State)>,
+    index: HashMap<String, usize>,
+    waiting: usize,
     /// `(index into expected, result)` in arrival order.
     acks: Vec<(usize, Option<Box<RawValue>>)>,
 }
@@ -33,15 +36,23 @@ pub enum AckOutcome {
 
 impl Collector {
     pub fn new(expected: Vec<String>) -> Self {
-        Collector { expected: expected.into_iter().map(|c| (c, State::Waiting)).collect(), acks: Vec::new() }
+        let index = expected.iter().enumerate().map(|(i, c)| (c.clone(), i)).collect();
+        let waiting = expected.len();
+        Collector {
+            expected: expected.into_iter().map(|c| (c, State::Waiting)).collect(),
+            index,
+            waiting,
+            acks: Vec::new(),
+        }
     }
 
     pub fn ack(&mut self, connection_id: &str, result: Option<Box<RawValue>>) -> AckOutcome {
-        match self.expected.iter().position(|(c, _)| c == connection_id) {
+        match self.index.get(connection_id) {
             None => AckOutcome::Unknown,
-            Some(i) if self.expected[i].1 != State::Waiting => AckOutcome::Duplicate,
-            Some(i) => {
+            Some(&i) if self.expected[i].1 != State::Waiting => AckOutcome::Duplicate,
+            Some(&i) => {
                 self.expected[i].1 = State::Acked;
+                self.waiting -= 1;
                 self.acks.push((i, result));
                 AckOutcome::Recorded
             }
@@ -50,17 +61,18 @@ impl Collector {
 
     /// The connection closed: stop waiting for it. Returns whether it was awaited.
     pub fn closed(&mut self, connection_id: &str) -> bool {
-        match self.expected.iter_mut().find(|(c, s)| c == connection_id && *s == State::Waiting) {
-            Some(entry) => {
-                entry.1 = State::Closed;
+        match self.index.get(connection_id) {
+            Some(&i) if self.expected[i].1 == State::Waiting => {
+                self.expected[i].1 = State::Closed;
+                self.waiting -= 1;
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 
     pub fn is_complete(&self) -> bool {
-        self.expected.iter().all(|(_, s)| *s != State::Waiting)
+        self.waiting == 0
     }
 
     /// Acks in arrival order as `(connectionId, result)`; a missing result is JSON `null`.
@@ -194,6 +206,20 @@ mod tests {
         let mut reg = AckRegistry::default();
         let mut rx = reg.register("e1", vec![]);
         assert_eq!(rx.try_recv(), Ok(Some(())));
+    }
+
+    #[test]
+    fn large_fanouts_complete_exactly_once() {
+        let ids: Vec<String> = (0..1000).map(|i| format!("c{i}")).collect();
+        let mut c = Collector::new(ids.clone());
+        for id in &ids[..999] {
+            assert_eq!(c.ack(id, None), AckOutcome::Recorded);
+            assert!(!c.is_complete());
+        }
+        assert!(c.closed("c999"));
+        assert!(c.is_complete());
+        assert_eq!(c.acks().count(), 999);
+        assert_eq!(c.closed_ids().collect::<Vec<_>>(), vec!["c999"]);
     }
 
     #[test]

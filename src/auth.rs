@@ -5,13 +5,13 @@
 //! Tokens are never logged: errors describe what is wrong without echoing the token.
 
 use crate::error::Error;
-use chrono::{DateTime, Duration, Utc};
 use jwt_compact::{
     alg::{Hs256, Hs256Key},
-    AlgorithmExt, TimeOptions, UntrustedToken, ValidationError,
+    AlgorithmExt, UntrustedToken, ValidationError,
 };
 use serde::Deserialize;
 use serde_json::Value;
+use std::collections::HashMap;
 
 /// Clock skew tolerated on `exp` and `nbf`.
 pub const LEEWAY_SECONDS: i64 = 30;
@@ -50,6 +50,60 @@ pub fn token_from<'a>(authorization: Option<&'a str>, query_token: Option<&'a st
 
 /// Verifies `token` against each secret in turn (current first, then previous) at `now_ms`.
 pub fn verify(token: &str, secrets: &[Vec<u8>], now_ms: i64) -> Result<Identity, Error> {
+    let (identity, not_before_ms) = verify_signature(token, secrets)?;
+    check_times(&identity, not_before_ms, now_ms)?;
+    Ok(identity)
+}
+
+/// `exp` and `nbf` against `now_ms`, with [`LEEWAY_SECONDS`].
+fn check_times(identity: &Identity, not_before_ms: Option<i64>, now_ms: i64) -> Result<(), Error> {
+    let leeway = LEEWAY_SECONDS * 1000;
+    if identity.expires_at_ms.is_some_and(|exp| now_ms > exp + leeway) {
+        return Err(Error::TokenExpired);
+    }
+    if not_before_ms.is_some_and(|nbf| now_ms < nbf - leeway) {
+        return Err(Error::TokenNotYetValid);
+    }
+    Ok(())
+}
+
+/// Verified tokens by their exact text, so a backend that sends the same publish token on every
+/// request pays for HMAC and JSON parsing once. Only successes are kept; `exp` and `nbf` are checked
+/// again on every use. Bounded: cleared when full.
+#[derive(Default)]
+pub struct TokenCache {
+    entries: HashMap<String, (Identity, Option<i64>)>,
+}
+
+/// Most tokens a [`TokenCache`] holds before it starts over.
+pub const TOKEN_CACHE_CAPACITY: usize = 1024;
+
+impl TokenCache {
+    pub fn verify(&mut self, token: &str, secrets: &[Vec<u8>], now_ms: i64) -> Result<Identity, Error> {
+        if let Some((identity, nbf)) = self.entries.get(token) {
+            check_times(identity, *nbf, now_ms)?;
+            return Ok(identity.clone());
+        }
+        let (identity, nbf) = verify_signature(token, secrets)?;
+        check_times(&identity, nbf, now_ms)?;
+        if self.entries.len() >= TOKEN_CACHE_CAPACITY {
+            self.entries.clear();
+        }
+        self.entries.insert(token.to_string(), (identity.clone(), nbf));
+        Ok(identity)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Signature and claims, without the time checks: `(identity, nbf in ms)`.
+fn verify_signature(token: &str, secrets: &[Vec<u8>]) -> Result<(Identity, Option<i64>), Error> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(Error::InvalidToken(format!("the token is longer than {MAX_TOKEN_BYTES} bytes")));
     }
@@ -76,15 +130,6 @@ pub fn verify(token: &str, secrets: &[Vec<u8>], now_ms: i64) -> Result<Identity,
     let token = verified.ok_or_else(|| Error::InvalidToken("the token's signature does not verify".into()))?;
     let claims = token.claims();
 
-    let now = DateTime::<Utc>::from_timestamp_millis(now_ms).unwrap_or(DateTime::<Utc>::MIN_UTC);
-    let options = TimeOptions::new(Duration::seconds(LEEWAY_SECONDS), move || now);
-    if claims.expiration.is_some() {
-        claims.validate_expiration(&options).map_err(|_| Error::TokenExpired)?;
-    }
-    if claims.not_before.is_some() {
-        claims.validate_maturity(&options).map_err(|_| Error::TokenNotYetValid)?;
-    }
-
     let user_id = match &claims.custom.user_id {
         Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
         _ => None,
@@ -93,7 +138,8 @@ pub fn verify(token: &str, secrets: &[Vec<u8>], now_ms: i64) -> Result<Identity,
         Some(Value::String(s)) => s.split_ascii_whitespace().any(|s| s == "publish"),
         _ => false,
     };
-    Ok(Identity { user_id, can_publish, expires_at_ms: claims.expiration.map(|e| e.timestamp_millis()) })
+    let identity = Identity { user_id, can_publish, expires_at_ms: claims.expiration.map(|e| e.timestamp_millis()) };
+    Ok((identity, claims.not_before.map(|n| n.timestamp_millis())))
 }
 
 /// Checks a `userId` read from a token or a request body.
@@ -110,6 +156,7 @@ pub fn check_user_id(user_id: &str) -> Result<(), String> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use chrono::DateTime;
     use jwt_compact::{Claims, Header};
     use serde_json::json;
 
@@ -211,6 +258,27 @@ pub(crate) mod tests {
         t.pop();
         t.push(if t.ends_with('A') { 'B' } else { 'A' });
         assert!(verify(&t, &s, NOW).is_err());
+    }
+
+    #[test]
+    fn cache_rechecks_time_and_never_keeps_failures() {
+        let s = [b"s".to_vec()];
+        let mut cache = TokenCache::default();
+        let t = mint(b"s", json!({"userId": "u", "exp": NOW / 1000 + 10}));
+        assert!(cache.verify(&t, &s, NOW).is_ok());
+        assert_eq!(cache.len(), 1);
+        assert!(cache.verify(&t, &s, NOW).is_ok(), "hit");
+        assert_eq!(cache.verify(&t, &s, NOW + 60_000), Err(Error::TokenExpired), "expiry is checked on a hit");
+        let forged = format!("{}x", t);
+        assert!(cache.verify(&forged, &s, NOW).is_err());
+        assert_eq!(cache.len(), 1, "failures are not cached");
+        let wrong = mint(b"other", json!({"userId": "u"}));
+        assert!(cache.verify(&wrong, &s, NOW).is_err());
+        for i in 0..TOKEN_CACHE_CAPACITY + 5 {
+            let t = mint(b"s", json!({"userId": format!("u{i}")}));
+            assert!(cache.verify(&t, &s, NOW).is_ok());
+        }
+        assert!(cache.len() <= TOKEN_CACHE_CAPACITY, "bounded");
     }
 
     #[test]

@@ -19,7 +19,6 @@ use crate::filter::{EnvelopeView, FilterSet};
 use crate::protocol::{self, AckOut, Envelope, PublishResponse, StoredEnvelope};
 use crate::ratelimit::TokenBucket;
 use crate::{http, ids, log, router};
-use chrono::{DateTime, SecondsFormat};
 use futures_util::future::{select, Either};
 use serde::Deserialize;
 use serde_json::json;
@@ -72,6 +71,23 @@ impl Transport {
             Transport::WebSocket
         }
     }
+}
+
+#[wasm_bindgen::prelude::wasm_bindgen]
+extern "C" {
+    /// A WebSocket as the runtime sees it, to call `send` with a JS string made once: workers-rs's
+    /// `send_with_str` decodes the text from wasm memory into a new JS string on every call, which
+    /// for a fan-out means once per recipient.
+    type RawSocket;
+    #[wasm_bindgen(method, catch, js_name = send)]
+    fn send_js(this: &RawSocket, data: &js_sys::JsString) -> Result<(), wasm_bindgen::JsValue>;
+}
+
+/// Sends an already-made JS string on a socket.
+pub(crate) fn send_shared(ws: &WebSocket, text: &js_sys::JsString) -> bool {
+    use wasm_bindgen::JsCast;
+    let raw: &web_sys::WebSocket = ws.as_ref();
+    raw.unchecked_ref::<RawSocket>().send_js(text).is_ok()
 }
 
 /// One open connection, as cached in memory.
@@ -232,8 +248,13 @@ impl UserHub {
         let config = self.config()?;
         let sql = self.sql();
         sql.exec(SCHEMA, None)?;
+        // The newest envelope's seq is in history when history is on; meta holds it otherwise (and
+        // before an age trim could delete the newest row).
         let seq = sql
-            .exec("SELECT value FROM meta WHERE key = 'seq'", None)?
+            .exec(
+                "SELECT max(coalesce((SELECT value FROM meta WHERE key = 'seq'), 0), coalesce((SELECT max(seq) FROM history), 0)) AS value",
+                None,
+            )?
             .to_array::<ValueRow>()?
             .first()
             .map_or(0, |r| r.value.max(0) as u64);
@@ -387,42 +408,50 @@ impl UserHub {
         self.seq.get()
     }
 
-    /// Hands out the next `seq` and stores the envelope in history, before any envelope carrying it
-    /// leaves (the output gate holds sends until the write is durable).
+    /// Records the next `seq` and stores the envelope in history, before any envelope carrying it
+    /// leaves (the output gate holds sends until the write is durable). With history on this is one
+    /// INSERT per publish: the seq is recovered from history after an eviction, trimming by count
+    /// runs once per batch of publishes, and `meta` is written only before an age trim (the one
+    /// thing that could delete the newest row).
     fn record(&self, config: &Config, seq: u64, now_ms: i64, envelope: &str) -> Result<(), Error> {
         let sql = self.sql();
-        sql.exec(
-            "INSERT INTO meta (key, value) VALUES ('seq', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            vec![(seq as i64).into()],
-        )?;
-        self.seq.set(seq);
+        let store_seq = || {
+            sql.exec(
+                "INSERT INTO meta (key, value) VALUES ('seq', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                vec![(seq as i64).into()],
+            )
+        };
         if !config.history_enabled() {
+            store_seq()?;
+            self.seq.set(seq);
             return Ok(());
         }
         sql.exec(
             "INSERT INTO history (seq, at, envelope) VALUES (?, ?, ?)",
             vec![(seq as i64).into(), now_ms.into(), envelope.to_string().into()],
         )?;
-        // Trim by count (one indexed delete, only when over the limit) and by age (only when the
-        // oldest row has expired), so a publish never scans the history.
+        self.seq.set(seq);
         let cutoff = now_ms - (config.history_seconds as i64) * 1000;
-        match self.oldest.get() {
-            None => self.oldest.set(Some((seq, now_ms))),
-            Some((oldest_seq, oldest_at)) => {
-                let keep_from = seq.saturating_sub(config.history_limit) + 1;
-                if oldest_seq < keep_from || oldest_at < cutoff {
-                    sql.exec(
-                        "DELETE FROM history WHERE seq < ? OR at < ?",
-                        vec![(keep_from as i64).into(), cutoff.into()],
-                    )?;
-                    let oldest = sql
-                        .exec("SELECT seq, at FROM history ORDER BY seq LIMIT 1", None)?
-                        .to_array::<OldestRow>()?
-                        .first()
-                        .map(|r| (r.seq as u64, r.at));
-                    self.oldest.set(oldest);
-                }
+        let Some((oldest_seq, oldest_at)) = self.oldest.get() else {
+            self.oldest.set(Some((seq, now_ms)));
+            return Ok(());
+        };
+        // Rows past the limit are ignored by replay, so they can wait for a batch delete.
+        let slack = config.history_limit.min(64);
+        let keep_from = seq.saturating_sub(config.history_limit) + 1;
+        let over_count = oldest_seq + slack < keep_from;
+        let expired = oldest_at < cutoff;
+        if over_count || expired {
+            if expired {
+                store_seq()?;
             }
+            sql.exec("DELETE FROM history WHERE seq < ? OR at < ?", vec![(keep_from as i64).into(), cutoff.into()])?;
+            let oldest = sql
+                .exec("SELECT seq, at FROM history ORDER BY seq LIMIT 1", None)?
+                .to_array::<OldestRow>()?
+                .first()
+                .map(|r| (r.seq as u64, r.at));
+            self.oldest.set(oldest);
         }
         Ok(())
     }
@@ -440,10 +469,12 @@ impl UserHub {
         let config = self.config()?;
         let rows = if config.history_enabled() {
             let cutoff = Date::now().as_millis() as i64 - (config.history_seconds as i64) * 1000;
+            // Rows beyond HISTORY_LIMIT may still be stored until the next batch trim; they don't count.
+            let from = since.max(current.saturating_sub(config.history_limit));
             self.sql()
                 .exec(
                     "SELECT seq, envelope FROM history WHERE seq > ? AND at >= ? ORDER BY seq",
-                    vec![(since as i64).into(), cutoff.into()],
+                    vec![(from as i64).into(), cutoff.into()],
                 )?
                 .to_array::<HistoryRow>()?
         } else {
@@ -521,6 +552,8 @@ impl UserHub {
         }
 
         let view = EnvelopeView::new(&p.kind, p.payload.get());
+        // Each form is turned into a JS string once, however many sockets receive it.
+        let ws_text = OnceCell::new();
         let sse_text = OnceCell::new();
         let mut expected = Vec::new();
         if let Some(conns) = self.conns.borrow().as_ref() {
@@ -528,14 +561,14 @@ impl UserHub {
                 if p.connection_id.as_ref().is_some_and(|t| t != id) || !conn.filters.matches(&view) {
                     continue;
                 }
-                // A socket that is already closing refuses the send; it is not counted.
-                let sent = match conn.transport {
-                    Transport::WebSocket => conn.ws.send_with_str(&text),
+                let shared = match conn.transport {
+                    Transport::WebSocket => ws_text.get_or_init(|| js_sys::JsString::from(text.as_str())),
                     Transport::Sse => {
-                        conn.ws.send_with_str(sse_text.get_or_init(|| protocol::sse_event(Some(seq), &text)))
+                        sse_text.get_or_init(|| js_sys::JsString::from(protocol::sse_event(Some(seq), &text).as_str()))
                     }
                 };
-                if sent.is_ok() {
+                // A socket that is already closing refuses the send; it is not counted.
+                if send_shared(&conn.ws, shared) {
                     expected.push(id.clone());
                 }
             }
@@ -646,9 +679,7 @@ fn fnv1a(bytes: &[u8]) -> String {
     format!("{h:016x}:{}", bytes.len())
 }
 
-pub(crate) fn rfc3339(ms: u64) -> String {
-    DateTime::from_timestamp_millis(ms as i64).unwrap_or_default().to_rfc3339_opts(SecondsFormat::Millis, true)
-}
+pub(crate) use crate::protocol::rfc3339;
 
 // ---- Worker side: reaching a user's hub --------------------------------------------------------
 

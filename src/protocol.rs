@@ -70,8 +70,34 @@ struct RawFrame<'a> {
     data: Option<&'a RawValue>,
 }
 
+/// The common ack shape, borrowed straight from the frame: acks arrive once per delivery, so they
+/// skip the general parser's owned values. Anything unusual (escapes, other types) falls back.
+#[derive(Deserialize)]
+struct FastAck<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(rename = "envelopeId")]
+    envelope_id: &'a str,
+    #[serde(borrow, default)]
+    result: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+}
+
 /// Parses one text frame from a client.
 pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, FrameError<'_>> {
+    if text.starts_with(r#"{"type":"ack""#) {
+        if let Ok(ack) = serde_json::from_str::<FastAck<'_>>(text) {
+            if ack.kind == "ack" && !ack.envelope_id.is_empty() && ack.id.is_none_or(|i| i.get().len() <= MAX_ID_BYTES)
+            {
+                return Ok(ClientFrame::Ack {
+                    envelope_id: ack.envelope_id.to_string(),
+                    result: ack.result,
+                    id: ack.id,
+                });
+            }
+        }
+    }
     let trimmed = text.trim();
     if trimmed.eq_ignore_ascii_case("ping") {
         return Ok(ClientFrame::Ping);
@@ -409,6 +435,29 @@ pub struct PublishResponse<'a> {
     pub duplicate: bool,
 }
 
+/// `ms` since the Unix epoch as RFC 3339 UTC with milliseconds, e.g. `2026-11-23T10:00:00.000Z`.
+/// (Days to civil date after Howard Hinnant's `civil_from_days`; no date library on the hot path.)
+pub fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
 fn to_json<T: Serialize>(value: &T) -> String {
     // Serializing these plain structs into a String cannot fail.
     serde_json::to_string(value).unwrap_or_default()
@@ -455,6 +504,23 @@ mod tests {
             parse_client_frame(r#"{"type":"ack","envelopeId":"e1"}"#),
             Ok(ClientFrame::Ack { result: None, .. })
         ));
+        // The fast path and the general parser agree, including on the unusual shapes.
+        for text in [
+            r#"{"type":"ack","envelopeId":"e\u0031","result":1}"#,
+            r#"{"type":"ack","envelopeId":"e1","result":[1],"id":"x","extra":true}"#,
+            r#" {"envelopeId":"e1","type":"ack"}"#,
+        ] {
+            match parse_client_frame(text) {
+                Ok(ClientFrame::Ack { envelope_id, .. }) => assert_eq!(envelope_id, "e1", "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        assert_eq!(parse_client_frame(r#"{"type":"ack","envelopeId":""}"#).unwrap_err().code, "invalid_frame");
+        assert_eq!(parse_client_frame(r#"{"type":"ack","envelopeId":5}"#).unwrap_err().code, "invalid_frame");
+        assert_eq!(
+            parse_client_frame(r#"{"type":"ack","envelopeId":"e","type":"ack"}"#).unwrap_err().code,
+            "invalid_frame"
+        );
     }
 
     #[test]
@@ -517,6 +583,22 @@ mod tests {
             env.to_json(),
             r#"{"envelopeId":"e","seq":1,"type":"t","userId":"u","timestamp":"2026-01-01T00:00:00.000Z","payload":{"a": [1, 2]}}"#
         );
+    }
+
+    #[test]
+    fn rfc3339_matches_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339(1_795_430_153_001), "2026-11-23T10:35:53.001Z");
+        assert_eq!(rfc3339(4_102_444_799_999), "2099-12-31T23:59:59.999Z");
+        // Every day boundary for a few years agrees with chrono.
+        for day in (0..20_000u64).step_by(7) {
+            let ms = day * 86_400_000 + 45_296_789;
+            let expected = chrono::DateTime::from_timestamp_millis(ms as i64)
+                .unwrap()
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            assert_eq!(rfc3339(ms), expected);
+        }
     }
 
     #[test]

@@ -22,6 +22,8 @@ use std::rc::Rc;
 use worker::{event, Context, Date, Env, Method, Request, Response};
 
 thread_local! {
+    /// Tokens verified in this isolate (see [`auth::TokenCache`]).
+    static TOKENS: std::cell::RefCell<auth::TokenCache> = std::cell::RefCell::default();
     /// Settings are fixed for the life of an isolate (a deploy or a `.dev.vars` edit starts a new
     /// one), so they are parsed once instead of on every request.
     static SETTINGS: OnceCell<Result<Rc<Config>, String>> = const { OnceCell::new() };
@@ -99,7 +101,8 @@ fn authenticate(req: &Request, config: &Config) -> Result<Identity, Error> {
     let header = req.headers().get("authorization").ok().flatten();
     let query = req.url().ok().and_then(|u| u.query_pairs().find(|(k, _)| k == "token").map(|(_, v)| v.into_owned()));
     let token = auth::token_from(header.as_deref(), query.as_deref()).ok_or(Error::MissingToken)?;
-    auth::verify(token, &config.jwt_secrets, Date::now().as_millis() as i64)
+    let now = Date::now().as_millis() as i64;
+    TOKENS.with(|cache| cache.borrow_mut().verify(token, &config.jwt_secrets, now))
 }
 
 /// The connecting user: the token's `userId` claim.
