@@ -44,6 +44,7 @@ log "machine, wasm size and cold start"
 timeout 300 node bench/coldstart.mjs > "$snap/extra.json"
 
 stamp="$(date -u +%Y%m%dT%H%M%SZ)"
+rm -f bench/results/latest.json bench/results/latest.txt # never report an older run's results
 status=0
 timeout "${BENCH_TIMEOUT:-1800}" bench/target/release/switchboard-bench "$@" \
   --extra "$snap/extra.json" --out bench/results/latest.json | tee bench/results/latest.txt || status=$?

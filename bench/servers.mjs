@@ -31,8 +31,8 @@ export function serverOptions(name, secret, build = process.env.BENCH_BUILD_DIR 
       scriptPath: path.join(build, "index.js"),
       modulesRoot: build,
       modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
-      // BENCH_SWITCHBOARD_VARS='{"HISTORY_LIMIT":"0"}' measures other settings (e.g. history off).
-      bindings: { JWT_SECRET: secret, MAX_FRAMES_PER_SECOND: "100000", MAX_CONNECTIONS_PER_USER: "30000", ...JSON.parse(process.env.BENCH_SWITCHBOARD_VARS || "{}") },
+      // SWITCHBOARD_BENCH_VARS='{"HISTORY_LIMIT":"0"}' measures other settings (e.g. history off).
+      bindings: { JWT_SECRET: secret, MAX_FRAMES_PER_SECOND: "100000", MAX_CONNECTIONS_PER_USER: "30000", ...JSON.parse(process.env.SWITCHBOARD_BENCH_VARS || "{}") },
       compatibilityFlags: ["enable_request_signal"], // as in wrangler.toml
     };
   }

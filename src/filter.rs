@@ -193,6 +193,12 @@ impl FilterSet {
         self.filters.iter().any(|f| f.matches(envelope))
     }
 
+    /// Whether matching an envelope of type `kind` needs its payload's fields (a filter of that
+    /// type with keys besides `type`). When no connection's does, the payload is never read.
+    pub fn needs_payload(&self, kind: &str) -> bool {
+        self.filters.iter().any(|f| f.kind == kind && !f.fields.is_empty())
+    }
+
     /// The filters as a JSON array (the stored form).
     pub fn to_json(&self) -> String {
         serde_json::to_string(&self.filters).unwrap_or_else(|_| "[]".into())
@@ -306,6 +312,14 @@ mod tests {
         let set = FilterSet::from_vec(vec![f(json!({"type": "t", "k": "v"})), f(json!({"type": "u"}))]);
         assert_eq!(FilterSet::from_json(&set.to_json()), set);
         assert!(FilterSet::from_json("garbage").is_empty());
+    }
+
+    #[test]
+    fn needs_payload_only_for_field_filters_of_that_type() {
+        let set = FilterSet::from_vec(vec![f(json!({"type": "a"})), f(json!({"type": "b", "k": "v"}))]);
+        assert!(!set.needs_payload("a"));
+        assert!(set.needs_payload("b"));
+        assert!(!set.needs_payload("c"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::acks::{AckOutcome, AckRegistry, Collector};
 use crate::config::Config;
 use crate::error::Error;
 use crate::filter::{EnvelopeView, FilterSet};
-use crate::protocol::{self, AckOut, Envelope, PublishResponse, StoredEnvelope};
+use crate::protocol::{self, AckOut, PublishResponse, StoredEnvelope};
 use crate::ratelimit::TokenBucket;
 use crate::{http, ids, log, router};
 use futures_util::future::{select, Either};
@@ -413,7 +413,7 @@ impl UserHub {
     /// INSERT per publish: the seq is recovered from history after an eviction, trimming by count
     /// runs once per batch of publishes, and `meta` is written only before an age trim (the one
     /// thing that could delete the newest row).
-    fn record(&self, config: &Config, seq: u64, now_ms: i64, envelope: &str) -> Result<(), Error> {
+    fn record(&self, config: &Config, seq: u64, now_ms: i64, envelope: &js_sys::JsString) -> Result<(), Error> {
         let sql = self.sql();
         let store_seq = || {
             sql.exec(
@@ -426,9 +426,10 @@ impl UserHub {
             self.seq.set(seq);
             return Ok(());
         }
-        sql.exec(
+        // The envelope is bound as the JS string it already is: it is never copied into wasm.
+        sql.exec_raw(
             "INSERT INTO history (seq, at, envelope) VALUES (?, ?, ?)",
-            vec![(seq as i64).into(), now_ms.into(), envelope.to_string().into()],
+            vec![(seq as f64).into(), (now_ms as f64).into(), envelope.into()],
         )?;
         self.seq.set(seq);
         let cutoff = now_ms - (config.history_seconds as i64) * 1000;
@@ -505,11 +506,18 @@ impl UserHub {
     }
 
     /// Fans an envelope out to the matching connections and waits for their acks.
+    ///
+    /// The Worker has checked the publish; the hop carries its fields in the URL and the payload's
+    /// JSON text as the body. The payload stays a JS string: the envelope is built around it by
+    /// JS string concatenation, bound into SQLite and sent to every socket as that one string, so a
+    /// large payload never crosses into wasm here — unless a filter needs the payload's fields.
     async fn publish(&self, req: &mut Request, cors: Option<&str>) -> Result<Response, Error> {
         let config = self.config()?;
         let idempotency_key = req.headers().get(IDEMPOTENCY_HEADER).ok().flatten();
-        let body = req.bytes().await?;
-        let p = protocol::parse_publish(&body)?;
+        let url = req.url()?;
+        let p = protocol::PublishMeta::from_query(url.query_pairs())
+            .ok_or_else(|| Error::Internal("the hop to the hub carried no publish".into()))?;
+        let payload = body_as_js_string(req).await?;
         self.ensure_loaded()?;
         if let Some(target) = &p.connection_id {
             if !self.conns.borrow().as_ref().is_some_and(|c| c.contains_key(target)) {
@@ -518,26 +526,17 @@ impl UserHub {
         }
         let started = Date::now().as_millis();
         let now_ms = started as i64;
-        let body_hash = fnv1a(&body);
         if let Some(key) = &idempotency_key {
-            if let Some(answer) = self.idempotent_replay(&config, key, &body_hash, now_ms, cors)? {
+            if let Some(answer) = self.idempotent_replay(&config, key, &p.body_hash, now_ms, cors)? {
                 return Ok(answer);
             }
         }
         let seq = self.seq.get() + 1;
         let envelope_id = ids::uuid_v4();
         let timestamp = rfc3339(started);
-        let text = Envelope {
-            envelope_id: &envelope_id,
-            seq,
-            kind: &p.kind,
-            user_id: &p.user_id,
-            timestamp: &timestamp,
-            payload: p.payload,
-            replayed: false,
-        }
-        .to_json();
-        self.record(&config, seq, now_ms, &text)?;
+        let head = protocol::envelope_head(&envelope_id, seq, &p.kind, &p.user_id, &timestamp);
+        let envelope = js_sys::JsString::from(head.as_str()).concat(&payload).concat(&"}".into());
+        self.record(&config, seq, now_ms, &envelope)?;
         if let Some(key) = &idempotency_key {
             self.sql().exec(
                 "INSERT INTO idempotency (key, seq, envelope_id, at, body_hash) VALUES (?, ?, ?, ?, ?)",
@@ -546,14 +545,15 @@ impl UserHub {
                     (seq as i64).into(),
                     envelope_id.clone().into(),
                     now_ms.into(),
-                    body_hash.into(),
+                    p.body_hash.clone().into(),
                 ],
             )?;
         }
 
-        let view = EnvelopeView::new(&p.kind, p.payload.get());
-        // Each form is turned into a JS string once, however many sockets receive it.
-        let ws_text = OnceCell::new();
+        let needs_payload =
+            self.conns.borrow().as_ref().is_some_and(|c| c.values().any(|c| c.filters.needs_payload(&p.kind)));
+        let payload_text = if needs_payload { payload.as_string() } else { None };
+        let view = EnvelopeView::new(&p.kind, payload_text.as_deref().unwrap_or("null"));
         let sse_text = OnceCell::new();
         let mut expected = Vec::new();
         if let Some(conns) = self.conns.borrow().as_ref() {
@@ -562,10 +562,11 @@ impl UserHub {
                     continue;
                 }
                 let shared = match conn.transport {
-                    Transport::WebSocket => ws_text.get_or_init(|| js_sys::JsString::from(text.as_str())),
-                    Transport::Sse => {
-                        sse_text.get_or_init(|| js_sys::JsString::from(protocol::sse_event(Some(seq), &text).as_str()))
-                    }
+                    Transport::WebSocket => &envelope,
+                    Transport::Sse => sse_text.get_or_init(|| {
+                        let text = envelope.as_string().unwrap_or_default();
+                        js_sys::JsString::from(protocol::sse_event(Some(seq), &text).as_str())
+                    }),
                 };
                 // A socket that is already closing refuses the send; it is not counted.
                 if send_shared(&conn.ws, shared) {
@@ -668,15 +669,14 @@ impl UserHub {
     }
 }
 
-/// A short, stable fingerprint of a publish body, to tell a retry from a different publish that
-/// reuses its key. Not security-relevant (the key's owner is already authenticated).
-fn fnv1a(bytes: &[u8]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}:{}", bytes.len())
+/// The request body as a JS string, decoded by the runtime, without copying it into wasm.
+async fn body_as_js_string(req: &Request) -> Result<js_sys::JsString, Error> {
+    use wasm_bindgen::JsCast;
+    let promise = req.inner().text().map_err(|_| Error::Internal("the hop's body could not be read".into()))?;
+    let value = wasm_bindgen_futures::JsFuture::from(promise)
+        .await
+        .map_err(|_| Error::Internal("the hop's body could not be read".into()))?;
+    value.dyn_into::<js_sys::JsString>().map_err(|_| Error::Internal("the hop's body is not text".into()))
 }
 
 pub(crate) use crate::protocol::rfc3339;
@@ -748,6 +748,29 @@ pub async fn connections(
     let mut init = RequestInit::new();
     init.with_method(method).with_headers(headers);
     hop(env, user_id, Request::new_with_init(url.as_str(), &init)?).await
+}
+
+/// Hands a checked publish to the user's hub: its fields in the URL, the payload's JSON text as the
+/// body (see `UserHub::publish`), and returns the hub's answer as it is.
+pub async fn publish(
+    env: &Env,
+    meta: &protocol::PublishMeta,
+    payload: &str,
+    cors: Option<&str>,
+    idempotency_key: Option<&str>,
+) -> Result<Response, Error> {
+    let mut url = worker::Url::parse("https://hub/publish").map_err(|e| Error::Internal(e.to_string()))?;
+    url.query_pairs_mut().extend_pairs(meta.to_query());
+    let headers = Headers::new();
+    if let Some(origin) = cors {
+        headers.set(CORS_HEADER, origin)?;
+    }
+    if let Some(key) = idempotency_key {
+        headers.set(IDEMPOTENCY_HEADER, key)?;
+    }
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post).with_headers(headers).with_body(Some(payload.into()));
+    hop(env, &meta.user_id, Request::new_with_init(url.as_str(), &init)?).await
 }
 
 /// Hands a checked body to the user's hub (`/publish` or `/ack`) and returns its answer as it is.

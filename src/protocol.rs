@@ -344,6 +344,85 @@ impl Envelope<'_> {
     }
 }
 
+/// An envelope's JSON up to its payload: `{"envelopeId":…,"timestamp":…,"payload":`. The payload's
+/// own JSON text and `}` complete it, so the hub can build the envelope around a payload it never
+/// copies into wasm (see [`crate::hub`]).
+pub fn envelope_head(envelope_id: &str, seq: u64, kind: &str, user_id: &str, timestamp: &str) -> String {
+    let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    format!(
+        r#"{{"envelopeId":{},"seq":{seq},"type":{},"userId":{},"timestamp":{},"payload":"#,
+        q(envelope_id),
+        q(kind),
+        q(user_id),
+        q(timestamp)
+    )
+}
+
+/// What the Worker has checked about a publish, handed to the hub in the hop's URL (the payload's
+/// JSON text is the hop's body).
+#[derive(Debug, PartialEq)]
+pub struct PublishMeta {
+    pub user_id: String,
+    pub kind: String,
+    pub connection_id: Option<String>,
+    pub timeout_ms: Option<u64>,
+    /// A fingerprint of the whole request body, for `Idempotency-Key` conflicts.
+    pub body_hash: String,
+}
+
+impl PublishMeta {
+    pub fn from_request(p: &PublishRequest<'_>, body: &[u8]) -> PublishMeta {
+        PublishMeta {
+            user_id: p.user_id.clone(),
+            kind: p.kind.clone(),
+            connection_id: p.connection_id.clone(),
+            timeout_ms: p.timeout_ms,
+            body_hash: fingerprint(body),
+        }
+    }
+
+    /// `(name, value)` query pairs for the hop.
+    pub fn to_query(&self) -> Vec<(&'static str, String)> {
+        let mut q = vec![("user", self.user_id.clone()), ("type", self.kind.clone()), ("hash", self.body_hash.clone())];
+        if let Some(c) = &self.connection_id {
+            q.push(("conn", c.clone()));
+        }
+        if let Some(t) = self.timeout_ms {
+            q.push(("timeout", t.to_string()));
+        }
+        q
+    }
+
+    /// Reads the hop's query pairs back.
+    pub fn from_query<'a>(
+        pairs: impl Iterator<Item = (std::borrow::Cow<'a, str>, std::borrow::Cow<'a, str>)>,
+    ) -> Option<PublishMeta> {
+        let (mut user_id, mut kind, mut body_hash, mut connection_id, mut timeout_ms) = (None, None, None, None, None);
+        for (k, v) in pairs {
+            match k.as_ref() {
+                "user" => user_id = Some(v.into_owned()),
+                "type" => kind = Some(v.into_owned()),
+                "hash" => body_hash = Some(v.into_owned()),
+                "conn" => connection_id = Some(v.into_owned()),
+                "timeout" => timeout_ms = Some(v.parse().ok()?),
+                _ => {}
+            }
+        }
+        Some(PublishMeta { user_id: user_id?, kind: kind?, connection_id, timeout_ms, body_hash: body_hash? })
+    }
+}
+
+/// A short, stable fingerprint of a publish body, to tell a retry from a different publish that
+/// reuses its `Idempotency-Key`. Not security-relevant (the key's owner is already authenticated).
+pub fn fingerprint(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}:{}", bytes.len())
+}
+
 /// A checked `POST /publish` body. Borrowed from the request bytes.
 #[derive(Debug)]
 pub struct PublishRequest<'a> {
@@ -449,13 +528,7 @@ pub fn rfc3339(ms: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms % 1000
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, ms % 1000)
 }
 
 fn to_json<T: Serialize>(value: &T) -> String {
@@ -640,6 +713,38 @@ mod tests {
         for bad in ["", " ", "has space", "é", &"k".repeat(256)] {
             assert!(check_idempotency_key(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn envelope_head_plus_payload_is_the_envelope() {
+        let payload: Box<RawValue> = serde_json::from_str("{\"a\":\n [1, \"é\\\"\"]}").unwrap();
+        let env = Envelope {
+            envelope_id: "e\"1",
+            seq: 42,
+            kind: "t\u{2028}",
+            user_id: "ユーザー",
+            timestamp: "2026-01-01T00:00:00.000Z",
+            payload: &payload,
+            replayed: false,
+        };
+        let built = format!(
+            "{}{}}}",
+            envelope_head("e\"1", 42, "t\u{2028}", "ユーザー", "2026-01-01T00:00:00.000Z"),
+            payload.get()
+        );
+        assert_eq!(built, env.to_json());
+    }
+
+    #[test]
+    fn publish_meta_round_trips_through_the_query() {
+        let body = r#"{"userId":"u é","type":"t&x=1","connectionId":"c","timeoutMs":0}"#.as_bytes();
+        let p = parse_publish(body).unwrap();
+        let meta = PublishMeta::from_request(&p, body);
+        let mut url = url::Url::parse("https://hub/publish").unwrap();
+        url.query_pairs_mut().extend_pairs(meta.to_query());
+        assert_eq!(PublishMeta::from_query(url.query_pairs()), Some(meta));
+        assert_eq!(PublishMeta::from_query(url::Url::parse("https://hub/p?user=u").unwrap().query_pairs()), None);
+        assert_ne!(fingerprint(b"{}"), fingerprint(b"{ }"));
     }
 
     #[test]

@@ -225,7 +225,9 @@ async fn publish(mut req: Request, env: &Env, config: &Config, cors: Option<&str
         protocol::check_idempotency_key(key)?;
     }
     let body = json_body(&mut req, config).await?;
-    // Checked here so a bad body never costs a hop; the hub reads it again from the same bytes.
-    let user_id = protocol::parse_publish(&body)?.user_id;
-    hub::forward(env, "/publish", &user_id, body, cors, idempotency_key.as_deref()).await
+    // Checked here, once: the hub trusts this hop (Durable Objects are reachable only through
+    // this Worker) and never parses the payload itself.
+    let p = protocol::parse_publish(&body)?;
+    let meta = protocol::PublishMeta::from_request(&p, &body);
+    hub::publish(env, &meta, p.payload.get(), cors, idempotency_key.as_deref()).await
 }
