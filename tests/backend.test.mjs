@@ -207,6 +207,11 @@ test("the connection API lists and closes connections (publish scope)", async ()
   assert.equal((await call(base, "PUT")).status, 405);
   assert.equal((await call(`${w.url}/users/${encodeURIComponent(u)}/nope`)).status, 404);
   assert.equal((await call(`${base}/not-a-connection`, "DELETE")).body.error, "connection_not_found");
+  // Hostile paths: an oversized or empty user id is refused before any hub is touched.
+  assert.equal((await call(`${w.url}/users/${"x".repeat(300)}/connections`)).body.error, "invalid_user_id");
+  assert.equal((await call(`${w.url}/users//connections`)).body.error, "invalid_user_id");
+  assert.equal((await call(`${w.url}/users/${encodeURIComponent(u)}/connections/`, "DELETE")).status, 404);
+  assert.equal((await call(`${w.url}/users/${"y".repeat(20000)}/connections`, "GET")).status >= 400, true);
 
   const kicked = await call(`${base}/${a.id}`, "DELETE");
   assert.deepEqual(kicked, { status: 200, body: { closed: [a.id] } });
