@@ -68,6 +68,8 @@ pub struct Config {
     pub max_connection_seconds: u64,
     /// Backend webhooks, when `WEBHOOK_URL` and `WEBHOOK_SECRET` are set.
     pub webhook: Option<WebhookConfig>,
+    /// Most users one publish may name with `userIds` (each is one subrequest).
+    pub max_publish_users: usize,
 }
 
 impl Config {
@@ -177,8 +179,12 @@ impl Config {
             }
         };
 
+        let max_publish_users =
+            number(&get, "MAX_PUBLISH_USERS", 1_000, 1, crate::protocol::MAX_PUBLISH_USERS_LIMIT as u64)? as usize;
+
         Ok(Config {
             jwt_secrets,
+            max_publish_users,
             max_connections_per_user,
             max_connection_seconds,
             webhook,
@@ -286,6 +292,7 @@ mod tests {
             ("SSE_KEEPALIVE_SECONDS", "0"),
             ("MAX_CONNECTIONS_PER_USER", "0"),
             ("MAX_CONNECTION_SECONDS", "-5"),
+            ("MAX_PUBLISH_USERS", "20000"),
         ] {
             let err = parse(&[("JWT_SECRET", "s"), (k, v)]).unwrap_err();
             assert!(err.contains(k), "{err}");

@@ -388,7 +388,7 @@ impl UserHub {
     /// `DELETE /connections[?id=…]`: closes one connection (or all) with 4002.
     async fn kick(&self, req: &Request, cors: Option<&str>) -> Result<Response, Error> {
         self.ensure_loaded()?;
-        let target = req.url()?.query_pairs().find(|(k, _)| k == "id").map(|(_, v)| v.into_owned());
+        let target = crate::query::param(&req.inner().url(), "id");
         let ids: Vec<String> = match &target {
             Some(id) => {
                 if !self.conns.borrow().as_ref().is_some_and(|c| c.contains_key(id)) {
@@ -514,8 +514,7 @@ impl UserHub {
     async fn publish(&self, req: &mut Request, cors: Option<&str>) -> Result<Response, Error> {
         let config = self.config()?;
         let idempotency_key = req.headers().get(IDEMPOTENCY_HEADER).ok().flatten();
-        let url = req.url()?;
-        let p = protocol::PublishMeta::from_query(url.query_pairs())
+        let p = protocol::PublishMeta::from_query(crate::query::pairs(&req.inner().url()))
             .ok_or_else(|| Error::Internal("the hop to the hub carried no publish".into()))?;
         let payload = body_as_js_string(req).await?;
         self.ensure_loaded()?;
@@ -707,26 +706,24 @@ pub struct ConnectOptions<'a> {
 /// Hands a WebSocket upgrade to the user's hub. Everything travels in the URL (header values cannot
 /// carry every Unicode user id).
 pub async fn connect(env: &Env, user_id: &str, options: ConnectOptions<'_>) -> Result<Response, Error> {
-    let mut url = worker::Url::parse("https://hub/connect").map_err(|e| Error::Internal(e.to_string()))?;
-    {
-        let mut q = url.query_pairs_mut();
-        q.append_pair("user", user_id);
-        q.append_pair("transport", options.transport.name());
-        if let Some(exp) = options.expires_at_ms {
-            q.append_pair("exp", &exp.to_string());
-        }
-        if let Some(filters) = options.filters {
-            q.append_pair("filters", filters);
-        }
-        if let Some(since) = options.since {
-            q.append_pair("since", &since.to_string());
-        }
+    let exp = options.expires_at_ms.map(|e| e.to_string());
+    let since = options.since.map(|s| s.to_string());
+    let mut pairs = vec![("user", user_id), ("transport", options.transport.name())];
+    if let Some(exp) = &exp {
+        pairs.push(("exp", exp));
     }
+    if let Some(filters) = options.filters {
+        pairs.push(("filters", filters));
+    }
+    if let Some(since) = &since {
+        pairs.push(("since", since));
+    }
+    let url = crate::query::build("https://hub/connect", &pairs);
     let headers = Headers::new();
     headers.set("upgrade", "websocket")?;
     let mut init = RequestInit::new();
     init.with_method(Method::Get).with_headers(headers);
-    hop(env, user_id, Request::new_with_init(url.as_str(), &init)?).await
+    hop(env, user_id, Request::new_with_init(&url, &init)?).await
 }
 
 /// `GET` or `DELETE` the user's connections (`connection_id` narrows a DELETE to one).
@@ -737,17 +734,17 @@ pub async fn connections(
     connection_id: Option<&str>,
     cors: Option<&str>,
 ) -> Result<Response, Error> {
-    let mut url = worker::Url::parse("https://hub/connections").map_err(|e| Error::Internal(e.to_string()))?;
-    if let Some(id) = connection_id {
-        url.query_pairs_mut().append_pair("id", id);
-    }
+    let url = match connection_id {
+        Some(id) => crate::query::build("https://hub/connections", &[("id", id)]),
+        None => "https://hub/connections".to_string(),
+    };
     let headers = Headers::new();
     if let Some(origin) = cors {
         headers.set(CORS_HEADER, origin)?;
     }
     let mut init = RequestInit::new();
     init.with_method(method).with_headers(headers);
-    hop(env, user_id, Request::new_with_init(url.as_str(), &init)?).await
+    hop(env, user_id, Request::new_with_init(&url, &init)?).await
 }
 
 /// Hands a checked publish to the user's hub: its fields in the URL, the payload's JSON text as the
@@ -759,8 +756,9 @@ pub async fn publish(
     cors: Option<&str>,
     idempotency_key: Option<&str>,
 ) -> Result<Response, Error> {
-    let mut url = worker::Url::parse("https://hub/publish").map_err(|e| Error::Internal(e.to_string()))?;
-    url.query_pairs_mut().extend_pairs(meta.to_query());
+    let query = meta.to_query();
+    let pairs: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let url = crate::query::build("https://hub/publish", &pairs);
     let headers = Headers::new();
     if let Some(origin) = cors {
         headers.set(CORS_HEADER, origin)?;
@@ -770,7 +768,7 @@ pub async fn publish(
     }
     let mut init = RequestInit::new();
     init.with_method(Method::Post).with_headers(headers).with_body(Some(payload.into()));
-    hop(env, &meta.user_id, Request::new_with_init(url.as_str(), &init)?).await
+    hop(env, &meta.user_id, Request::new_with_init(&url, &init)?).await
 }
 
 /// Hands a checked body to the user's hub (`/publish` or `/ack`) and returns its answer as it is.

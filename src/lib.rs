@@ -15,6 +15,7 @@
 //! - [`error`]: the one error type, with its HTTP status and stable code.
 //! - [`ratelimit`]: the per-connection token bucket that stops floods.
 //! - [`ids`]: random UUIDs for connections and envelopes.
+//! - [`query`]: query strings, read and written without the `url` crate.
 //! - [`webhook`]: CloudEvents for the backend, Standard Webhooks signatures, retry backoff.
 //!
 //! Runtime-facing modules (thin, exercised by the end-to-end suite in `tests/` against workerd):
@@ -24,6 +25,7 @@
 //! - [`ws`]: the WebSocket transport inside the hub: accept, frames, close codes.
 //! - [`sse`]: Server-Sent Events: the Worker holds the stream and bridges it to a hibernatable
 //!   WebSocket into the hub.
+//! - [`multi`]: multi-user publish (`userIds`): concurrent hops to each user's hub, aggregated.
 //! - [`outbox`]: the hub's durable webhook queue and its alarm (which also closes expired connections).
 //! - [`http`]: JSON responses, CORS headers, and reading bodies under a size limit.
 //! - [`log`]: one JSON line per event, readable in `wrangler dev` and `wrangler tail`.
@@ -35,6 +37,7 @@ pub mod error;
 pub mod filter;
 pub mod ids;
 pub mod protocol;
+pub mod query;
 pub mod ratelimit;
 pub mod webhook;
 
@@ -44,6 +47,8 @@ mod http;
 mod hub;
 #[cfg(target_arch = "wasm32")]
 mod log;
+#[cfg(target_arch = "wasm32")]
+mod multi;
 #[cfg(target_arch = "wasm32")]
 mod outbox;
 #[cfg(target_arch = "wasm32")]

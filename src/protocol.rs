@@ -113,7 +113,11 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, FrameError<'_>>
     }
     let raw: RawFrame<'_> = serde_json::from_str(trimmed).map_err(|e| {
         if e.is_data() {
-            FrameError::new("invalid_frame", format!("a frame must be a JSON object with a string `type`: {e}"), None)
+            FrameError::new(
+                "invalid_frame",
+                format!("a frame must be a JSON object with a string `type` (problem at column {})", e.column()),
+                None,
+            )
         } else {
             FrameError::new("invalid_json", "the frame is not valid JSON (send `ping` or a JSON object)", None)
         }
@@ -283,7 +287,14 @@ fn require_object(body: &[u8]) -> Result<(), Error> {
 
 fn body_error(e: serde_json::Error) -> Error {
     if e.is_data() {
-        Error::bad_request("invalid_body", format!("the body must be a JSON object: {e}"))
+        Error::bad_request(
+            "invalid_body",
+            format!(
+                "the body must be a JSON object with fields of the documented types (problem at line {}, column {})",
+                e.line(),
+                e.column()
+            ),
+        )
     } else {
         Error::bad_request("invalid_json", "the body is not valid JSON")
     }
@@ -371,9 +382,9 @@ pub struct PublishMeta {
 }
 
 impl PublishMeta {
-    pub fn from_request(p: &PublishRequest<'_>, body: &[u8]) -> PublishMeta {
+    pub fn from_request(p: &PublishRequest<'_>, user_id: &str, body: &[u8]) -> PublishMeta {
         PublishMeta {
-            user_id: p.user_id.clone(),
+            user_id: user_id.to_string(),
             kind: p.kind.clone(),
             connection_id: p.connection_id.clone(),
             timeout_ms: p.timeout_ms,
@@ -394,16 +405,14 @@ impl PublishMeta {
     }
 
     /// Reads the hop's query pairs back.
-    pub fn from_query<'a>(
-        pairs: impl Iterator<Item = (std::borrow::Cow<'a, str>, std::borrow::Cow<'a, str>)>,
-    ) -> Option<PublishMeta> {
+    pub fn from_query(pairs: Vec<(String, String)>) -> Option<PublishMeta> {
         let (mut user_id, mut kind, mut body_hash, mut connection_id, mut timeout_ms) = (None, None, None, None, None);
         for (k, v) in pairs {
-            match k.as_ref() {
-                "user" => user_id = Some(v.into_owned()),
-                "type" => kind = Some(v.into_owned()),
-                "hash" => body_hash = Some(v.into_owned()),
-                "conn" => connection_id = Some(v.into_owned()),
+            match k.as_str() {
+                "user" => user_id = Some(v),
+                "type" => kind = Some(v),
+                "hash" => body_hash = Some(v),
+                "conn" => connection_id = Some(v),
                 "timeout" => timeout_ms = Some(v.parse().ok()?),
                 _ => {}
             }
@@ -426,17 +435,29 @@ pub fn fingerprint(bytes: &[u8]) -> String {
 /// A checked `POST /publish` body. Borrowed from the request bytes.
 #[derive(Debug)]
 pub struct PublishRequest<'a> {
-    pub user_id: String,
+    pub recipients: Recipients,
     pub kind: String,
     pub payload: &'a RawValue,
     pub connection_id: Option<String>,
     pub timeout_ms: Option<u64>,
 }
 
+/// Whom a publish is for: one user (`userId`), or several (`userIds`, deduplicated, in order).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Recipients {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Upper bound of `MAX_PUBLISH_USERS` (each user is one subrequest from the Worker).
+pub const MAX_PUBLISH_USERS_LIMIT: usize = 10_000;
+
 #[derive(Deserialize)]
 struct RawPublish<'a> {
     #[serde(rename = "userId", default)]
     user_id: Option<Value>,
+    #[serde(rename = "userIds", default)]
+    user_ids: Option<Value>,
     #[serde(rename = "type", default)]
     kind: Option<Value>,
     #[serde(borrow, default)]
@@ -451,12 +472,40 @@ struct RawPublish<'a> {
 pub fn parse_publish(body: &[u8]) -> Result<PublishRequest<'_>, Error> {
     require_object(body)?;
     let raw: RawPublish<'_> = serde_json::from_slice(body).map_err(body_error)?;
-    let user_id = match raw.user_id {
-        Some(Value::String(s)) => s,
-        None | Some(Value::Null) => return Err(Error::bad_request("invalid_user_id", "`userId` is required")),
-        Some(_) => return Err(Error::bad_request("invalid_user_id", "`userId` must be a string")),
+    let user_ids = raw.user_ids.filter(|v| !v.is_null());
+    let recipients = match (raw.user_id, user_ids) {
+        (Some(Value::String(s)), None) => {
+            crate::auth::check_user_id(&s).map_err(|m| Error::bad_request("invalid_user_id", m))?;
+            Recipients::One(s)
+        }
+        (None | Some(Value::Null), Some(Value::Array(list))) => {
+            let mut ids: Vec<String> = Vec::with_capacity(list.len());
+            for (i, v) in list.into_iter().enumerate() {
+                let Value::String(id) = v else {
+                    return Err(Error::bad_request("invalid_user_ids", format!("`userIds[{i}]` must be a string")));
+                };
+                crate::auth::check_user_id(&id)
+                    .map_err(|m| Error::bad_request("invalid_user_ids", format!("`userIds[{i}]`: {m}")))?;
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+            if ids.is_empty() {
+                return Err(Error::bad_request("invalid_user_ids", "`userIds` must name at least one user"));
+            }
+            Recipients::Many(ids)
+        }
+        (None | Some(Value::Null), Some(_)) => {
+            return Err(Error::bad_request("invalid_user_ids", "`userIds` must be an array of user id strings"))
+        }
+        (None | Some(Value::Null), None) => {
+            return Err(Error::bad_request("invalid_user_id", "`userId` (or `userIds`) is required"))
+        }
+        (Some(Value::String(_)), Some(_)) => {
+            return Err(Error::bad_request("invalid_user_id", "send either `userId` or `userIds`, not both"))
+        }
+        (Some(_), _) => return Err(Error::bad_request("invalid_user_id", "`userId` must be a string")),
     };
-    crate::auth::check_user_id(&user_id).map_err(|m| Error::bad_request("invalid_user_id", m))?;
     let kind = match raw.kind {
         None | Some(Value::Null) => "message".to_string(),
         Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_TYPE_BYTES => s,
@@ -481,7 +530,10 @@ pub fn parse_publish(body: &[u8]) -> Result<PublishRequest<'_>, Error> {
         })?),
     };
     let payload = raw.payload.unwrap_or_else(|| null());
-    Ok(PublishRequest { user_id, kind, payload, connection_id, timeout_ms })
+    if connection_id.is_some() && matches!(recipients, Recipients::Many(_)) {
+        return Err(Error::bad_request("invalid_connection_id", "`connectionId` applies to a single `userId` only"));
+    }
+    Ok(PublishRequest { recipients, kind, payload, connection_id, timeout_ms })
 }
 
 /// JSON `null` as raw JSON (the payload of a publish without one, the result of an ack without one).
@@ -739,18 +791,20 @@ mod tests {
     fn publish_meta_round_trips_through_the_query() {
         let body = r#"{"userId":"u é","type":"t&x=1","connectionId":"c","timeoutMs":0}"#.as_bytes();
         let p = parse_publish(body).unwrap();
-        let meta = PublishMeta::from_request(&p, body);
-        let mut url = url::Url::parse("https://hub/publish").unwrap();
-        url.query_pairs_mut().extend_pairs(meta.to_query());
-        assert_eq!(PublishMeta::from_query(url.query_pairs()), Some(meta));
-        assert_eq!(PublishMeta::from_query(url::Url::parse("https://hub/p?user=u").unwrap().query_pairs()), None);
+        let meta = PublishMeta::from_request(&p, "u é", body);
+        let query = meta.to_query();
+        let pairs: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let url = crate::query::build("https://hub/publish", &pairs);
+        assert_eq!(PublishMeta::from_query(crate::query::pairs(&url)), Some(meta));
+        assert_eq!(PublishMeta::from_query(crate::query::pairs("https://hub/p?user=u")), None);
         assert_ne!(fingerprint(b"{}"), fingerprint(b"{ }"));
     }
 
     #[test]
     fn publish_body_defaults_and_checks() {
         let p = parse_publish(br#"{"userId":"u1","extra":1}"#).unwrap();
-        assert_eq!((p.user_id.as_str(), p.kind.as_str(), p.payload.get()), ("u1", "message", "null"));
+        assert_eq!(p.recipients, Recipients::One("u1".into()));
+        assert_eq!((p.kind.as_str(), p.payload.get()), ("message", "null"));
         assert_eq!(p.timeout_ms, None);
         let p = parse_publish(br#"{"userId":"u1","type":"t","payload":[1],"connectionId":"c","timeoutMs":0}"#).unwrap();
         assert_eq!(
@@ -758,6 +812,18 @@ mod tests {
             ("t", "[1]", Some("c"), Some(0))
         );
 
+        let many = parse_publish(br#"{"userIds":["a","b","a"],"userId":null}"#).unwrap();
+        assert_eq!(many.recipients, Recipients::Many(vec!["a".into(), "b".into()]), "deduplicated, in order");
+        for (body, code) in [
+            (&br#"{"userIds":[]}"#[..], "invalid_user_ids"),
+            (br#"{"userIds":"a"}"#, "invalid_user_ids"),
+            (br#"{"userIds":["a",1]}"#, "invalid_user_ids"),
+            (br#"{"userIds":["a",""]}"#, "invalid_user_ids"),
+            (br#"{"userId":"a","userIds":["b"]}"#, "invalid_user_id"),
+            (br#"{"userIds":["a"],"connectionId":"c"}"#, "invalid_connection_id"),
+        ] {
+            assert_eq!(parse_publish(body).unwrap_err().code(), code, "{}", String::from_utf8_lossy(body));
+        }
         let cases: [(&[u8], &str); 12] = [
             (b"", "invalid_json"),
             (b"{", "invalid_json"),

@@ -15,7 +15,8 @@ use crate::auth::{self, Identity};
 use crate::config::{Config, PublishAuth};
 use crate::error::Error;
 use crate::hub::{ConnectOptions, Transport};
-use crate::{http, hub, log, protocol, sse, ws};
+use crate::protocol::Recipients;
+use crate::{http, hub, log, multi, protocol, sse, ws};
 use serde_json::json;
 use std::cell::OnceCell;
 use std::rc::Rc;
@@ -99,7 +100,7 @@ async fn route(req: Request, env: &Env, config: &Config, cors: Option<&str>) -> 
 /// Verifies the request's token (Bearer header first, then `?token=`).
 fn authenticate(req: &Request, config: &Config) -> Result<Identity, Error> {
     let header = req.headers().get("authorization").ok().flatten();
-    let query = req.url().ok().and_then(|u| u.query_pairs().find(|(k, _)| k == "token").map(|(_, v)| v.into_owned()));
+    let query = crate::query::param(&req.inner().url(), "token");
     let token = auth::token_from(header.as_deref(), query.as_deref()).ok_or(Error::MissingToken)?;
     let now = Date::now().as_millis() as i64;
     TOKENS.with(|cache| cache.borrow_mut().verify(token, &config.jwt_secrets, now))
@@ -130,8 +131,8 @@ async fn connect(req: Request, env: &Env, config: &Config) -> Result<Response, E
 async fn open_sse(req: Request, env: &Env, config: &Config, cors: Option<&str>) -> Result<Response, Error> {
     let identity = authenticate(&req, config)?;
     let user_id = connecting_user(&identity)?;
-    let url = req.url()?;
-    let param = |name: &str| url.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned());
+    let url = req.inner().url();
+    let param = |name: &str| crate::query::param(&url, name);
     let filters = param("filters").unwrap_or_else(|| "[]".into());
     if filters.len() > sse::MAX_FILTERS_PARAM_BYTES {
         return Err(Error::bad_request(
@@ -228,6 +229,13 @@ async fn publish(mut req: Request, env: &Env, config: &Config, cors: Option<&str
     // Checked here, once: the hub trusts this hop (Durable Objects are reachable only through
     // this Worker) and never parses the payload itself.
     let p = protocol::parse_publish(&body)?;
-    let meta = protocol::PublishMeta::from_request(&p, &body);
-    hub::publish(env, &meta, p.payload.get(), cors, idempotency_key.as_deref()).await
+    match &p.recipients {
+        Recipients::One(user_id) => {
+            let meta = protocol::PublishMeta::from_request(&p, user_id, &body);
+            hub::publish(env, &meta, p.payload.get(), cors, idempotency_key.as_deref()).await
+        }
+        Recipients::Many(users) => {
+            multi::publish(env, config, &p, users, &body, cors, idempotency_key.as_deref()).await
+        }
+    }
 }

@@ -3,8 +3,7 @@
 //! the Standard Webhooks scheme (<https://www.standardwebhooks.com/>), and the retry backoff.
 //! The durable queue that sends them lives in [`crate::outbox`].
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
+use base64ct::{Base64, Encoding};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -20,8 +19,7 @@ pub const SOURCE: &str = "/switchboard";
 /// is used as raw bytes.
 pub fn parse_secret(value: &str) -> Result<Vec<u8>, String> {
     match value.strip_prefix("whsec_") {
-        Some(b64) => STANDARD
-            .decode(b64)
+        Some(b64) => Base64::decode_vec(b64)
             .ok()
             .filter(|k| !k.is_empty())
             .ok_or_else(|| "WEBHOOK_SECRET starts with whsec_ but the rest is not base64".to_string()),
@@ -54,7 +52,7 @@ pub fn sign(secret: &[u8], id: &str, timestamp: i64, body: &str) -> String {
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body.as_bytes());
-    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+    format!("v1,{}", Base64::encode_string(&mac.finalize().into_bytes()))
 }
 
 /// Delay before retry number `attempt` (1 for the first retry): exponential from `base_ms`, capped at

@@ -90,15 +90,15 @@ impl UserHub {
     /// anything live can reach it.
     pub(crate) async fn accept(&self, req: &Request) -> Result<Response, Error> {
         let config = self.config()?;
-        let url = req.url()?;
+        let url = req.inner().url();
         let (mut user_id, mut expires_at, mut transport, mut filters, mut since) =
             (None, None, Transport::WebSocket, None, None);
-        for (k, v) in url.query_pairs() {
-            match k.as_ref() {
-                "user" => user_id = Some(v.into_owned()),
+        for (k, v) in crate::query::pairs(&url) {
+            match k.as_str() {
+                "user" => user_id = Some(v),
                 "exp" => expires_at = v.parse::<f64>().ok(),
                 "transport" => transport = Transport::from_name(&v),
-                "filters" => filters = Some(v.into_owned()),
+                "filters" => filters = Some(v),
                 "since" => since = v.parse::<u64>().ok(),
                 _ => {}
             }
