@@ -771,26 +771,16 @@ pub async fn publish(
     hop(env, &meta.user_id, Request::new_with_init(&url, &init)?).await
 }
 
-/// Hands a checked body to the user's hub (`/publish` or `/ack`) and returns its answer as it is.
-pub async fn forward(
-    env: &Env,
-    route: &str,
-    user_id: &str,
-    body: Vec<u8>,
-    cors: Option<&str>,
-    idempotency_key: Option<&str>,
-) -> Result<Response, Error> {
+/// Hands a checked `POST /ack` body to the user's hub and returns its answer as it is.
+pub async fn ack(env: &Env, user_id: &str, body: Vec<u8>, cors: Option<&str>) -> Result<Response, Error> {
     let headers = Headers::new();
     headers.set("content-type", "application/json")?;
     if let Some(origin) = cors {
         headers.set(CORS_HEADER, origin)?;
     }
-    if let Some(key) = idempotency_key {
-        headers.set(IDEMPOTENCY_HEADER, key)?;
-    }
     let mut init = RequestInit::new();
     init.with_method(Method::Post)
         .with_headers(headers)
         .with_body(Some(js_sys::Uint8Array::from(body.as_slice()).into()));
-    hop(env, user_id, Request::new_with_init(&format!("https://hub{route}"), &init)?).await
+    hop(env, user_id, Request::new_with_init("https://hub/ack", &init)?).await
 }

@@ -40,9 +40,12 @@ pub async fn publish(
     let started = Date::now().as_millis();
     let timeout_ms = p.timeout_ms.unwrap_or(config.ack_timeout_ms).min(config.ack_timeout_max_ms);
     let payload = p.payload.get();
+    // Checked and fingerprinted once; each hop differs only in its user.
+    let base = PublishMeta::from_request(p, "", body);
+    let base = &base;
     let outcomes: Vec<(usize, Value)> = stream::iter(users.iter().enumerate())
         .map(|(i, user)| async move {
-            let meta = PublishMeta::from_request(p, user, body);
+            let meta = PublishMeta { user_id: user.clone(), ..base.clone() };
             let hop = Box::pin(hub::publish(env, &meta, payload, None, idempotency_key));
             let limit = Delay::from(Duration::from_millis(timeout_ms + HOP_GRACE_MS));
             let outcome = match select(hop, limit).await {

@@ -1,7 +1,8 @@
 //! The wire protocol: client frames in, control frames and envelopes out, and the `/publish` body and
 //! response. Pure serde, host-tested. Payloads and ack results stay as raw JSON text
 //! ([`RawValue`]) from the moment they are read until they are written, so a publish never re-encodes
-//! its payload and an envelope is serialized once for all of its recipients.
+//! its payload; an envelope is [`envelope_head`] plus the payload's own text, built once for all of its
+//! recipients.
 
 use crate::error::Error;
 use serde::{Deserialize, Serialize};
@@ -334,27 +335,6 @@ pub fn error_frame(code: &str, message: &str, id: Option<&RawValue>, skipped: &[
     to_json(&ErrorFrame { kind: "error", code, message, id, skipped })
 }
 
-/// An envelope as sent to clients. Serialized once per publish.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Envelope<'a> {
-    pub envelope_id: &'a str,
-    pub seq: u64,
-    #[serde(rename = "type")]
-    pub kind: &'a str,
-    pub user_id: &'a str,
-    pub timestamp: &'a str,
-    pub payload: &'a RawValue,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub replayed: bool,
-}
-
-impl Envelope<'_> {
-    pub fn to_json(&self) -> String {
-        to_json(self)
-    }
-}
-
 /// An envelope's JSON up to its payload: `{"envelopeId":…,"timestamp":…,"payload":`. The payload's
 /// own JSON text and `}` complete it, so the hub can build the envelope around a payload it never
 /// copies into wasm (see [`crate::hub`]).
@@ -371,7 +351,7 @@ pub fn envelope_head(envelope_id: &str, seq: u64, kind: &str, user_id: &str, tim
 
 /// What the Worker has checked about a publish, handed to the hub in the hop's URL (the payload's
 /// JSON text is the hop's body).
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PublishMeta {
     pub user_id: String,
     pub kind: String,
@@ -694,18 +674,9 @@ mod tests {
 
     #[test]
     fn envelope_embeds_payload_verbatim() {
-        let payload: Box<RawValue> = serde_json::from_str(r#"{"a": [1, 2]}"#).unwrap();
-        let env = Envelope {
-            envelope_id: "e",
-            seq: 1,
-            kind: "t",
-            user_id: "u",
-            timestamp: "2026-01-01T00:00:00.000Z",
-            payload: &payload,
-            replayed: false,
-        };
+        let payload = r#"{"a": [1, 2]}"#;
         assert_eq!(
-            env.to_json(),
+            format!("{}{payload}}}", envelope_head("e", 1, "t", "u", "2026-01-01T00:00:00.000Z")),
             r#"{"envelopeId":"e","seq":1,"type":"t","userId":"u","timestamp":"2026-01-01T00:00:00.000Z","payload":{"a": [1, 2]}}"#
         );
     }
@@ -768,23 +739,17 @@ mod tests {
     }
 
     #[test]
-    fn envelope_head_plus_payload_is_the_envelope() {
-        let payload: Box<RawValue> = serde_json::from_str("{\"a\":\n [1, \"é\\\"\"]}").unwrap();
-        let env = Envelope {
-            envelope_id: "e\"1",
-            seq: 42,
-            kind: "t\u{2028}",
-            user_id: "ユーザー",
-            timestamp: "2026-01-01T00:00:00.000Z",
-            payload: &payload,
-            replayed: false,
-        };
-        let built = format!(
-            "{}{}}}",
-            envelope_head("e\"1", 42, "t\u{2028}", "ユーザー", "2026-01-01T00:00:00.000Z"),
-            payload.get()
+    fn envelope_head_escapes_every_field_and_keeps_the_payload_raw() {
+        let payload = "{\"a\":\n [1, \"é\\\"\"]}";
+        let built =
+            format!("{}{payload}}}", envelope_head("e\"1", 42, "t\u{2028}", "ユーザー", "2026-01-01T00:00:00.000Z"));
+        let v: Value = serde_json::from_str(&built).unwrap();
+        assert_eq!(
+            v,
+            json!({"envelopeId": "e\"1", "seq": 42, "type": "t\u{2028}", "userId": "ユーザー",
+                   "timestamp": "2026-01-01T00:00:00.000Z", "payload": {"a": [1, "é\""]}})
         );
-        assert_eq!(built, env.to_json());
+        assert!(built.ends_with(&format!("\"payload\":{payload}}}")), "payload embedded verbatim");
     }
 
     #[test]

@@ -174,7 +174,7 @@ async fn ack(mut req: Request, env: &Env, config: &Config, cors: Option<&str>) -
     let user_id = connecting_user(&identity)?;
     let body = json_body(&mut req, config).await?;
     protocol::parse_ack(&body)?;
-    hub::forward(env, "/ack", &user_id, body, cors, None).await
+    hub::ack(env, &user_id, body, cors).await
 }
 
 /// Backend endpoints need the `publish` scope (or any valid token with `PUBLISH_AUTH=any-token`).
