@@ -97,6 +97,39 @@ export async function publish(w, body, { token = publishToken(), headers = {} } 
   return { status: res.status, body: json, text, headers: res.headers };
 }
 
+/**
+ * What a client has received and not yet consumed, and the tests waiting on it: an item goes to the
+ * first waiter whose predicate matches, else into `items` (a live array tests may inspect or clear).
+ */
+class Inbox {
+  items = [];
+  #waiters = [];
+
+  constructor(describe) {
+    this.describe = describe; // () => text for the timeout error
+  }
+
+  deliver(item) {
+    const w = this.#waiters.findIndex((x) => x.pred(item));
+    if (w < 0) return void this.items.push(item);
+    const [x] = this.#waiters.splice(w, 1);
+    clearTimeout(x.timer);
+    x.resolve(item);
+  }
+
+  next(pred, timeoutMs) {
+    const i = this.items.findIndex(pred);
+    if (i >= 0) return Promise.resolve(this.items.splice(i, 1)[0]);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#waiters = this.#waiters.filter((x) => x.resolve !== resolve);
+        reject(new Error(`nothing matching within ${timeoutMs} ms; ${this.describe()}`));
+      }, timeoutMs);
+      this.#waiters.push({ pred, resolve, timer });
+    });
+  }
+}
+
 /** A real WebSocket client that records every frame and lets tests wait for the ones they expect. */
 export class Client {
   static async connect(w, token, { query = true, headers = {}, autoAck = false } = {}) {
@@ -116,8 +149,9 @@ export class Client {
     return c;
   }
 
-  frames = [];
-  #waiters = [];
+  #inbox = new Inbox(() => `unconsumed frames: ${JSON.stringify(this.frames).slice(0, 500)}`);
+  /** Frames received and not consumed by `next`. */
+  frames = this.#inbox.items;
 
   #onFrame(raw) {
     let frame = raw;
@@ -132,27 +166,12 @@ export class Client {
       const result = typeof this.autoAck === "function" ? this.autoAck(frame) : { ok: true, by: this.id };
       this.send({ type: "ack", envelopeId: frame.envelopeId, result });
     }
-    const w = this.#waiters.findIndex((x) => x.pred(frame));
-    if (w >= 0) {
-      const [x] = this.#waiters.splice(w, 1);
-      clearTimeout(x.timer);
-      x.resolve(frame);
-    } else {
-      this.frames.push(frame);
-    }
+    this.#inbox.deliver(frame);
   }
 
   /** Resolves with the first frame (already received or future) matching `pred`. */
   next(pred = () => true, timeoutMs = 5000) {
-    const i = this.frames.findIndex(pred);
-    if (i >= 0) return Promise.resolve(this.frames.splice(i, 1)[0]);
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.#waiters = this.#waiters.filter((x) => x.resolve !== resolve);
-        reject(new Error(`no matching frame within ${timeoutMs} ms; unconsumed: ${JSON.stringify(this.frames).slice(0, 500)}`));
-      }, timeoutMs);
-      this.#waiters.push({ pred, resolve, timer });
-    });
+    return this.#inbox.next(pred, timeoutMs);
   }
 
   /** Sends a frame and, if it has an `id`, waits for the ok/error reply with that id. */
@@ -221,10 +240,11 @@ export class SseClient {
     return c;
   }
 
-  events = [];
+  #inbox = new Inbox(() => `raw tail: ${this.raw.slice(-400)}`);
+  /** Events received and not consumed by `next`. */
+  events = this.#inbox.items;
   comments = [];
   raw = "";
-  #waiters = [];
 
   async #pump() {
     const decoder = new TextDecoder();
@@ -266,26 +286,11 @@ export class SseClient {
     try {
       event.json = JSON.parse(data);
     } catch {}
-    const w = this.#waiters.findIndex((x) => x.pred(event));
-    if (w >= 0) {
-      const [x] = this.#waiters.splice(w, 1);
-      clearTimeout(x.timer);
-      x.resolve(event);
-    } else {
-      this.events.push(event);
-    }
+    this.#inbox.deliver(event);
   }
 
   next(pred = () => true, timeoutMs = 5000) {
-    const i = this.events.findIndex(pred);
-    if (i >= 0) return Promise.resolve(this.events.splice(i, 1)[0]);
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.#waiters = this.#waiters.filter((x) => x.resolve !== resolve);
-        reject(new Error(`no matching SSE event within ${timeoutMs} ms; raw tail: ${this.raw.slice(-400)}`));
-      }, timeoutMs);
-      this.#waiters.push({ pred, resolve, timer });
-    });
+    return this.#inbox.next(pred, timeoutMs);
   }
 
   /** POST /ack with this client's token. */
