@@ -12,7 +12,10 @@ export function serverOptions(name, secret, build = process.env.BENCH_BUILD_DIR 
   const common = {
     modules: true,
     compatibilityDate: "2026-08-01",
-    durableObjects: { USER_HUB: { className: "UserHub", useSQLite: true } },
+    durableObjects: {
+      USER_HUB: { className: "UserHub", useSQLite: true },
+      CHANNEL_HUB: { className: "ChannelHub", useSQLite: true },
+    },
     host: "127.0.0.1",
     port: 0,
     // Both servers log one JSON line per connect and per publish; the lines are read and dropped

@@ -4,6 +4,7 @@
 //! `exp` and `nbf` are enforced when present, with [`LEEWAY_SECONDS`] of clock skew allowed.
 //! Tokens are never logged: errors describe what is wrong without echoing the token.
 
+use crate::channel::Grants;
 use crate::error::Error;
 use jwt_compact::{
     alg::{Hs256, Hs256Key},
@@ -29,6 +30,10 @@ pub struct Identity {
     pub can_publish: bool,
     /// `exp` in milliseconds since the epoch, when present.
     pub expires_at_ms: Option<i64>,
+    /// The channels the bearer may join (`channels` claim).
+    pub channels: Grants,
+    /// The channels the bearer may publish to from a connection (`publishChannels` claim).
+    pub publish_channels: Grants,
 }
 
 #[derive(Deserialize)]
@@ -37,6 +42,10 @@ struct CustomClaims {
     user_id: Option<Value>,
     #[serde(default)]
     scope: Option<Value>,
+    #[serde(default)]
+    channels: Option<Value>,
+    #[serde(rename = "publishChannels", default)]
+    publish_channels: Option<Value>,
 }
 
 /// Picks the token: `Authorization: Bearer <jwt>` first, else the `token` query parameter.
@@ -138,7 +147,16 @@ fn verify_signature(token: &str, secrets: &[Vec<u8>]) -> Result<(Identity, Optio
         Some(Value::String(s)) => s.split_ascii_whitespace().any(|s| s == "publish"),
         _ => false,
     };
-    let identity = Identity { user_id, can_publish, expires_at_ms: claims.expiration.map(|e| e.timestamp_millis()) };
+    let channels = Grants::from_claim(claims.custom.channels.as_ref(), "channels").map_err(Error::InvalidToken)?;
+    let publish_channels =
+        Grants::from_claim(claims.custom.publish_channels.as_ref(), "publishChannels").map_err(Error::InvalidToken)?;
+    let identity = Identity {
+        user_id,
+        can_publish,
+        expires_at_ms: claims.expiration.map(|e| e.timestamp_millis()),
+        channels,
+        publish_channels,
+    };
     Ok((identity, claims.not_before.map(|n| n.timestamp_millis())))
 }
 
@@ -215,6 +233,23 @@ pub(crate) mod tests {
         for uid in [json!(""), json!("  "), json!(5), json!(null)] {
             let t = mint(b"s", json!({"userId": uid}));
             assert_eq!(verify(&t, &[b"s".to_vec()], NOW).unwrap().user_id, None);
+        }
+    }
+
+    #[test]
+    fn channel_claims_become_grants_and_bad_ones_invalidate_the_token() {
+        let t = mint(b"s", json!({"userId": "u", "channels": ["lobby", "room:*"], "publishChannels": ["room:*"]}));
+        let id = verify(&t, &[b"s".to_vec()], NOW).unwrap();
+        assert!(id.channels.allows("lobby") && id.channels.allows("room:7") && !id.channels.allows("admin"));
+        assert!(id.publish_channels.allows("room:7") && !id.publish_channels.allows("lobby"));
+        let none = mint(b"s", json!({"userId": "u"}));
+        assert!(verify(&none, &[b"s".to_vec()], NOW).unwrap().channels.is_empty());
+        for bad in [json!({"channels": "lobby"}), json!({"publishChannels": [5]}), json!({"channels": ["a b"]})] {
+            let t = mint(b"s", bad);
+            match verify(&t, &[b"s".to_vec()], NOW) {
+                Err(Error::InvalidToken(m)) => assert!(m.contains("hannels`"), "{m}"),
+                other => panic!("{other:?}"),
+            }
         }
     }
 

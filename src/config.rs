@@ -70,6 +70,10 @@ pub struct Config {
     pub webhook: Option<WebhookConfig>,
     /// Most users one publish may name with `userIds` (each is one subrequest).
     pub max_publish_users: usize,
+    /// Most hops one step of a channel's fan-out makes (users, or relays below it).
+    pub channel_fanout: usize,
+    /// Most users one channel may have as members.
+    pub max_channel_users: usize,
 }
 
 impl Config {
@@ -92,6 +96,8 @@ pub const DEFAULT_WEBHOOK_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_WEBHOOK_MAX_AGE_SECONDS: u64 = 86_400;
 pub const DEFAULT_WEBHOOK_RETRY_BASE_MS: u64 = 1_000;
 pub const DEFAULT_WEBHOOK_RETRY_MAX_MS: u64 = 300_000;
+pub const DEFAULT_CHANNEL_FANOUT: u64 = 500;
+pub const DEFAULT_MAX_CHANNEL_USERS: u64 = 100_000;
 
 impl Config {
     /// Reads the settings through `lookup` (an environment variable or secret by name). Empty strings
@@ -182,8 +188,13 @@ impl Config {
         let max_publish_users =
             number(&get, "MAX_PUBLISH_USERS", 1_000, 1, crate::protocol::MAX_PUBLISH_USERS_LIMIT as u64)? as usize;
 
+        let channel_fanout = number(&get, "CHANNEL_FANOUT", DEFAULT_CHANNEL_FANOUT, 2, 1_000)? as usize;
+        let max_channel_users = number(&get, "MAX_CHANNEL_USERS", DEFAULT_MAX_CHANNEL_USERS, 1, 10_000_000)? as usize;
+
         Ok(Config {
             jwt_secrets,
+            channel_fanout,
+            max_channel_users,
             max_publish_users,
             max_connections_per_user,
             max_connection_seconds,

@@ -13,6 +13,7 @@
 //! and ack like any socket. Frames for them are sent already framed as SSE events.
 
 use crate::acks::{AckOutcome, AckRegistry, Collector};
+use crate::channel::Grants;
 use crate::config::Config;
 use crate::error::Error;
 use crate::filter::{EnvelopeView, FilterSet};
@@ -46,7 +47,23 @@ CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, seq INTEGER NOT NU
   at INTEGER NOT NULL, body_hash TEXT NOT NULL, response TEXT);
 CREATE INDEX IF NOT EXISTS idempotency_at ON idempotency (at);
 CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL, body TEXT NOT NULL,
-  created INTEGER NOT NULL, attempts INTEGER NOT NULL, next_at INTEGER NOT NULL);";
+  created INTEGER NOT NULL, attempts INTEGER NOT NULL, next_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS grants (conn_id TEXT PRIMARY KEY, join_grants TEXT NOT NULL, publish_grants TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS channels (name TEXT PRIMARY KEY, version INTEGER NOT NULL);";
+
+/// What a connection's token allows it to do with channels (the `channels` and `publishChannels`
+/// claims), kept in SQLite because it may not fit the socket's attachment.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ChannelGrants {
+    pub join: Grants,
+    pub publish: Grants,
+}
+
+impl ChannelGrants {
+    pub fn is_empty(&self) -> bool {
+        self.join.is_empty() && self.publish.is_empty()
+    }
+}
 
 /// How a connection reaches its client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +122,9 @@ pub(crate) struct Conn {
     pub expires_at: Option<f64>,
     /// When the hub closes it: the earlier of `expires_at` and the `MAX_CONNECTION_SECONDS` lifetime.
     pub deadline: Option<f64>,
+    /// Channels joined, each with the user's `seq` at the join (later envelopes were sent live).
+    pub channels: Vec<(String, u64)>,
+    pub grants: Rc<ChannelGrants>,
 }
 
 /// When a connection must be closed: the token's `exp` or the end of its fixed lifetime.
@@ -139,6 +159,8 @@ pub struct UserHub {
     seq: Cell<u64>,
     /// The oldest stored envelope's `(seq, at)`, to trim history without scanning it.
     oldest: Cell<Option<(u64, i64)>>,
+    /// The last version number given to a channel membership update (see [`crate::channel::next_version`]).
+    pub(crate) version: Cell<u64>,
 }
 
 impl worker::DurableObject for UserHub {
@@ -154,6 +176,7 @@ impl worker::DurableObject for UserHub {
             acks: RefCell::default(),
             seq: Cell::new(0),
             oldest: Cell::new(None),
+            version: Cell::new(0),
         }
     }
 
@@ -206,6 +229,13 @@ struct SubRow {
 }
 
 #[derive(Deserialize)]
+struct GrantRow {
+    conn_id: String,
+    join_grants: String,
+    publish_grants: String,
+}
+
+#[derive(Deserialize)]
 struct ValueRow {
     value: i64,
 }
@@ -239,6 +269,14 @@ impl UserHub {
         self.state.storage().sql()
     }
 
+    pub(crate) fn sql_exec(
+        &self,
+        query: &str,
+        bindings: Vec<worker::SqlStorageValue>,
+    ) -> Result<worker::SqlCursor, Error> {
+        Ok(self.sql().exec(query, Some(bindings))?)
+    }
+
     /// Rebuilds the connection cache from the sockets' tags and attachments and the stored filters,
     /// once per construction. Rows of connections that no longer exist are deleted.
     pub(crate) fn ensure_loaded(&self) -> Result<(), Error> {
@@ -269,15 +307,30 @@ impl UserHub {
             .into_iter()
             .map(|r| (r.conn_id, r.filters))
             .collect();
+        let mut grants: HashMap<String, Rc<ChannelGrants>> = sql
+            .exec("SELECT conn_id, join_grants, publish_grants FROM grants", None)?
+            .to_array::<GrantRow>()?
+            .into_iter()
+            .map(|r| {
+                let g = ChannelGrants {
+                    join: Grants::from_text(&r.join_grants),
+                    publish: Grants::from_text(&r.publish_grants),
+                };
+                (r.conn_id, Rc::new(g))
+            })
+            .collect();
         let now = Date::now().as_millis() as f64;
         let mut conns = HashMap::new();
         for ws in self.state.get_websockets() {
             let Some(id) = self.state.get_tags(&ws).into_iter().next() else { continue };
             let Some(a) = ws.deserialize_attachment::<crate::ws::Attachment>().ok().flatten() else { continue };
             let filters = stored.remove(&id).map(|t| FilterSet::from_json(&t)).unwrap_or_default();
+            let conn_grants = grants.remove(&id).unwrap_or_default();
             conns.insert(
                 id,
                 Conn {
+                    channels: a.channels,
+                    grants: conn_grants,
                     ws,
                     filters,
                     bucket: TokenBucket::new(config.max_frames_per_second, now),
@@ -292,6 +345,9 @@ impl UserHub {
         }
         for orphan in stored.keys() {
             sql.exec("DELETE FROM subscriptions WHERE conn_id = ?", vec![orphan.clone().into()])?;
+        }
+        for orphan in grants.keys() {
+            sql.exec("DELETE FROM grants WHERE conn_id = ?", vec![orphan.clone().into()])?;
         }
         self.seq.set(seq);
         self.oldest.set(oldest);
@@ -313,10 +369,15 @@ impl UserHub {
     /// Returns the connection if it was still known (so its close is reported once).
     pub(crate) fn forget(&self, id: &str) -> Option<Conn> {
         let conn = self.conns.borrow_mut().as_mut().and_then(|c| c.remove(id));
-        if conn.is_some() {
-            if let Err(e) = self.sql().exec("DELETE FROM subscriptions WHERE conn_id = ?", vec![id.to_string().into()])
-            {
-                log::error("storage_error", json!({ "op": "forget", "message": e.to_string() }));
+        if let Some(conn) = &conn {
+            let mut statements = vec!["DELETE FROM subscriptions WHERE conn_id = ?"];
+            if !conn.grants.is_empty() {
+                statements.push("DELETE FROM grants WHERE conn_id = ?");
+            }
+            for statement in statements {
+                if let Err(e) = self.sql().exec(statement, vec![id.to_string().into()]) {
+                    log::error("storage_error", json!({ "op": "forget", "message": e.to_string() }));
+                }
             }
         }
         self.acks.borrow_mut().connection_closed(id);
@@ -490,10 +551,18 @@ impl UserHub {
         let mut sent = 0;
         for row in &rows {
             let Ok(stored) = serde_json::from_str::<StoredEnvelope<'_>>(&row.envelope) else { continue };
-            let view = EnvelopeView::new(&stored.kind, stored.payload.get());
             let seq = row.seq as u64;
-            let delivered_live = seq > conn.accepted_seq && before.matches(&view);
-            if conn.filters.matches(&view) && !delivered_live {
+            let wanted = match &stored.channel {
+                // A channel's envelopes go to the connections that joined it; those after the join
+                // were sent live.
+                Some(channel) => conn.channels.iter().any(|(c, joined_at)| c == channel && seq <= *joined_at),
+                None => {
+                    let view = EnvelopeView::new(&stored.kind, stored.payload.get());
+                    let delivered_live = seq > conn.accepted_seq && before.matches(&view);
+                    conn.filters.matches(&view) && !delivered_live
+                }
+            };
+            if wanted {
                 conn.send(&protocol::replayed(&row.envelope), Some(seq));
                 sent += 1;
             }
@@ -518,6 +587,11 @@ impl UserHub {
             .ok_or_else(|| Error::Internal("the hop to the hub carried no publish".into()))?;
         let payload = body_as_js_string(req).await?;
         self.ensure_loaded()?;
+        if let Some(channel) = &p.channel {
+            if self.joined_count(channel) == 0 {
+                return self.not_a_member(channel, cors);
+            }
+        }
         if let Some(target) = &p.connection_id {
             if !self.conns.borrow().as_ref().is_some_and(|c| c.contains_key(target)) {
                 return Err(Error::ConnectionNotFound(target.clone()));
@@ -533,7 +607,15 @@ impl UserHub {
         let seq = self.seq.get() + 1;
         let envelope_id = ids::uuid_v4();
         let timestamp = rfc3339(started);
-        let head = protocol::envelope_head(&envelope_id, seq, &p.kind, &p.user_id, &timestamp);
+        let head = protocol::channel_envelope_head(
+            &envelope_id,
+            seq,
+            &p.kind,
+            &p.user_id,
+            &timestamp,
+            p.channel.as_deref(),
+            p.from.as_deref(),
+        );
         let envelope = js_sys::JsString::from(head.as_str()).concat(&payload).concat(&"}".into());
         self.record(&config, seq, now_ms, &envelope)?;
         if let Some(key) = &idempotency_key {
@@ -549,15 +631,24 @@ impl UserHub {
             )?;
         }
 
-        let needs_payload =
-            self.conns.borrow().as_ref().is_some_and(|c| c.values().any(|c| c.filters.needs_payload(&p.kind)));
+        let needs_payload = p.channel.is_none()
+            && self.conns.borrow().as_ref().is_some_and(|c| c.values().any(|c| c.filters.needs_payload(&p.kind)));
         let payload_text = if needs_payload { payload.as_string() } else { None };
         let view = EnvelopeView::new(&p.kind, payload_text.as_deref().unwrap_or("null"));
         let sse_text = OnceCell::new();
         let mut expected = Vec::new();
         if let Some(conns) = self.conns.borrow().as_ref() {
             for (id, conn) in conns {
-                if p.connection_id.as_ref().is_some_and(|t| t != id) || !conn.filters.matches(&view) {
+                if p.connection_id.as_ref().is_some_and(|t| t != id) {
+                    continue;
+                }
+                // A channel's envelope goes to every connection that joined it (joining is the
+                // subscription), except the client that published it.
+                let wanted = match &p.channel {
+                    Some(channel) => p.except.as_ref() != Some(id) && conn.channels.iter().any(|(c, _)| c == channel),
+                    None => conn.filters.matches(&view),
+                };
+                if !wanted {
                     continue;
                 }
                 let shared = match conn.transport {
@@ -594,6 +685,7 @@ impl UserHub {
             pending: collector.pending().collect(),
             closed: collector.closed_ids().collect(),
             duplicate: false,
+            joined: p.channel.as_ref().map(|c| self.joined_count(c)),
         };
         log::info(
             "publish",
@@ -612,6 +704,31 @@ impl UserHub {
             )?;
         }
         Ok(http::json(200, body, cors)?)
+    }
+
+    /// How many of this user's connections have joined `channel`.
+    pub(crate) fn joined_count(&self, channel: &str) -> usize {
+        let conns = self.conns.borrow();
+        conns.iter().flat_map(|c| c.values()).filter(|c| c.channels.iter().any(|(n, _)| n == channel)).count()
+    }
+
+    /// A membership version for an update to a channel's root.
+    pub(crate) fn next_version(&self) -> u64 {
+        let v = crate::channel::next_version(self.version.get(), Date::now().as_millis());
+        self.version.set(v);
+        v
+    }
+
+    /// The answer to a channel publish for a user none of whose connections is in the channel: the
+    /// root removes the user (if this version is newer than the user's join), and this hub forgets
+    /// it told the root otherwise. Nothing is recorded: the user's `seq` does not move.
+    fn not_a_member(&self, channel: &str, cors: Option<&str>) -> Result<Response, Error> {
+        self.sql().exec("DELETE FROM channels WHERE name = ?", vec![channel.to_string().into()])?;
+        let body = json!({
+            "joined": 0, "version": self.next_version(), "clientCount": 0, "results": [], "acks": [],
+            "pending": [], "closed": [],
+        });
+        Ok(http::json(200, body.to_string(), cors)?)
     }
 
     /// The answer to a publish whose `Idempotency-Key` was seen within the window: the first
@@ -701,6 +818,9 @@ pub struct ConnectOptions<'a> {
     pub filters: Option<&'a str>,
     /// Replay envelopes after this seq (SSE: `Last-Event-ID`).
     pub since: Option<u64>,
+    /// The token's channel grants in [`crate::channel::Grants::to_text`] form (empty: none).
+    pub channels: String,
+    pub publish_channels: String,
 }
 
 /// Hands a WebSocket upgrade to the user's hub. Everything travels in the URL (header values cannot
@@ -717,6 +837,12 @@ pub async fn connect(env: &Env, user_id: &str, options: ConnectOptions<'_>) -> R
     }
     if let Some(since) = &since {
         pairs.push(("since", since));
+    }
+    if !options.channels.is_empty() {
+        pairs.push(("channels", &options.channels));
+    }
+    if !options.publish_channels.is_empty() {
+        pairs.push(("publishChannels", &options.publish_channels));
     }
     let url = crate::query::build("https://hub/connect", &pairs);
     let headers = Headers::new();

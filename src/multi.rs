@@ -21,28 +21,18 @@ pub const MAX_HOPS_IN_FLIGHT: usize = 50;
 /// How long past the ack timeout a hub may take to answer before it counts as timed out.
 pub const HOP_GRACE_MS: u64 = 2_000;
 
-/// Publishes `p` to every user in `users` and aggregates their answers.
-pub async fn publish(
+/// Sends `base` (with each user in turn) to every user's hub, at most `in_flight` at once, and
+/// returns each user's outcome in `users`' order: the hub's answer with `userId`, or
+/// `{userId, status, error, message}`. Each hop is raced against `timeout_ms` + [`HOP_GRACE_MS`].
+pub async fn fan_out(
     env: &Env,
-    config: &Config,
-    p: &PublishRequest<'_>,
+    base: &PublishMeta,
+    payload: &str,
     users: &[String],
-    body: &[u8],
-    cors: Option<&str>,
+    timeout_ms: u64,
     idempotency_key: Option<&str>,
-) -> Result<Response, Error> {
-    if users.len() > config.max_publish_users {
-        return Err(Error::bad_request(
-            "invalid_user_ids",
-            format!("`userIds` names {} users; at most {} (MAX_PUBLISH_USERS)", users.len(), config.max_publish_users),
-        ));
-    }
-    let started = Date::now().as_millis();
-    let timeout_ms = p.timeout_ms.unwrap_or(config.ack_timeout_ms).min(config.ack_timeout_max_ms);
-    let payload = p.payload.get();
-    // Checked and fingerprinted once; each hop differs only in its user.
-    let base = PublishMeta::from_request(p, "", body);
-    let base = &base;
+    in_flight: usize,
+) -> Vec<Value> {
     let outcomes: Vec<(usize, Value)> = stream::iter(users.iter().enumerate())
         .map(|(i, user)| async move {
             let meta = PublishMeta { user_id: user.clone(), ..base.clone() };
@@ -73,13 +63,37 @@ pub async fn publish(
             };
             (i, outcome)
         })
-        .buffer_unordered(MAX_HOPS_IN_FLIGHT)
+        .buffer_unordered(in_flight.max(1))
         .collect()
         .await;
     let mut per_user = vec![Value::Null; users.len()];
     for (i, outcome) in outcomes {
         per_user[i] = outcome;
     }
+    per_user
+}
+
+/// Publishes `p` to every user in `users` and aggregates their answers.
+pub async fn publish(
+    env: &Env,
+    config: &Config,
+    p: &PublishRequest<'_>,
+    users: &[String],
+    body: &[u8],
+    cors: Option<&str>,
+    idempotency_key: Option<&str>,
+) -> Result<Response, Error> {
+    if users.len() > config.max_publish_users {
+        return Err(Error::bad_request(
+            "invalid_user_ids",
+            format!("`userIds` names {} users; at most {} (MAX_PUBLISH_USERS)", users.len(), config.max_publish_users),
+        ));
+    }
+    let started = Date::now().as_millis();
+    let timeout_ms = p.timeout_ms.unwrap_or(config.ack_timeout_ms).min(config.ack_timeout_max_ms);
+    // Checked and fingerprinted once; each hop differs only in its user.
+    let base = PublishMeta::from_request(p, "", body);
+    let per_user = fan_out(env, &base, p.payload.get(), users, timeout_ms, idempotency_key, MAX_HOPS_IN_FLIGHT).await;
     let count = |v: &Value, key: &str| v.get(key).and_then(Value::as_array).map_or(0, Vec::len);
     let ok: Vec<&Value> = per_user.iter().filter(|u| u.get("error").is_none()).collect();
     let client_count: u64 = ok.iter().filter_map(|u| u["clientCount"].as_u64()).sum();

@@ -37,6 +37,23 @@ pub enum ClientFrame<'a> {
         data: Option<&'a RawValue>,
         id: Option<&'a RawValue>,
     },
+    /// Join a channel (the token's `channels` claim must allow it).
+    Join {
+        channel: String,
+        id: Option<&'a RawValue>,
+    },
+    Leave {
+        channel: String,
+        id: Option<&'a RawValue>,
+    },
+    /// Publish to a channel's members (the token's `publishChannels` claim must allow it).
+    Publish {
+        channel: String,
+        kind: String,
+        payload: &'a RawValue,
+        timeout_ms: Option<u64>,
+        id: Option<&'a RawValue>,
+    },
 }
 
 /// Why a client frame was refused; answered with an `error` control frame.
@@ -69,6 +86,14 @@ struct RawFrame<'a> {
     result: Option<&'a RawValue>,
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
+    #[serde(default)]
+    channel: Option<Value>,
+    #[serde(default)]
+    event: Option<Value>,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+    #[serde(rename = "timeoutMs", default)]
+    timeout_ms: Option<Value>,
 }
 
 /// The common ack shape, borrowed straight from the frame: acks arrive once per delivery, so they
@@ -157,6 +182,45 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, FrameError<'_>>
         },
         "message" => Ok(ClientFrame::Message { data: raw.data, id }),
         "ping" => Ok(ClientFrame::Ping),
+        "join" | "leave" | "publish" => {
+            let channel = match raw.channel {
+                Some(Value::String(c)) => {
+                    crate::channel::check_name(&c).map_err(|m| FrameError::new("invalid_channel", m, id))?;
+                    c
+                }
+                _ => return Err(FrameError::new("invalid_channel", format!("`{kind}` needs a string `channel`"), id)),
+            };
+            match kind {
+                "join" => Ok(ClientFrame::Join { channel, id }),
+                "leave" => Ok(ClientFrame::Leave { channel, id }),
+                _ => {
+                    let kind = match raw.event {
+                        None | Some(Value::Null) => "message".to_string(),
+                        Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_TYPE_BYTES => s,
+                        Some(_) => {
+                            return Err(FrameError::new(
+                                "invalid_frame",
+                                format!("`event` must be a non-empty string of at most {MAX_TYPE_BYTES} bytes"),
+                                id,
+                            ))
+                        }
+                    };
+                    let timeout_ms = match raw.timeout_ms {
+                        None | Some(Value::Null) => None,
+                        Some(v) => Some(v.as_u64().ok_or_else(|| {
+                            FrameError::new("invalid_frame", "`timeoutMs` must be a non-negative whole number", id)
+                        })?),
+                    };
+                    Ok(ClientFrame::Publish {
+                        channel,
+                        kind,
+                        payload: raw.payload.unwrap_or_else(|| null()),
+                        timeout_ms,
+                        id,
+                    })
+                }
+            }
+        }
         other => {
             let mut shown: String = other.chars().take(40).collect();
             if shown.len() < other.len() {
@@ -164,7 +228,7 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, FrameError<'_>>
             }
             Err(FrameError::new(
                 "unknown_type",
-                format!("unknown frame type `{shown}` (expected subscribe, unsubscribe, ack or message)"),
+                format!("unknown frame type `{shown}` (expected subscribe, unsubscribe, ack, message, join, leave or publish)"),
                 id,
             ))
         }
@@ -211,6 +275,8 @@ pub struct StoredEnvelope<'a> {
     pub kind: std::borrow::Cow<'a, str>,
     #[serde(borrow)]
     pub payload: &'a RawValue,
+    #[serde(borrow, default)]
+    pub channel: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// One Server-Sent Events event: `id:` (when given) and the text as `data:` lines. Every line break
@@ -339,14 +405,36 @@ pub fn error_frame(code: &str, message: &str, id: Option<&RawValue>, skipped: &[
 /// own JSON text and `}` complete it, so the hub can build the envelope around a payload it never
 /// copies into wasm (see [`crate::hub`]).
 pub fn envelope_head(envelope_id: &str, seq: u64, kind: &str, user_id: &str, timestamp: &str) -> String {
+    channel_envelope_head(envelope_id, seq, kind, user_id, timestamp, None, None)
+}
+
+/// [`envelope_head`] for a channel publish: `channel`, and `from` (the publishing user) when a
+/// client published it, come before `payload`.
+pub fn channel_envelope_head(
+    envelope_id: &str,
+    seq: u64,
+    kind: &str,
+    user_id: &str,
+    timestamp: &str,
+    channel: Option<&str>,
+    from: Option<&str>,
+) -> String {
     let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
-    format!(
-        r#"{{"envelopeId":{},"seq":{seq},"type":{},"userId":{},"timestamp":{},"payload":"#,
+    let mut head = format!(
+        r#"{{"envelopeId":{},"seq":{seq},"type":{},"userId":{},"timestamp":{},"#,
         q(envelope_id),
         q(kind),
         q(user_id),
         q(timestamp)
-    )
+    );
+    if let Some(channel) = channel {
+        head.push_str(&format!(r#""channel":{},"#, q(channel)));
+    }
+    if let Some(from) = from {
+        head.push_str(&format!(r#""from":{},"#, q(from)));
+    }
+    head.push_str(r#""payload":"#);
+    head
 }
 
 /// What the Worker has checked about a publish, handed to the hub in the hop's URL (the payload's
@@ -359,6 +447,11 @@ pub struct PublishMeta {
     pub timeout_ms: Option<u64>,
     /// A fingerprint of the whole request body, for `Idempotency-Key` conflicts.
     pub body_hash: String,
+    /// A channel publish: only connections that joined it receive the envelope.
+    pub channel: Option<String>,
+    /// A client's channel publish: its user (the envelope's `from`) and its connection (skipped).
+    pub from: Option<String>,
+    pub except: Option<String>,
 }
 
 impl PublishMeta {
@@ -369,6 +462,12 @@ impl PublishMeta {
             connection_id: p.connection_id.clone(),
             timeout_ms: p.timeout_ms,
             body_hash: fingerprint(body),
+            channel: match &p.recipients {
+                Recipients::Channel(c) => Some(c.clone()),
+                _ => None,
+            },
+            from: None,
+            except: None,
         }
     }
 
@@ -381,12 +480,18 @@ impl PublishMeta {
         if let Some(t) = self.timeout_ms {
             q.push(("timeout", t.to_string()));
         }
+        for (name, value) in [("channel", &self.channel), ("from", &self.from), ("except", &self.except)] {
+            if let Some(v) = value {
+                q.push((name, v.clone()));
+            }
+        }
         q
     }
 
     /// Reads the hop's query pairs back.
     pub fn from_query(pairs: Vec<(String, String)>) -> Option<PublishMeta> {
         let (mut user_id, mut kind, mut body_hash, mut connection_id, mut timeout_ms) = (None, None, None, None, None);
+        let (mut channel, mut from, mut except) = (None, None, None);
         for (k, v) in pairs {
             match k.as_str() {
                 "user" => user_id = Some(v),
@@ -394,10 +499,22 @@ impl PublishMeta {
                 "hash" => body_hash = Some(v),
                 "conn" => connection_id = Some(v),
                 "timeout" => timeout_ms = Some(v.parse().ok()?),
+                "channel" => channel = Some(v),
+                "from" => from = Some(v),
+                "except" => except = Some(v),
                 _ => {}
             }
         }
-        Some(PublishMeta { user_id: user_id?, kind: kind?, connection_id, timeout_ms, body_hash: body_hash? })
+        Some(PublishMeta {
+            user_id: user_id?,
+            kind: kind?,
+            connection_id,
+            timeout_ms,
+            body_hash: body_hash?,
+            channel,
+            from,
+            except,
+        })
     }
 }
 
@@ -427,6 +544,8 @@ pub struct PublishRequest<'a> {
 pub enum Recipients {
     One(String),
     Many(Vec<String>),
+    /// Every member of a channel (`channel`).
+    Channel(String),
 }
 
 /// Upper bound of `MAX_PUBLISH_USERS` (each user is one subrequest from the Worker).
@@ -438,6 +557,8 @@ struct RawPublish<'a> {
     user_id: Option<Value>,
     #[serde(rename = "userIds", default)]
     user_ids: Option<Value>,
+    #[serde(default)]
+    channel: Option<Value>,
     #[serde(rename = "type", default)]
     kind: Option<Value>,
     #[serde(borrow, default)]
@@ -453,38 +574,49 @@ pub fn parse_publish(body: &[u8]) -> Result<PublishRequest<'_>, Error> {
     require_object(body)?;
     let raw: RawPublish<'_> = serde_json::from_slice(body).map_err(body_error)?;
     let user_ids = raw.user_ids.filter(|v| !v.is_null());
-    let recipients = match (raw.user_id, user_ids) {
-        (Some(Value::String(s)), None) => {
-            crate::auth::check_user_id(&s).map_err(|m| Error::bad_request("invalid_user_id", m))?;
-            Recipients::One(s)
+    let channel = raw.channel.filter(|v| !v.is_null());
+    let recipients = match (raw.user_id, user_ids, channel) {
+        (None | Some(Value::Null), None, Some(Value::String(c))) => {
+            crate::channel::check_name(&c).map_err(|m| Error::bad_request("invalid_channel", m))?;
+            Recipients::Channel(c)
         }
-        (None | Some(Value::Null), Some(Value::Array(list))) => {
-            let mut ids: Vec<String> = Vec::with_capacity(list.len());
-            for (i, v) in list.into_iter().enumerate() {
-                let Value::String(id) = v else {
-                    return Err(Error::bad_request("invalid_user_ids", format!("`userIds[{i}]` must be a string")));
-                };
-                crate::auth::check_user_id(&id)
-                    .map_err(|m| Error::bad_request("invalid_user_ids", format!("`userIds[{i}]`: {m}")))?;
-                if !ids.contains(&id) {
-                    ids.push(id);
+        (_, _, Some(Value::String(_))) => {
+            return Err(Error::bad_request("invalid_channel", "send one of `userId`, `userIds` or `channel`"))
+        }
+        (_, _, Some(_)) => return Err(Error::bad_request("invalid_channel", "`channel` must be a string")),
+        (user_id, user_ids, None) => match (user_id, user_ids) {
+            (Some(Value::String(s)), None) => {
+                crate::auth::check_user_id(&s).map_err(|m| Error::bad_request("invalid_user_id", m))?;
+                Recipients::One(s)
+            }
+            (None | Some(Value::Null), Some(Value::Array(list))) => {
+                let mut ids: Vec<String> = Vec::with_capacity(list.len());
+                for (i, v) in list.into_iter().enumerate() {
+                    let Value::String(id) = v else {
+                        return Err(Error::bad_request("invalid_user_ids", format!("`userIds[{i}]` must be a string")));
+                    };
+                    crate::auth::check_user_id(&id)
+                        .map_err(|m| Error::bad_request("invalid_user_ids", format!("`userIds[{i}]`: {m}")))?;
+                    if !ids.contains(&id) {
+                        ids.push(id);
+                    }
                 }
+                if ids.is_empty() {
+                    return Err(Error::bad_request("invalid_user_ids", "`userIds` must name at least one user"));
+                }
+                Recipients::Many(ids)
             }
-            if ids.is_empty() {
-                return Err(Error::bad_request("invalid_user_ids", "`userIds` must name at least one user"));
+            (None | Some(Value::Null), Some(_)) => {
+                return Err(Error::bad_request("invalid_user_ids", "`userIds` must be an array of user id strings"))
             }
-            Recipients::Many(ids)
-        }
-        (None | Some(Value::Null), Some(_)) => {
-            return Err(Error::bad_request("invalid_user_ids", "`userIds` must be an array of user id strings"))
-        }
-        (None | Some(Value::Null), None) => {
-            return Err(Error::bad_request("invalid_user_id", "`userId` (or `userIds`) is required"))
-        }
-        (Some(Value::String(_)), Some(_)) => {
-            return Err(Error::bad_request("invalid_user_id", "send either `userId` or `userIds`, not both"))
-        }
-        (Some(_), _) => return Err(Error::bad_request("invalid_user_id", "`userId` must be a string")),
+            (None | Some(Value::Null), None) => {
+                return Err(Error::bad_request("invalid_user_id", "`userId` (or `userIds`, or `channel`) is required"))
+            }
+            (Some(Value::String(_)), Some(_)) => {
+                return Err(Error::bad_request("invalid_user_id", "send either `userId` or `userIds`, not both"))
+            }
+            (Some(_), _) => return Err(Error::bad_request("invalid_user_id", "`userId` must be a string")),
+        },
     };
     let kind = match raw.kind {
         None | Some(Value::Null) => "message".to_string(),
@@ -510,7 +642,7 @@ pub fn parse_publish(body: &[u8]) -> Result<PublishRequest<'_>, Error> {
         })?),
     };
     let payload = raw.payload.unwrap_or_else(|| null());
-    if connection_id.is_some() && matches!(recipients, Recipients::Many(_)) {
+    if connection_id.is_some() && !matches!(recipients, Recipients::One(_)) {
         return Err(Error::bad_request("invalid_connection_id", "`connectionId` applies to a single `userId` only"));
     }
     Ok(PublishRequest { recipients, kind, payload, connection_id, timeout_ms })
@@ -544,6 +676,9 @@ pub struct PublishResponse<'a> {
     /// Set on the answer to a retried publish (same `Idempotency-Key`): nothing was delivered again.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub duplicate: bool,
+    /// On a channel publish: how many of the user's connections have joined the channel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub joined: Option<usize>,
 }
 
 /// `ms` since the Unix epoch as RFC 3339 UTC with milliseconds, e.g. `2026-11-23T10:00:00.000Z`.

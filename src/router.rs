@@ -8,6 +8,7 @@
 //! | `/ack` | POST | acknowledge a delivery over HTTP (SSE clients; token needs `userId`) |
 //! | `/users/{userId}/connections` | GET, DELETE | list or close a user's connections (`publish` scope) |
 //! | `/users/{userId}/connections/{connectionId}` | DELETE | close one connection (`publish` scope) |
+//! | `/channels/{channel}/members` | GET | a page of a channel's members (`publish` scope) |
 //! | `/healthz` | GET, HEAD | liveness, no token |
 //! | any | OPTIONS | CORS preflight |
 
@@ -16,7 +17,7 @@ use crate::config::{Config, PublishAuth};
 use crate::error::Error;
 use crate::hub::{ConnectOptions, Transport};
 use crate::protocol::Recipients;
-use crate::{http, hub, log, multi, protocol, sse, ws};
+use crate::{channel_hub, http, hub, log, multi, protocol, sse, ws};
 use serde_json::json;
 use std::cell::OnceCell;
 use std::rc::Rc;
@@ -91,6 +92,7 @@ async fn route(req: Request, env: &Env, config: &Config, cors: Option<&str>) -> 
         ("/healthz", Method::Get | Method::Head) => Ok(http::json(200, r#"{"status":"ok"}"#.into(), cors)?),
         ("/healthz", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "GET, HEAD" }),
         (p, m) if p.starts_with("/users/") => connection_api(req, env, config, cors, m).await,
+        (p, m) if p.starts_with("/channels/") => channel_api(req, env, config, cors, m).await,
         ("/", Method::Get) => Err(Error::UpgradeRequired),
         ("/", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "GET, OPTIONS" }),
         _ => Err(Error::NotFound(format!("there is no route {path}"))),
@@ -124,6 +126,8 @@ async fn connect(req: Request, env: &Env, config: &Config) -> Result<Response, E
         transport: Transport::WebSocket,
         filters: None,
         since: None,
+        channels: identity.channels.to_text(),
+        publish_channels: identity.publish_channels.to_text(),
     };
     hub::connect(env, &user_id, options).await
 }
@@ -157,6 +161,8 @@ async fn open_sse(req: Request, env: &Env, config: &Config, cors: Option<&str>) 
         transport: Transport::Sse,
         filters: Some(&filters),
         since,
+        channels: String::new(),
+        publish_channels: String::new(),
     };
     sse::open(env, &user_id, options, config.sse_keepalive_seconds, cors, Some(req.inner().signal())).await
 }
@@ -237,5 +243,37 @@ async fn publish(mut req: Request, env: &Env, config: &Config, cors: Option<&str
         Recipients::Many(users) => {
             multi::publish(env, config, &p, users, &body, cors, idempotency_key.as_deref()).await
         }
+        Recipients::Channel(_) => {
+            let meta = protocol::PublishMeta::from_request(&p, "", &body);
+            channel_hub::publish(env, &meta, p.payload.get(), cors, idempotency_key.as_deref()).await
+        }
     }
+}
+
+/// `/channels/{channel}/members`: `GET` lists a page (`?limit=`, `?cursor=`).
+async fn channel_api(
+    req: Request,
+    env: &Env,
+    config: &Config,
+    cors: Option<&str>,
+    method: Method,
+) -> Result<Response, Error> {
+    let path = req.path();
+    let segments: Vec<String> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .collect();
+    let channel = match segments.as_slice() {
+        [channels, channel, members] if channels == "channels" && members == "members" => channel.clone(),
+        _ => return Err(Error::NotFound(format!("there is no route {path}"))),
+    };
+    if method != Method::Get {
+        return Err(Error::MethodNotAllowed { method: method.to_string(), allow: "GET, OPTIONS" });
+    }
+    authorize_backend(&req, config)?;
+    crate::channel::check_name(&channel).map_err(|m| Error::bad_request("invalid_channel", m))?;
+    let url = req.inner().url();
+    let (limit, cursor) = (crate::query::param(&url, "limit"), crate::query::param(&url, "cursor"));
+    channel_hub::members(env, &channel, limit.as_deref(), cursor.as_deref(), cors).await
 }

@@ -4,9 +4,11 @@
 //! Close codes (see the README's table): 4000-4499 mean "reconnect", 4500-4999 "do not reconnect".
 
 use crate::acks::AckOutcome;
+use crate::channel::{self, Grants};
+use crate::config::Config;
 use crate::error::Error;
 use crate::filter::{self, FilterSet};
-use crate::hub::{self, Conn, Transport, UserHub};
+use crate::hub::{self, ChannelGrants, Conn, Transport, UserHub};
 use crate::protocol::{self, ClientFrame, Skipped};
 use crate::ratelimit::TokenBucket;
 use crate::{ids, log, webhook};
@@ -45,6 +47,23 @@ pub struct Attachment {
     /// The user's `seq` when the connection opened.
     #[serde(rename = "s", default)]
     pub accepted_seq: u64,
+    /// Channels joined, each with the user's `seq` at the join.
+    #[serde(rename = "c", default)]
+    pub channels: Vec<(String, u64)>,
+}
+
+impl Attachment {
+    fn of(conn: &Conn) -> Attachment {
+        Attachment {
+            v: 1,
+            user_id: conn.user_id.clone(),
+            connected_at: conn.connected_at,
+            expires_at: conn.expires_at,
+            transport: conn.transport.name().to_string(),
+            accepted_seq: conn.accepted_seq,
+            channels: conn.channels.clone(),
+        }
+    }
 }
 
 fn websocket() -> String {
@@ -93,9 +112,12 @@ impl UserHub {
         let url = req.inner().url();
         let (mut user_id, mut expires_at, mut transport, mut filters, mut since) =
             (None, None, Transport::WebSocket, None, None);
+        let mut grants = ChannelGrants::default();
         for (k, v) in crate::query::pairs(&url) {
             match k.as_str() {
                 "user" => user_id = Some(v),
+                "channels" => grants.join = Grants::from_text(&v),
+                "publishChannels" => grants.publish = Grants::from_text(&v),
                 "exp" => expires_at = v.parse::<f64>().ok(),
                 "transport" => transport = Transport::from_name(&v),
                 "filters" => filters = Some(v),
@@ -116,15 +138,13 @@ impl UserHub {
         let id = ids::uuid_v4();
         let now = Date::now().as_millis() as f64;
         let accepted_seq = self.current_seq();
+        if !grants.is_empty() {
+            self.sql_exec(
+                "INSERT INTO grants (conn_id, join_grants, publish_grants) VALUES (?, ?, ?)",
+                vec![id.clone().into(), grants.join.to_text().into(), grants.publish.to_text().into()],
+            )?;
+        }
         self.state.accept_websocket_with_tags(&pair.server, &[id.as_str()]);
-        pair.server.serialize_attachment(Attachment {
-            v: 1,
-            user_id: user_id.clone(),
-            connected_at: now,
-            expires_at,
-            transport: transport.name().to_string(),
-            accepted_seq,
-        })?;
         let deadline = hub::deadline(&config, now, expires_at);
         let conn = Conn {
             ws: pair.server,
@@ -136,7 +156,10 @@ impl UserHub {
             connected_at: now,
             expires_at,
             deadline,
+            channels: Vec::new(),
+            grants: std::rc::Rc::new(grants),
         };
+        conn.ws.serialize_attachment(Attachment::of(&conn))?;
         conn.send(&protocol::welcome_frame(&id, &user_id, accepted_seq), None);
         if let Some(conns) = self.conns.borrow_mut().as_mut() {
             conns.insert(id.clone(), conn);
@@ -226,6 +249,12 @@ impl UserHub {
                 self.change_filters(&id, &filters, frame_id, false, None)
             }
             Ok(ClientFrame::Message { data, id: frame_id }) => self.upstream(ws, &id, data, frame_id).await,
+            Ok(ClientFrame::Join { channel, id: frame_id }) => self.join(ws, &id, channel, frame_id).await,
+            Ok(ClientFrame::Leave { channel, id: frame_id }) => self.leave(ws, &id, &channel, frame_id).await,
+            Ok(ClientFrame::Publish { channel, kind, payload, timeout_ms, id: frame_id }) => {
+                let publish = ClientPublish { channel, kind, payload, timeout_ms };
+                self.client_publish(ws, &id, publish, frame_id, &config).await
+            }
             Ok(ClientFrame::Ack { .. }) => {}
         }
     }
@@ -335,6 +364,7 @@ impl UserHub {
     pub(crate) async fn close_by_server(&self, id: &str, code: u16, reason: &str, by: &str) {
         let Some(conn) = self.forget(id) else { return };
         let _ = conn.ws.close(Some(code), Some(reason));
+        self.left_channels(&conn).await;
         log::info(
             "close",
             json!({ "userId": conn.user_id, "connectionId": id, "code": code, "reason": reason, "by": by }),
@@ -361,6 +391,7 @@ impl UserHub {
         let _ = self.ensure_loaded();
         // Unknown here means the server closed it first and has reported it already.
         let Some(conn) = self.forget(&id) else { return };
+        self.left_channels(&conn).await;
         log::info(
             "close",
             json!({ "userId": conn.user_id, "connectionId": id, "code": code, "reason": reason, "clean": was_clean, "by": "client" }),
@@ -373,7 +404,190 @@ impl UserHub {
         let Some(id) = conn_id(self, ws) else { return };
         let _ = self.ensure_loaded();
         let Some(conn) = self.forget(&id) else { return };
+        self.left_channels(&conn).await;
         log::error("socket_error", json!({ "connectionId": id, "message": error }));
         self.report_close(&conn, &id, 1011, "socket error", "error").await;
+    }
+}
+
+/// A client's `publish` frame, checked.
+struct ClientPublish<'a> {
+    channel: String,
+    kind: String,
+    payload: &'a RawValue,
+    timeout_ms: Option<u64>,
+}
+
+impl UserHub {
+    /// `join`: the token must allow the channel. The channel's root hears of the user once (when the
+    /// user's first connection joins); the join is answered only after the root has it, so a publish
+    /// that follows the `ok` reaches this connection.
+    async fn join(&self, ws: &WebSocket, id: &str, channel: String, frame_id: Option<&RawValue>) {
+        let (allowed, already, count, user_id) = {
+            let conns = self.conns.borrow();
+            let Some(conn) = conns.as_ref().and_then(|c| c.get(id)) else { return };
+            let already = conn.channels.iter().any(|(c, _)| *c == channel);
+            (conn.grants.join.allows(&channel), already, conn.channels.len(), conn.user_id.clone())
+        };
+        if !allowed {
+            let message = format!("this connection's token does not allow joining `{channel}` (its `channels` claim)");
+            return send_error(ws, "forbidden", &message, frame_id, &[]);
+        }
+        if already {
+            return reply_ok(ws, frame_id);
+        }
+        if count >= channel::MAX_CHANNELS_PER_CONNECTION {
+            let message =
+                format!("this connection has already joined {} channels", channel::MAX_CHANNELS_PER_CONNECTION);
+            return send_error(ws, "too_many_channels", &message, frame_id, &[]);
+        }
+        if let Err(e) = self.register(&user_id, &channel).await {
+            let code = if e.status() == 429 { "channel_full" } else { "unavailable" };
+            log::error("join_failed", json!({ "userId": user_id, "channel": channel, "message": e.to_string() }));
+            return send_error(ws, code, &format!("could not join `{channel}`: {e}"), frame_id, &[]);
+        }
+        let joined_at = self.current_seq();
+        let stored = {
+            let mut conns = self.conns.borrow_mut();
+            // The socket may have closed while the root was asked; the root then holds a stale
+            // member, which the next publish to the channel removes.
+            let Some(conn) = conns.as_mut().and_then(|c| c.get_mut(id)) else { return };
+            if !conn.channels.iter().any(|(c, _)| *c == channel) {
+                conn.channels.push((channel.clone(), joined_at));
+            }
+            conn.ws.serialize_attachment(Attachment::of(conn))
+        };
+        if let Err(e) = stored {
+            log::error("storage_error", json!({ "op": "join", "message": e.to_string() }));
+        }
+        log::info("join", json!({ "userId": user_id, "connectionId": id, "channel": channel }));
+        reply_ok(ws, frame_id);
+    }
+
+    /// `leave`: always succeeds (leaving a channel not joined is a no-op).
+    async fn leave(&self, ws: &WebSocket, id: &str, channel: &str, frame_id: Option<&RawValue>) {
+        let left = {
+            let mut conns = self.conns.borrow_mut();
+            let Some(conn) = conns.as_mut().and_then(|c| c.get_mut(id)) else { return };
+            let before = conn.channels.len();
+            conn.channels.retain(|(c, _)| c != channel);
+            if conn.channels.len() == before {
+                None
+            } else {
+                if let Err(e) = conn.ws.serialize_attachment(Attachment::of(conn)) {
+                    log::error("storage_error", json!({ "op": "leave", "message": e.to_string() }));
+                }
+                Some(conn.user_id.clone())
+            }
+        };
+        if let Some(user_id) = left {
+            if self.joined_count(channel) == 0 {
+                self.unregister(&user_id, channel).await;
+            }
+            log::info("leave", json!({ "userId": user_id, "connectionId": id, "channel": channel }));
+        }
+        reply_ok(ws, frame_id);
+    }
+
+    /// A closed connection's channels: the root forgets the user in those no other connection holds.
+    pub(crate) async fn left_channels(&self, conn: &Conn) {
+        for (channel, _) in &conn.channels {
+            if self.joined_count(channel) == 0 {
+                self.unregister(&conn.user_id, channel).await;
+            }
+        }
+    }
+
+    /// Makes sure the channel's root lists this user. This hub remembers (in SQLite) which roots
+    /// list it, so reconnecting clients that join again cost the root nothing.
+    async fn register(&self, user_id: &str, channel: &str) -> Result<(), crate::error::Error> {
+        #[derive(Deserialize)]
+        struct Row {
+            #[allow(dead_code)]
+            version: i64,
+        }
+        let known = self
+            .sql_exec("SELECT version FROM channels WHERE name = ?", vec![channel.to_string().into()])?
+            .to_array::<Row>()?;
+        if !known.is_empty() {
+            return Ok(());
+        }
+        let version = self.next_version();
+        crate::channel_hub::update_membership(&self.env, channel, user_id, true, version).await?;
+        self.sql_exec(
+            "INSERT INTO channels (name, version) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET version = excluded.version",
+            vec![channel.to_string().into(), (version as i64).into()],
+        )?;
+        Ok(())
+    }
+
+    /// Tells the channel's root this user has left. Best effort: a root that missed it finds out at
+    /// the next publish (this hub answers `joined: 0`) and removes the user then.
+    async fn unregister(&self, user_id: &str, channel: &str) {
+        if let Err(e) = self.sql_exec("DELETE FROM channels WHERE name = ?", vec![channel.to_string().into()]) {
+            log::error("storage_error", json!({ "op": "unregister", "message": e.to_string() }));
+        }
+        let version = self.next_version();
+        if let Err(e) = crate::channel_hub::update_membership(&self.env, channel, user_id, false, version).await {
+            log::error("leave_failed", json!({ "userId": user_id, "channel": channel, "message": e.to_string() }));
+        }
+    }
+
+    /// A client's `publish` to a channel: the token's `publishChannels` must allow it. Every joined
+    /// connection of every member receives it (with `from`), except the publishing connection; with
+    /// an `id`, the reply is `ok` with the totals once the acks are in.
+    async fn client_publish(
+        &self,
+        ws: &WebSocket,
+        id: &str,
+        publish: ClientPublish<'_>,
+        frame_id: Option<&RawValue>,
+        config: &Config,
+    ) {
+        let ClientPublish { channel, kind, payload, timeout_ms } = publish;
+        let (allowed, user_id) = {
+            let conns = self.conns.borrow();
+            let Some(conn) = conns.as_ref().and_then(|c| c.get(id)) else { return };
+            (conn.grants.publish.allows(&channel), conn.user_id.clone())
+        };
+        if !allowed {
+            let message = format!(
+                "this connection's token does not allow publishing to `{channel}` (its `publishChannels` claim)"
+            );
+            return send_error(ws, "forbidden", &message, frame_id, &[]);
+        }
+        let meta = protocol::PublishMeta {
+            user_id: String::new(),
+            kind,
+            connection_id: None,
+            timeout_ms: Some(timeout_ms.unwrap_or(config.ack_timeout_ms).min(config.ack_timeout_max_ms)),
+            body_hash: protocol::fingerprint(payload.get().as_bytes()),
+            channel: Some(channel.clone()),
+            from: Some(user_id.clone()),
+            except: Some(id.to_string()),
+        };
+        match crate::channel_hub::publish(&self.env, &meta, payload.get(), None, None).await {
+            Ok(mut res) => {
+                let status = res.status_code();
+                let body: serde_json::Value = res.json().await.unwrap_or_default();
+                if status != 200 {
+                    let code = body["error"].as_str().unwrap_or("unavailable");
+                    let message = body["message"].as_str().unwrap_or("the channel did not answer");
+                    return send_error(ws, code, message, frame_id, &[]);
+                }
+                log::info(
+                    "client_publish",
+                    json!({ "userId": user_id, "connectionId": id, "channel": channel, "totals": body["totals"] }),
+                );
+                if let Some(frame_id) = frame_id {
+                    let reply = json!({ "type": "ok", "totals": body["totals"] });
+                    let mut text = reply.to_string();
+                    // `id` is echoed as the client sent it.
+                    text.insert_str(1, &format!(r#""id":{},"#, frame_id.get()));
+                    send(ws, &text);
+                }
+            }
+            Err(e) => send_error(ws, e.code(), &e.to_string(), frame_id, &[]),
+        }
     }
 }

@@ -25,7 +25,10 @@ export async function startWorker(vars = {}) {
     modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
     compatibilityDate: "2026-08-01",
     compatibilityFlags: ["enable_request_signal"], // as in wrangler.toml
-    durableObjects: { USER_HUB: { className: "UserHub", useSQLite: true } },
+    durableObjects: {
+      USER_HUB: { className: "UserHub", useSQLite: true },
+      CHANNEL_HUB: { className: "ChannelHub", useSQLite: true },
+    },
     bindings,
     host: "127.0.0.1",
     port: 0,
@@ -63,6 +66,10 @@ export async function startWorker(vars = {}) {
       }),
     /** Forces the user's hub out of memory, keeping its sockets (hibernation). */
     evict: (userId) => mf.unsafeEvictDurableObject(WORKER, "UserHub", { name: userId, webSockets: "hibernate" }),
+    /** Forces the user's hub out of memory and drops its sockets without close events (a crash). */
+    crash: (userId) => mf.unsafeEvictDurableObject(WORKER, "UserHub", { name: userId, webSockets: "close" }),
+    /** Forces a channel's root (its member list) out of memory. */
+    evictChannel: (channel) => mf.unsafeEvictDurableObject(WORKER, "ChannelHub", { name: `root/${channel}` }),
     stop: () => mf.dispose(),
   };
 }
