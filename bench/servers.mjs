@@ -12,10 +12,7 @@ export function serverOptions(name, secret, build = process.env.BENCH_BUILD_DIR 
   const common = {
     modules: true,
     compatibilityDate: "2026-08-01",
-    durableObjects: {
-      USER_HUB: { className: "UserHub", useSQLite: true },
-      CHANNEL_HUB: { className: "ChannelHub", useSQLite: true },
-    },
+    durableObjects: { USER_HUB: { className: "UserHub", useSQLite: true } },
     host: "127.0.0.1",
     port: 0,
     // Both servers log one JSON line per connect and per publish; the lines are read and dropped
@@ -34,8 +31,15 @@ export function serverOptions(name, secret, build = process.env.BENCH_BUILD_DIR 
       scriptPath: path.join(build, "index.js"),
       modulesRoot: build,
       modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
+      // Builds from before channels (BENCH_BUILD_DIR=an older build) have no ChannelHub class.
+      durableObjects: {
+        ...common.durableObjects,
+        ...(fs.readFileSync(path.join(build, "index.js"), "utf8").includes("ChannelHub")
+          ? { CHANNEL_HUB: { className: "ChannelHub", useSQLite: true } }
+          : {}),
+      },
       // SWITCHBOARD_BENCH_VARS='{"HISTORY_LIMIT":"0"}' measures other settings (e.g. history off).
-      bindings: { JWT_SECRET: secret, MAX_FRAMES_PER_SECOND: "100000", MAX_CONNECTIONS_PER_USER: "30000", ...JSON.parse(process.env.SWITCHBOARD_BENCH_VARS || "{}") },
+      bindings: { JWT_SECRET: secret, MAX_FRAMES_PER_SECOND: "100000", MAX_CONNECTIONS_PER_USER: "30000", MAX_PUBLISH_USERS: "2000", ...JSON.parse(process.env.SWITCHBOARD_BENCH_VARS || "{}") },
       compatibilityFlags: ["enable_request_signal"], // as in wrangler.toml
     };
   }

@@ -37,10 +37,24 @@ pub struct Config {
     pub payload_64k_n: usize,
     pub payload_512k_n: usize,
     pub connect_concurrency: usize,
+    pub group_small_n: usize,
+    pub group_large_n: usize,
 }
 
-const ALL_SCENARIOS: &[&str] =
-    &["rtt", "fanout100", "fanout1000", "throughput", "idle", "payload1k", "payload64k", "payload512k"];
+const ALL_SCENARIOS: &[&str] = &[
+    "rtt",
+    "fanout100",
+    "fanout1000",
+    "throughput",
+    "idle",
+    "payload1k",
+    "payload64k",
+    "payload512k",
+    "users100",
+    "channel100",
+    "users2000",
+    "channel2000",
+];
 
 impl Config {
     fn new(quick: bool) -> Config {
@@ -67,6 +81,8 @@ impl Config {
             payload_64k_n: pick(600, 60),
             payload_512k_n: pick(150, 15),
             connect_concurrency: 32,
+            group_small_n: pick(100, 10),
+            group_large_n: pick(20, 3),
         }
     }
 }
@@ -77,7 +93,8 @@ const HELP: &str = "switchboard-bench [--quick] [--runs N] [--scenarios a,b,...]
   [--idle-sockets N] [--idle-per-user N] [--payload-1k-n N] [--payload-64k-n N] [--payload-512k-n N]
   [--connect-concurrency N]
 Every numeric flag can also be set as BENCH_<NAME> (e.g. BENCH_RTT_N=500). Scenarios:
-  rtt fanout100 fanout1000 throughput idle payload1k payload64k payload512k";
+  rtt fanout100 fanout1000 throughput idle payload1k payload64k payload512k
+  users100 channel100 users2000 channel2000 (Switchboard only: a group via `userIds` vs a channel)";
 
 fn parse_args() -> Result<Config, String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -139,6 +156,8 @@ fn parse_args() -> Result<Config, String> {
             "payload-64k-n" => c.payload_64k_n = num()?,
             "payload-512k-n" => c.payload_512k_n = num()?,
             "connect-concurrency" => c.connect_concurrency = num()?.max(1),
+            "group-small-n" => c.group_small_n = num()?,
+            "group-large-n" => c.group_large_n = num()?,
             // Environment variables the scripts use for other things.
             "quick" | "no-build" | "node" | "serve-max-s" | "build-dir" | "show-stderr" | "timeout" => {}
             other => return Err(format!("unknown option --{other}\n{HELP}")),
@@ -185,6 +204,9 @@ async fn main() {
                 order.reverse();
             }
             for server in order {
+                if scenarios::switchboard_only(scenario) && server.name != "switchboard" {
+                    continue;
+                }
                 let t = Instant::now();
                 let out =
                     tokio::time::timeout(Duration::from_secs(600), scenarios::run(scenario, server, &config, run))

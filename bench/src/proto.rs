@@ -33,8 +33,11 @@ fn exp() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) + 3600
 }
 
-pub fn client_token(secret: &str, user_id: &str) -> String {
-    mint(secret, &serde_json::json!({ "userId": user_id, "exp": exp() }))
+pub fn client_token(secret: &str, user_id: &str, channel: Option<&str>) -> String {
+    match channel {
+        Some(c) => mint(secret, &serde_json::json!({ "userId": user_id, "exp": exp(), "channels": [c] })),
+        None => mint(secret, &serde_json::json!({ "userId": user_id, "exp": exp() })),
+    }
 }
 
 pub fn publish_token(secret: &str) -> String {
@@ -253,18 +256,19 @@ pub struct Socket {
     pub task: tokio::task::JoinHandle<()>,
 }
 
-/// Connects as `user_id`, waits for `welcome`, subscribes to `{"type":"bench"}` and waits for `ok`,
-/// then hands the socket to a task that acks envelopes (sending each delivery to `deliveries` if
+/// Connects as `user_id`, waits for `welcome`, subscribes to `{"type":"bench"}` and waits for `ok`
+/// (and joins `channel`, if given, and waits for its `ok`), then hands the socket to a task that acks envelopes (sending each delivery to `deliveries` if
 /// given) until `shutdown` turns true.
 pub async fn connect(
     host: &str,
     secret: &str,
     user_id: &str,
     number: u64,
+    channel: Option<&str>,
     deliveries: Option<mpsc::UnboundedSender<Delivery>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<Socket, String> {
-    let token = client_token(secret, user_id);
+    let token = client_token(secret, user_id, channel);
     let url = format!("ws://{host}/?token={token}");
     let fut = async {
         let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true)
@@ -282,6 +286,14 @@ pub async fn connect(
         let ok = next_text(&mut ws).await?;
         if ok != r#"{"type":"ok","id":1}"# {
             return Err(format!("subscribe answered {ok}"));
+        }
+        if let Some(channel) = channel {
+            let join = serde_json::json!({ "type": "join", "channel": channel, "id": 2 }).to_string();
+            ws.send(Message::text(join)).await.map_err(|e| format!("join: {e}"))?;
+            let ok = next_text(&mut ws).await?;
+            if ok != r#"{"type":"ok","id":2}"# {
+                return Err(format!("join answered {ok}"));
+            }
         }
         Ok::<_, String>((ws, connection_id))
     };

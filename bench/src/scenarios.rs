@@ -51,6 +51,10 @@ pub async fn run(name: &str, server: &Server, c: &Config, run: usize) -> Outcome
         "payload512k" => sequential(server, c, &format!("pl-{tag}"), 1, c.payload_512k_n, 512 * 1024).await,
         "throughput" => throughput(server, c, &tag).await,
         "idle" => idle(server, c, &tag).await,
+        "channel100" => group(server, c, &format!("ch-{tag}"), 100, c.group_small_n, true).await,
+        "channel2000" => group(server, c, &format!("ch-{tag}"), 2000, c.group_large_n, true).await,
+        "users100" => group(server, c, &format!("us-{tag}"), 100, c.group_small_n, false).await,
+        "users2000" => group(server, c, &format!("us-{tag}"), 2000, c.group_large_n, false).await,
         other => Outcome::failed(&format!("unknown scenario {other}")),
     }
 }
@@ -60,6 +64,7 @@ pub async fn run(name: &str, server: &Server, c: &Config, run: usize) -> Outcome
 async fn connect_many(
     server: &Server,
     users: &[(String, usize)],
+    channel: Option<&str>,
     concurrency: usize,
     deliveries: Option<mpsc::UnboundedSender<Delivery>>,
     shutdown: &watch::Receiver<bool>,
@@ -76,7 +81,8 @@ async fn connect_many(
     let results: Vec<Result<(usize, Socket), String>> = futures_util::stream::iter(jobs)
         .map(|(u, user, n)| {
             let (host, secret, d, s) = (host.clone(), server.secret.clone(), deliveries.clone(), shutdown.clone());
-            async move { proto::connect(&host, &secret, &user, n, d, s).await.map(|sock| (u, sock)) }
+            let channel = channel.map(str::to_string);
+            async move { proto::connect(&host, &secret, &user, n, channel.as_deref(), d, s).await.map(|sock| (u, sock)) }
         })
         .buffer_unordered(concurrency)
         .collect()
@@ -132,7 +138,9 @@ async fn sequential(server: &Server, c: &Config, user: &str, sockets: usize, n: 
     let cpu_c0 = cpu_ns(server.pid);
     let t_c = Instant::now();
     let socks =
-        match connect_many(server, &[(user.to_string(), sockets)], c.connect_concurrency, Some(tx), &stop_rx).await {
+        match connect_many(server, &[(user.to_string(), sockets)], None, c.connect_concurrency, Some(tx), &stop_rx)
+            .await
+        {
             Ok(s) => s,
             Err(e) => return Outcome::failed(&e),
         };
@@ -228,7 +236,7 @@ async fn throughput(server: &Server, c: &Config, tag: &str) -> Outcome {
     let (stop_tx, stop_rx) = watch::channel(false);
     let users: Vec<(String, usize)> = (0..c.tp_users).map(|u| (format!("tp-{tag}-{u}"), 1 + u % 4)).collect();
     let t_c = Instant::now();
-    let socks = match connect_many(server, &users, c.connect_concurrency, None, &stop_rx).await {
+    let socks = match connect_many(server, &users, None, c.connect_concurrency, None, &stop_rx).await {
         Ok(s) => s,
         Err(e) => return Outcome::failed(&e),
     };
@@ -345,7 +353,7 @@ async fn idle(server: &Server, c: &Config, tag: &str) -> Outcome {
     let rss0 = rss_kb(server.pid);
     let cpu0 = cpu_ns(server.pid);
     let t0 = Instant::now();
-    let socks = match connect_many(server, &users, c.connect_concurrency, None, &stop_rx).await {
+    let socks = match connect_many(server, &users, None, c.connect_concurrency, None, &stop_rx).await {
         Ok(s) => s,
         Err(e) => return Outcome::failed(&e),
     };
@@ -384,6 +392,111 @@ async fn idle(server: &Server, c: &Config, tag: &str) -> Outcome {
     m.insert("connect_s".into(), connect_s);
     m.insert("connects_per_s".into(), sockets as f64 / connect_s);
     m.insert("cpu_ms_per_connect".into(), cpu as f64 / 1e6 / sockets.max(1) as f64);
+    m.insert("errors".into(), errors.count as f64);
+    Outcome { metrics: m, errors: errors.count, error_samples: errors.samples }
+}
+
+/// Scenarios that only Switchboard can run (the reference has no channels or `userIds`).
+pub fn switchboard_only(name: &str) -> bool {
+    name.starts_with("channel") || name.starts_with("users")
+}
+
+/// `users` users with one socket each; `n` sequential publishes that reach all of them, either to
+/// a channel they all joined (`via_channel`) or with `userIds` naming them all (the only way to
+/// reach a group before channels). Every answer must count every user and every ack.
+async fn group(server: &Server, c: &Config, tag: &str, users: usize, n: usize, via_channel: bool) -> Outcome {
+    let mut errors = Errors::default();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Delivery>();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let channel = format!("bench:{tag}");
+    let names: Vec<(String, usize)> = (0..users).map(|u| (format!("{tag}-g{u}"), 1)).collect();
+    let cpu_c0 = cpu_ns(server.pid);
+    let t_c = Instant::now();
+    let join = via_channel.then_some(channel.as_str());
+    let socks = match connect_many(server, &names, join, c.connect_concurrency, Some(tx), &stop_rx).await {
+        Ok(s) => s,
+        Err(e) => return Outcome::failed(&e),
+    };
+    let connect_s = t_c.elapsed().as_secs_f64();
+    let cpu_connect = cpu_ns(server.pid) - cpu_c0;
+    let target = if via_channel {
+        format!(r#""channel":{}"#, serde_json::json!(channel))
+    } else {
+        format!(r#""userIds":{}"#, serde_json::json!(names.iter().map(|u| &u.0).collect::<Vec<_>>()))
+    };
+    let warmup = (n / 10).clamp(2, 10);
+    let mut http = Http::new(&server.host_port(), &proto::publish_token(&server.secret));
+    let (mut lat, mut dlast) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut cpu0, mut t0) = (cpu_ns(server.pid), Instant::now());
+    for i in 0..warmup + n {
+        if i == warmup {
+            cpu0 = cpu_ns(server.pid);
+            t0 = Instant::now();
+        }
+        let body = format!(r#"{{{target},"type":"bench","payload":{{"n":{i}}},"timeoutMs":5000}}"#);
+        let sent = Instant::now();
+        let r = http.publish(body.as_bytes()).await;
+        let took = sent.elapsed();
+        let checked = r.and_then(|(status, body)| {
+            if status != 200 {
+                return Err(format!("status {status}: {}", String::from_utf8_lossy(&body[..body.len().min(300)])));
+            }
+            let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| format!("bad json: {e}"))?;
+            let t = &v["totals"];
+            let want = users as u64;
+            if t["users"] != want || t["failed"] != 0 || t["clientCount"] != want || t["acked"] != want {
+                return Err(format!("totals {t} (expected {users} users, all acked)"));
+            }
+            Ok(())
+        });
+        if let Err(e) = checked {
+            errors.add(format!("publish {i}: {e}"));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            while rx.try_recv().is_ok() {}
+            continue;
+        }
+        // Every socket recorded its delivery before acking, so all are already queued.
+        let mut last = Duration::ZERO;
+        for got in 0..users {
+            match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+                Ok(Some(d)) => last = last.max(d.at.saturating_duration_since(sent)),
+                _ => {
+                    errors.add(format!("publish {i}: only {got} of {users} deliveries seen"));
+                    break;
+                }
+            }
+        }
+        if i >= warmup {
+            lat.push(ms(took));
+            dlast.push(ms(last));
+        }
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu = cpu_ns(server.pid) - cpu0;
+    let total = (warmup + n) as u64;
+    for (_, s) in &socks {
+        let got = s.received.load(Ordering::Relaxed);
+        if got != total {
+            errors.add(format!("socket {} received {got} envelopes, expected {total}", s.number));
+        }
+        if s.unexpected.load(Ordering::Relaxed) > 0 {
+            errors.add(format!("socket {} saw unexpected frames or closed", s.number));
+        }
+    }
+    close_all(socks, stop_tx).await;
+    let mut m = Metrics::new();
+    m.insert("sockets".into(), users as f64);
+    m.insert("publishes".into(), n as f64);
+    m.insert("elapsed_s".into(), elapsed);
+    m.insert("publishes_per_s".into(), n as f64 / elapsed);
+    m.insert("deliveries_per_s".into(), (n * users) as f64 / elapsed);
+    latency_metrics(&mut m, "", lat);
+    latency_metrics(&mut m, "last_delivery_", dlast);
+    m.insert("cpu_ms_per_publish".into(), cpu as f64 / 1e6 / n as f64);
+    m.insert("cpu_us_per_delivery".into(), cpu as f64 / 1e3 / (n * users) as f64);
+    m.insert("server_cpu_util".into(), cpu as f64 / 1e9 / elapsed);
+    m.insert("connect_s".into(), connect_s);
+    m.insert("cpu_ms_per_connect".into(), cpu_connect as f64 / 1e6 / users as f64);
     m.insert("errors".into(), errors.count as f64);
     Outcome { metrics: m, errors: errors.count, error_samples: errors.samples }
 }
