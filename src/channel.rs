@@ -212,7 +212,10 @@ impl Aggregate {
     /// Adds one user's outcome: a hub's publish answer with `userId`, or `{userId, status, error}`.
     pub fn add_user(&mut self, outcome: Value) {
         let t = &mut self.totals;
-        if outcome.get("joined").and_then(Value::as_u64) == Some(0) {
+        // `joined: 0` without `lingering`: the hub has no connection in the channel and is not
+        // keeping its membership for a reconnect.
+        let lingering = outcome.get("lingering").and_then(Value::as_bool) == Some(true);
+        if outcome.get("joined").and_then(Value::as_u64) == Some(0) && !lingering {
             let user = outcome.get("userId").and_then(Value::as_str).unwrap_or_default().to_string();
             let version = outcome.get("version").and_then(Value::as_u64).unwrap_or(0);
             t.pruned += 1;
@@ -423,10 +426,12 @@ mod tests {
         root.add_user(json!({ "userId": "gone", "joined": 0, "version": 7, "clientCount": 0 }));
         assert_eq!((root.totals.users, root.totals.pruned), (42, 1));
         assert_eq!(root.stale, vec![("gone".to_string(), 7)]);
+        root.add_user(json!({ "userId": "away", "joined": 0, "lingering": true, "clientCount": 0, "acks": [] }));
+        assert_eq!((root.totals.users, root.totals.succeeded, root.totals.pruned), (43, 3, 1), "lingering is a member");
         assert!(!root.truncated);
         root.merge(shard);
         let response = root.into_response("room:1");
-        assert_eq!(response["totals"]["users"], DETAIL_LIMIT as u64 + 48);
+        assert_eq!(response["totals"]["users"], DETAIL_LIMIT as u64 + 49);
         // Failures come first in `users`.
         assert_eq!(response["users"][0]["relay"], "3");
         assert_eq!(response["users"][1]["userId"], "bad");

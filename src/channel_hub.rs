@@ -242,7 +242,7 @@ async fn step(
     let fanout = config.channel_fanout;
     let mut aggregate = Aggregate::default();
     let Some(chunk) = channel::chunk_size(users.len(), fanout) else {
-        for outcome in multi::fan_out(env, meta, payload, users, timeout_ms, key, fanout).await {
+        for outcome in multi::fan_out(env, meta, payload, users, timeout_ms, key, multi::MAX_HOPS_IN_FLIGHT).await {
             aggregate.add_user(outcome);
         }
         return aggregate;

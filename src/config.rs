@@ -74,6 +74,9 @@ pub struct Config {
     pub channel_fanout: usize,
     /// Most users one channel may have as members.
     pub max_channel_users: usize,
+    /// How long a user stays a channel's member after its last joined connection closed (not left),
+    /// so a client that reconnects and resumes gets what the channel published meanwhile.
+    pub channel_linger_seconds: u64,
 }
 
 impl Config {
@@ -98,6 +101,7 @@ pub const DEFAULT_WEBHOOK_RETRY_BASE_MS: u64 = 1_000;
 pub const DEFAULT_WEBHOOK_RETRY_MAX_MS: u64 = 300_000;
 pub const DEFAULT_CHANNEL_FANOUT: u64 = 500;
 pub const DEFAULT_MAX_CHANNEL_USERS: u64 = 100_000;
+pub const DEFAULT_CHANNEL_LINGER_SECONDS: u64 = 60;
 
 impl Config {
     /// Reads the settings through `lookup` (an environment variable or secret by name). Empty strings
@@ -191,8 +195,11 @@ impl Config {
         let channel_fanout = number(&get, "CHANNEL_FANOUT", DEFAULT_CHANNEL_FANOUT, 2, 1_000)? as usize;
         let max_channel_users = number(&get, "MAX_CHANNEL_USERS", DEFAULT_MAX_CHANNEL_USERS, 1, 10_000_000)? as usize;
 
+        let channel_linger_seconds = number(&get, "CHANNEL_LINGER_SECONDS", DEFAULT_CHANNEL_LINGER_SECONDS, 0, 86_400)?;
+
         Ok(Config {
             jwt_secrets,
+            channel_linger_seconds,
             channel_fanout,
             max_channel_users,
             max_publish_users,

@@ -49,7 +49,8 @@ CREATE INDEX IF NOT EXISTS idempotency_at ON idempotency (at);
 CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL, body TEXT NOT NULL,
   created INTEGER NOT NULL, attempts INTEGER NOT NULL, next_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS grants (conn_id TEXT PRIMARY KEY, join_grants TEXT NOT NULL, publish_grants TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS channels (name TEXT PRIMARY KEY, version INTEGER NOT NULL);";
+CREATE TABLE IF NOT EXISTS channels (name TEXT PRIMARY KEY, version INTEGER NOT NULL, user_id TEXT NOT NULL,
+  left_at INTEGER);";
 
 /// What a connection's token allows it to do with channels (the `channels` and `publishChannels`
 /// claims), kept in SQLite because it may not fit the socket's attachment.
@@ -233,6 +234,11 @@ struct GrantRow {
     conn_id: String,
     join_grants: String,
     publish_grants: String,
+}
+
+#[derive(Deserialize)]
+struct OptionalRow {
+    value: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -587,9 +593,15 @@ impl UserHub {
             .ok_or_else(|| Error::Internal("the hop to the hub carried no publish".into()))?;
         let payload = body_as_js_string(req).await?;
         self.ensure_loaded()?;
+        let mut lingering = false;
         if let Some(channel) = &p.channel {
             if self.joined_count(channel) == 0 {
-                return self.not_a_member(channel, cors);
+                if !self.lingering(&config, channel)? {
+                    return self.not_a_member(channel, cors);
+                }
+                // Nobody is connected, but the user's last connection closed within
+                // CHANNEL_LINGER_SECONDS: the envelope goes into history for its resume.
+                lingering = true;
             }
         }
         if let Some(target) = &p.connection_id {
@@ -695,7 +707,10 @@ impl UserHub {
                 "closed": response.closed.len(), "ms": Date::now().as_millis().saturating_sub(started),
             }),
         );
-        let body = serde_json::to_string(&response).map_err(|e| Error::Internal(e.to_string()))?;
+        let mut body = serde_json::to_string(&response).map_err(|e| Error::Internal(e.to_string()))?;
+        if lingering {
+            body.insert_str(body.len() - 1, r#","lingering":true"#);
+        }
         if let Some(key) = &idempotency_key {
             // Kept so a retry gets the same answer, acks included.
             self.sql().exec(
@@ -710,6 +725,28 @@ impl UserHub {
     pub(crate) fn joined_count(&self, channel: &str) -> usize {
         let conns = self.conns.borrow();
         conns.iter().flat_map(|c| c.values()).filter(|c| c.channels.iter().any(|(n, _)| n == channel)).count()
+    }
+
+    /// Whether this user's last connection in `channel` closed less than `CHANNEL_LINGER_SECONDS` ago.
+    fn lingering(&self, config: &Config, channel: &str) -> Result<bool, Error> {
+        let left_at = self
+            .sql_exec("SELECT left_at AS value FROM channels WHERE name = ?", vec![channel.to_string().into()])?
+            .to_array::<OptionalRow>()?
+            .first()
+            .and_then(|r| r.value);
+        let now = Date::now().as_millis() as i64;
+        Ok(left_at.is_some_and(|at| now < at + (config.channel_linger_seconds as i64) * 1000))
+    }
+
+    /// When the earliest lingering membership ends, in ms since the epoch.
+    pub(crate) fn next_linger_end(&self) -> Result<Option<i64>, Error> {
+        let config = self.config()?;
+        let first = self
+            .sql_exec("SELECT min(left_at) AS value FROM channels", Vec::new())?
+            .to_array::<OptionalRow>()?
+            .first()
+            .and_then(|r| r.value);
+        Ok(first.map(|at| at + (config.channel_linger_seconds as i64) * 1000))
     }
 
     /// A membership version for an update to a channel's root.

@@ -70,7 +70,7 @@ impl UserHub {
             .to_array::<NextRow>()?
             .first()
             .map(|r| r.next_at);
-        let due = [hint, outbox_next, self.next_deadline()].into_iter().flatten().min();
+        let due = [hint, outbox_next, self.next_deadline(), self.next_linger_end()?].into_iter().flatten().min();
         let Some(due) = due else { return Ok(()) };
         let storage = self.state.storage();
         if !rearm {
@@ -91,6 +91,7 @@ impl UserHub {
         self.ensure_loaded()?;
         log::info("alarm", json!({ "now": Date::now().as_millis() }));
         self.enforce_lifetimes().await;
+        self.end_lingering().await?;
         if let Some(hook) = self.config()?.webhook.clone() {
             self.drain_outbox(&hook).await?;
         }

@@ -945,4 +945,83 @@ mod tests {
         }
         assert_eq!(parse_publish(br#"{"userId":"u","timeoutMs":1.5}"#).unwrap_err().code(), "invalid_timeout");
     }
+
+    #[test]
+    fn channel_frames_parse_and_bad_ones_say_why() {
+        match parse_client_frame(r#"{"type":"join","channel":"room:1","id":3}"#).unwrap() {
+            ClientFrame::Join { channel, id } => assert_eq!((channel.as_str(), id.unwrap().get()), ("room:1", "3")),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse_client_frame(r#"{"type":"leave","channel":"lobby"}"#).unwrap(),
+            ClientFrame::Leave { channel, id: None } if channel == "lobby"
+        ));
+        match parse_client_frame(
+            r#"{"type":"publish","channel":"c","event":"typing","payload":{"on":true},"timeoutMs":50}"#,
+        )
+        .unwrap()
+        {
+            ClientFrame::Publish { channel, kind, payload, timeout_ms, .. } => {
+                assert_eq!(
+                    (channel.as_str(), kind.as_str(), payload.get(), timeout_ms),
+                    ("c", "typing", r#"{"on":true}"#, Some(50))
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse_client_frame(r#"{"type":"publish","channel":"c"}"#).unwrap() {
+            ClientFrame::Publish { kind, payload, .. } => {
+                assert_eq!((kind.as_str(), payload.get()), ("message", "null"))
+            }
+            other => panic!("{other:?}"),
+        }
+        for (frame, code) in [
+            (r#"{"type":"join"}"#, "invalid_channel"),
+            (r#"{"type":"join","channel":5}"#, "invalid_channel"),
+            (r#"{"type":"join","channel":"a b"}"#, "invalid_channel"),
+            (r#"{"type":"leave","channel":""}"#, "invalid_channel"),
+            (r#"{"type":"publish","channel":"c","event":""}"#, "invalid_frame"),
+            (r#"{"type":"publish","channel":"c","timeoutMs":-1}"#, "invalid_frame"),
+        ] {
+            assert_eq!(parse_client_frame(frame).unwrap_err().code, code, "{frame}");
+        }
+    }
+
+    #[test]
+    fn channel_publish_bodies() {
+        let p = parse_publish(br#"{"channel":"room:1","type":"t","payload":[1]}"#).unwrap();
+        assert_eq!(p.recipients, Recipients::Channel("room:1".into()));
+        let meta = PublishMeta::from_request(&p, "", b"x");
+        assert_eq!(meta.channel.as_deref(), Some("room:1"));
+        let mut meta = meta;
+        meta.from = Some("alice".into());
+        meta.except = Some("conn-1".into());
+        let pairs = meta.to_query().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        assert_eq!(PublishMeta::from_query(pairs).unwrap(), meta);
+        for body in [
+            &br#"{"channel":"r","userId":"u"}"#[..],
+            br#"{"channel":"r","userIds":["u"]}"#,
+            br#"{"channel":7}"#,
+            br#"{"channel":"no spaces"}"#,
+        ] {
+            assert_eq!(parse_publish(body).unwrap_err().code(), "invalid_channel");
+        }
+        assert_eq!(
+            parse_publish(br#"{"channel":"r","connectionId":"c"}"#).unwrap_err().code(),
+            "invalid_connection_id"
+        );
+    }
+
+    #[test]
+    fn channel_envelopes_name_the_channel_and_the_sender() {
+        let head = channel_envelope_head("e", 1, "t", "u", "ts", Some("room:1"), Some("al\"ice"));
+        let v: Value = serde_json::from_str(&format!("{head}null}}")).unwrap();
+        assert_eq!(v["channel"], "room:1");
+        assert_eq!(v["from"], "al\"ice");
+        let text = format!("{head}null}}");
+        let stored: StoredEnvelope<'_> = serde_json::from_str(&text).unwrap();
+        assert_eq!(stored.channel.as_deref(), Some("room:1"));
+        let plain = envelope_head("e", 1, "t", "u", "ts");
+        assert!(!plain.contains("channel"));
+    }
 }

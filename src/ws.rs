@@ -489,13 +489,57 @@ impl UserHub {
         reply_ok(ws, frame_id);
     }
 
-    /// A closed connection's channels: the root forgets the user in those no other connection holds.
+    /// A closed connection's channels, in those no other connection holds: the user stays a member
+    /// for `CHANNEL_LINGER_SECONDS` (its history keeps the channel's envelopes, so a client that
+    /// reconnects, joins again and resumes misses nothing); then the alarm tells the root it left.
     pub(crate) async fn left_channels(&self, conn: &Conn) {
+        let linger = self.config().map_or(0, |c| c.channel_linger_seconds);
+        let now = Date::now().as_millis() as i64;
+        let mut lingering = false;
         for (channel, _) in &conn.channels {
-            if self.joined_count(channel) == 0 {
+            if self.joined_count(channel) > 0 {
+                continue;
+            }
+            if linger == 0 {
                 self.unregister(&conn.user_id, channel).await;
+                continue;
+            }
+            let marked = self
+                .sql_exec("UPDATE channels SET left_at = ? WHERE name = ?", vec![now.into(), channel.clone().into()]);
+            match marked {
+                Ok(_) => lingering = true,
+                Err(e) => log::error("storage_error", json!({ "op": "linger", "message": e.to_string() })),
             }
         }
+        if lingering {
+            if let Err(e) = self.schedule_alarm(Some(now + (linger as i64) * 1000), false).await {
+                log::error("alarm_error", json!({ "op": "linger", "message": e.to_string() }));
+            }
+        }
+    }
+
+    /// The alarm's part: memberships whose linger has ended, with still no connection joined, end.
+    pub(crate) async fn end_lingering(&self) -> Result<(), crate::error::Error> {
+        #[derive(Deserialize)]
+        struct Row {
+            name: String,
+            user_id: String,
+        }
+        let config = self.config()?;
+        // Alarms are not exact to the millisecond; an end this close counts as reached.
+        let cutoff = Date::now().as_millis() as i64 + 250 - (config.channel_linger_seconds as i64) * 1000;
+        let due = self
+            .sql_exec(
+                "SELECT name, user_id FROM channels WHERE left_at IS NOT NULL AND left_at <= ?",
+                vec![cutoff.into()],
+            )?
+            .to_array::<Row>()?;
+        for row in due {
+            if self.joined_count(&row.name) == 0 {
+                self.unregister(&row.user_id, &row.name).await;
+            }
+        }
+        Ok(())
     }
 
     /// Makes sure the channel's root lists this user. This hub remembers (in SQLite) which roots
@@ -510,13 +554,16 @@ impl UserHub {
             .sql_exec("SELECT version FROM channels WHERE name = ?", vec![channel.to_string().into()])?
             .to_array::<Row>()?;
         if !known.is_empty() {
+            // Still a member (perhaps lingering after a close): no need to ask the root.
+            self.sql_exec("UPDATE channels SET left_at = NULL WHERE name = ?", vec![channel.to_string().into()])?;
             return Ok(());
         }
         let version = self.next_version();
         crate::channel_hub::update_membership(&self.env, channel, user_id, true, version).await?;
         self.sql_exec(
-            "INSERT INTO channels (name, version) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET version = excluded.version",
-            vec![channel.to_string().into(), (version as i64).into()],
+            "INSERT INTO channels (name, version, user_id) VALUES (?, ?, ?)
+             ON CONFLICT(name) DO UPDATE SET version = excluded.version, left_at = NULL",
+            vec![channel.to_string().into(), (version as i64).into(), user_id.to_string().into()],
         )?;
         Ok(())
     }

@@ -107,7 +107,7 @@ test("a channel publish reaches every joined connection of every member, and onl
   await Promise.all([...clients, bystander, outsider].map((c) => c.close()));
 });
 
-test("leave stops delivery; the last connection leaving removes the user from the members", async () => {
+test("leave stops delivery; the last connection leaving removes the user from the members; a close lingers", async () => {
   const channel = room();
   const [a, b] = [uid(), uid()];
   const a1 = await joined(w, a, channel, { autoAck: true });
@@ -121,13 +121,16 @@ test("leave stops delivery; the last connection leaving removes the user from th
   assert.deepEqual(await a1.quiet(150), []);
   assert.deepEqual((await members(w, channel)).body.members.sort(), [a, b].sort(), "a2 still holds a's membership");
 
-  await a2.close();
+  // An explicit leave of b's last connection reaches the root at once.
   await b1.request({ type: "leave", channel, id: "l" });
-  // The close reached the root (eagerly) before any publish needed it.
-  for (let i = 0; i < 50 && (await members(w, channel)).body.count > 0; i++) await new Promise((r) => setTimeout(r, 20));
-  assert.deepEqual((await members(w, channel)).body, { channel, count: 0, members: [], nextCursor: null });
+  assert.deepEqual((await members(w, channel)).body.members, [a]);
+  // A close of a's last joined connection does not: a lingers (CHANNEL_LINGER_SECONDS), so what the
+  // channel publishes meanwhile goes into a's history for its resume.
+  await a2.close();
   res = await publish(w, { channel, type: "t" });
-  assert.deepEqual(res.body.totals, { users: 0, succeeded: 0, failed: 0, clientCount: 0, acked: 0, pending: 0, closed: 0, pruned: 0 });
+  assert.deepEqual(res.body.totals, { users: 1, succeeded: 1, failed: 0, clientCount: 0, acked: 0, pending: 0, closed: 0, pruned: 0 });
+  assert.equal(res.body.users[0].lingering, true);
+  assert.equal(res.body.users[0].seq > 0, true, "recorded in a's history");
   await a1.close();
   await b1.close();
 });
@@ -194,6 +197,31 @@ test("channel envelopes are kept in each user's history and replayed to a rejoin
   await keeper.close();
 });
 
+test("a client that reconnects within CHANNEL_LINGER_SECONDS, joins again and resumes misses nothing; later the root forgets it", { timeout: 30000 }, async () => {
+  const t = await startWorker({ CHANNEL_LINGER_SECONDS: "2" });
+  try {
+    const channel = room();
+    const [u, other] = [uid(), uid()];
+    const keep = await joined(t, other, channel, { autoAck: true });
+    const c = await joined(t, u, channel, { autoAck: true });
+    await publish(t, { channel, type: "m", payload: 1 });
+    const seen = (await c.next((f) => f.payload === 1)).seq;
+    await c.close();
+    for (let i = 2; i <= 3; i++) await publish(t, { channel, type: "m", payload: i });
+    const back = await joined(t, u, channel, { autoAck: true });
+    await back.subscribe([], { since: seen });
+    assert.deepEqual([(await back.next((f) => f.replayed)).payload, (await back.next((f) => f.replayed)).payload], [2, 3]);
+    assert.deepEqual((await members(t, channel)).body.members.sort(), [u, other].sort());
+    // Gone for longer than the linger: the hub's alarm tells the root.
+    await back.close();
+    for (let i = 0; i < 100 && (await members(t, channel)).body.count > 1; i++) await new Promise((r) => setTimeout(r, 100));
+    assert.deepEqual((await members(t, channel)).body.members, [other]);
+    await keep.close();
+  } finally {
+    await t.stop();
+  }
+});
+
 test("through a tree of relays (CHANNEL_FANOUT=3): 30 users, every ack aggregated", { timeout: 60000 }, async () => {
   const t = await startWorker({ CHANNEL_FANOUT: "3" });
   try {
@@ -240,7 +268,8 @@ test("partial failure: one user's hub refuses, the others are delivered and coun
 });
 
 test("MAX_CHANNEL_USERS: a join past the limit is refused with channel_full; members of the channel still join more sockets", async () => {
-  const t = await startWorker({ MAX_CHANNEL_USERS: "2" });
+  // No linger: a close frees the place at once.
+  const t = await startWorker({ MAX_CHANNEL_USERS: "2", CHANNEL_LINGER_SECONDS: "0" });
   try {
     const channel = room();
     const [a, b, c] = [uid(), uid(), uid()];

@@ -16,8 +16,24 @@ export interface Envelope<P = unknown> {
   /** RFC 3339 time of the publish. */
   timestamp: string;
   payload: P;
+  /** The channel it was published to, for a channel publish. */
+  channel?: string;
+  /** The publishing user, for a client's channel publish. */
+  from?: string;
   /** Present (true) when the envelope was sent again from history after a resume. */
   replayed?: boolean;
+}
+
+/** What a client's channel publish reached. */
+export interface ChannelTotals {
+  users: number;
+  succeeded: number;
+  failed: number;
+  clientCount: number;
+  acked: number;
+  pending: number;
+  closed: number;
+  pruned: number;
 }
 
 /** The server's first frame on every connection. */
@@ -225,6 +241,8 @@ export class SwitchboardClient {
   #timers = new Set<ReturnType<typeof setTimeout>>();
   #retryTimer?: ReturnType<typeof setTimeout>;
   #subs: Sub[] = [];
+  /** Joined channels and their handlers; re-joined on every (re)connect, before the resume. */
+  #channels = new Map<string, Handler<any>>();
   #held = new Map<string, { filter: Filter; count: number }>();
   #confirmed = new Set<string>();
   #requests = new Map<string, { resolve: (v: any) => void; reject: (e: SwitchboardError) => void; keys?: string[] }>();
@@ -368,6 +386,42 @@ export class SwitchboardClient {
     if (this.#conn?.kind === "sse") this.#restartSoon();
     else if (this.#state === "open")
       for (let i = 0; i < removed.length; i += MAX_FILTERS_PER_FRAME) this.#send({ type: "unsubscribe", filters: removed.slice(i, i + MAX_FILTERS_PER_FRAME) });
+  }
+
+  /**
+   * Joins `channel` (the token's `channels` claim must allow it); `handler` runs once per envelope
+   * published to the channel, and its return value is the ack result. Joins are kept across
+   * reconnects. Resolves when the server confirms. WebSocket only.
+   */
+  join<P = any>(channel: string, handler: Handler<P>): Promise<void> {
+    if (this.#o.transport === "sse") return Promise.reject(new SwitchboardError("unsupported", "join() needs the websocket transport"));
+    if (typeof channel !== "string" || !channel) throw new TypeError("join: channel must be a non-empty string");
+    if (typeof handler !== "function") throw new TypeError("join: handler must be a function");
+    this.#channels.set(channel, handler);
+    if (this.#state !== "open") return Promise.resolve();
+    return this.#request({ type: "join", channel }).then(
+      () => undefined,
+      (e: SwitchboardError) => {
+        this.#channels.delete(channel);
+        throw e;
+      },
+    );
+  }
+
+  /** Leaves `channel`; its handler stops running. */
+  leave(channel: string): Promise<void> {
+    if (!this.#channels.delete(channel) || this.#state !== "open") return Promise.resolve();
+    return this.#request({ type: "leave", channel }).then(() => undefined);
+  }
+
+  /**
+   * Publishes to every other joined connection of `channel` (the token's `publishChannels` claim
+   * must allow it); resolves with the totals once their acks are in. WebSocket only.
+   */
+  publish(channel: string, event: string, payload?: unknown, options: { timeoutMs?: number } = {}): Promise<ChannelTotals> {
+    if (this.#o.transport === "sse") return Promise.reject(new SwitchboardError("unsupported", "publish() needs the websocket transport"));
+    if (this.#state !== "open") return Promise.reject(new SwitchboardError("not_connected", "not connected"));
+    return this.#request({ type: "publish", channel, event, payload, ...options }).then((ok: any) => ok.totals as ChannelTotals);
   }
 
   /** Sends `data` upstream (a `message` frame, for the backend's webhook); resolves when the server accepts it. WebSocket only. */
@@ -680,8 +734,16 @@ export class SwitchboardClient {
     this.#emit("welcome", w);
     if (sseKeys) this.#confirm(sseKeys, []);
     else {
+      // Joins first: the hub handles a socket's frames in order, so the resume below replays the
+      // channels' envelopes too.
+      for (const channel of this.#channels.keys())
+        this.#request({ type: "join", channel }).catch((e: SwitchboardError) => {
+          this.#channels.delete(channel);
+          this.#emit("error", e);
+        });
       const all = [...this.#held.values()].map((h) => h.filter);
       if (all.length) this.#sendSubscribe(all, since);
+      else if (this.#channels.size && since !== undefined) this.#request({ type: "subscribe", filters: [], since }).catch(() => {});
     }
   }
 
@@ -696,8 +758,9 @@ export class SwitchboardClient {
     const entry: { result?: unknown; done: boolean } = { done: false };
     this.#seen.set(env.envelopeId, entry);
     this.#emit("envelope", env);
-    const subs = this.#subs.filter((s) => s.filters.some((f) => matches(f, env)));
-    const outcomes = await Promise.allSettled(subs.map(async (s) => s.handler(env)));
+    const channel = typeof env.channel === "string" ? this.#channels.get(env.channel) : undefined;
+    const handlers = env.channel !== undefined ? (channel ? [channel] : []) : this.#subs.filter((s) => s.filters.some((f) => matches(f, env))).map((s) => s.handler);
+    const outcomes = await Promise.allSettled(handlers.map(async (h) => h(env)));
     let result: unknown = undefined;
     for (const o of outcomes) {
       if (o.status === "rejected") {

@@ -202,6 +202,51 @@ test("kicked by the backend (DELETE …/connections/{id}, close 4002): the clien
   c.close();
 });
 
+test("channels: join with a handler, ack through it, re-join after a kick and resume what the channel published meanwhile; publish from a client", async () => {
+  const channel = `room:sdk-${Math.random().toString(36).slice(2, 8)}`;
+  const [alice, bob] = [user("alice"), user("bob")];
+  let calls = 0;
+  let release;
+  const gate = new Promise((r) => (release = r));
+  const grants = { channels: ["room:*"], publishChannels: ["room:*"] };
+  const a = client({ token: async () => (++calls > 1 && (await gate), clientToken(alice, grants)) });
+  const b = client({ token: clientToken(bob, grants) });
+  const got = { a: [], b: [] };
+  a.connect();
+  b.connect();
+  await Promise.all([opened(a), opened(b)]);
+  await a.join(channel, (e) => (got.a.push(e.payload), `a:${e.payload}`));
+  await b.join(channel, (e) => (got.b.push([e.payload, e.from]), `b:${e.payload}`));
+  await assert.rejects(a.join("lobby", () => {}), (e) => e.code === "forbidden");
+
+  const first = await publish(w, { channel, type: "msg", payload: 1 });
+  assert.deepEqual(first.body.results.sort(), ["a:1", "b:1"]);
+
+  const kicked = a.connectionId;
+  await fetch(`${w.url}/users/${encodeURIComponent(alice)}/connections/${kicked}`, {
+    method: "DELETE",
+    headers: { authorization: `Bearer ${publishToken()}` },
+  });
+  await waitFor(() => a.closes.length === 1, 8000, "the close");
+  const missed = await publish(w, { channel, type: "msg", payload: 2, timeoutMs: 0 });
+  assert.equal(missed.body.totals.users, 2, "alice lingers as a member while away");
+  release();
+  await waitFor(() => got.a.length === 2, 8000, "the missed channel envelope, replayed after the re-join");
+  assert.deepEqual(got.a, [1, 2]);
+  assert.notEqual(a.connectionId, kicked);
+
+  // A client event from alice reaches bob (with `from`), not alice's own socket.
+  const totals = await a.publish(channel, "typing", 3);
+  assert.equal(totals.clientCount, 1);
+  await waitFor(() => got.b.length === 3, 8000, "bob's third envelope");
+  assert.deepEqual(got.b[2], [3, alice]);
+  assert.deepEqual(got.a, [1, 2]);
+  await a.leave(channel);
+  assert.equal((await publish(w, { channel, type: "msg", payload: 4 })).body.totals.users, 1);
+  a.close();
+  b.close();
+});
+
 test("send() delivers a message frame to the backend's webhook, and is refused without one", async () => {
   const u = user();
   const plain = client({ token: clientToken(u) });
