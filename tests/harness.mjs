@@ -65,13 +65,25 @@ export async function startWorker(vars = {}) {
         }
       }),
     /** Forces the user's hub out of memory, keeping its sockets (hibernation). */
-    evict: (userId) => mf.unsafeEvictDurableObject(WORKER, "UserHub", { name: userId, webSockets: "hibernate" }),
-    /** Forces the user's hub out of memory and drops its sockets without close events (a crash). */
-    crash: (userId) => mf.unsafeEvictDurableObject(WORKER, "UserHub", { name: userId, webSockets: "close" }),
+    evict: (userId) => evictIfRunning(mf, "UserHub", { name: userId, webSockets: "hibernate" }),
+    /** Wakes the user's hub, then evicts it dropping its sockets without close events (a crash). */
+    crash: async (userId) => {
+      await fetch(`${url}/users/${encodeURIComponent(userId)}/connections`, { headers: { authorization: `Bearer ${publishToken()}` } });
+      await mf.unsafeEvictDurableObject(WORKER, "UserHub", { name: userId, webSockets: "close" });
+    },
     /** Forces a channel's root (its member list) out of memory. */
-    evictChannel: (channel) => mf.unsafeEvictDurableObject(WORKER, "ChannelHub", { name: `root/${channel}` }),
+    evictChannel: (channel) => evictIfRunning(mf, "ChannelHub", { name: `root/${channel}` }),
     stop: () => mf.dispose(),
   };
+}
+
+/** Evicts a Durable Object; one the runtime has already evicted (idle) is out of memory as asked. */
+async function evictIfRunning(mf, className, options) {
+  try {
+    await mf.unsafeEvictDurableObject(WORKER, className, options);
+  } catch (e) {
+    if (!/not currently running/.test(String(e?.message))) throw e;
+  }
 }
 
 const b64url = (x) => Buffer.from(typeof x === "string" ? x : JSON.stringify(x)).toString("base64url");
