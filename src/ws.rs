@@ -537,6 +537,9 @@ impl UserHub {
         for row in due {
             if self.joined_count(&row.name) == 0 {
                 self.unregister(&row.user_id, &row.name).await;
+            } else {
+                // Joined again meanwhile: no longer lingering (so the alarm is not re-armed for it).
+                self.sql_exec("UPDATE channels SET left_at = NULL WHERE name = ?", vec![row.name.into()])?;
             }
         }
         Ok(())
