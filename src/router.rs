@@ -194,6 +194,14 @@ fn authorize_backend(req: &Request, config: &Config) -> Result<Identity, Error> 
     Ok(identity)
 }
 
+/// A path's segments, percent-decoded.
+fn path_segments(path: &str) -> Vec<String> {
+    path.trim_start_matches('/')
+        .split('/')
+        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .collect()
+}
+
 /// `/users/{userId}/connections[/{connectionId}]`: `GET` lists, `DELETE` closes with 4002.
 async fn connection_api(
     req: Request,
@@ -203,11 +211,7 @@ async fn connection_api(
     method: Method,
 ) -> Result<Response, Error> {
     let path = req.path();
-    let segments: Vec<String> = path
-        .trim_start_matches('/')
-        .split('/')
-        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
-        .collect();
+    let segments = path_segments(&path);
     let (user_id, connection_id) = match segments.as_slice() {
         [users, user, conns] if users == "users" && conns == "connections" => (user.clone(), None),
         [users, user, conns, id] if users == "users" && conns == "connections" && !id.is_empty() => {
@@ -259,11 +263,7 @@ async fn channel_api(
     method: Method,
 ) -> Result<Response, Error> {
     let path = req.path();
-    let segments: Vec<String> = path
-        .trim_start_matches('/')
-        .split('/')
-        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
-        .collect();
+    let segments = path_segments(&path);
     let channel = match segments.as_slice() {
         [channels, channel, members] if channels == "channels" && members == "members" => channel.clone(),
         _ => return Err(Error::NotFound(format!("there is no route {path}"))),

@@ -102,6 +102,46 @@ async fn close_all(sockets: Vec<(usize, Socket)>, shutdown: watch::Sender<bool>)
     }
 }
 
+/// Every socket must have received exactly `total` envelopes and nothing unexpected.
+fn check_sockets(socks: &[(usize, Socket)], total: u64, errors: &mut Errors) {
+    for (_, s) in socks {
+        let got = s.received.load(Ordering::Relaxed);
+        if got != total {
+            errors.add(format!("socket {} received {got} envelopes, expected {total}", s.number));
+        }
+        if s.unexpected.load(Ordering::Relaxed) > 0 {
+            errors.add(format!("socket {} saw unexpected frames or closed", s.number));
+        }
+    }
+}
+
+/// The metrics every publishing scenario reports, from its measured phase.
+struct Phase {
+    sockets: usize,
+    publishes: usize,
+    elapsed: f64,
+    cpu_ns: u64,
+    connect_s: f64,
+    cpu_connect_ns: u64,
+}
+
+fn phase_metrics(p: &Phase, errors: &Errors) -> Metrics {
+    let mut m = Metrics::new();
+    let deliveries = (p.publishes * p.sockets) as f64;
+    m.insert("sockets".into(), p.sockets as f64);
+    m.insert("publishes".into(), p.publishes as f64);
+    m.insert("elapsed_s".into(), p.elapsed);
+    m.insert("publishes_per_s".into(), p.publishes as f64 / p.elapsed);
+    m.insert("deliveries_per_s".into(), deliveries / p.elapsed);
+    m.insert("cpu_ms_per_publish".into(), p.cpu_ns as f64 / 1e6 / p.publishes as f64);
+    m.insert("cpu_us_per_delivery".into(), p.cpu_ns as f64 / 1e3 / deliveries);
+    m.insert("server_cpu_util".into(), p.cpu_ns as f64 / 1e9 / p.elapsed);
+    m.insert("connect_s".into(), p.connect_s);
+    m.insert("cpu_ms_per_connect".into(), p.cpu_connect_ns as f64 / 1e6 / p.sockets as f64);
+    m.insert("errors".into(), errors.count as f64);
+    m
+}
+
 fn body(user: &str, i: usize, pad: &str) -> Vec<u8> {
     format!(r#"{{"userId":"{user}","type":"bench","payload":{{"n":{i},"pad":"{pad}"}},"timeoutMs":5000}}"#).into_bytes()
 }
@@ -201,32 +241,14 @@ async fn sequential(server: &Server, c: &Config, user: &str, sockets: usize, n: 
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu = cpu_ns(server.pid) - cpu0;
     let total = (warmup + n) as u64;
-    for (_, s) in &socks {
-        let got = s.received.load(Ordering::Relaxed);
-        if got != total {
-            errors.add(format!("socket {} received {got} envelopes, expected {total}", s.number));
-        }
-        if s.unexpected.load(Ordering::Relaxed) > 0 {
-            errors.add(format!("socket {} saw unexpected frames or closed", s.number));
-        }
-    }
+    check_sockets(&socks, total, &mut errors);
     close_all(socks, stop_tx).await;
-    let mut m = Metrics::new();
-    m.insert("sockets".into(), sockets as f64);
-    m.insert("publishes".into(), n as f64);
+    let phase = Phase { sockets, publishes: n, elapsed, cpu_ns: cpu, connect_s, cpu_connect_ns: cpu_connect };
+    let mut m = phase_metrics(&phase, &errors);
     m.insert("payload_bytes".into(), pad_bytes as f64);
-    m.insert("elapsed_s".into(), elapsed);
-    m.insert("publishes_per_s".into(), n as f64 / elapsed);
-    m.insert("deliveries_per_s".into(), (n * sockets) as f64 / elapsed);
     latency_metrics(&mut m, "", lat);
     latency_metrics(&mut m, "delivery_", dlat);
     latency_metrics(&mut m, "last_delivery_", dlast);
-    m.insert("cpu_ms_per_publish".into(), cpu as f64 / 1e6 / n as f64);
-    m.insert("cpu_us_per_delivery".into(), cpu as f64 / 1e3 / (n * sockets) as f64);
-    m.insert("server_cpu_util".into(), cpu as f64 / 1e9 / elapsed);
-    m.insert("connect_s".into(), connect_s);
-    m.insert("cpu_ms_per_connect".into(), cpu_connect as f64 / 1e6 / sockets as f64);
-    m.insert("errors".into(), errors.count as f64);
     Outcome { metrics: m, errors: errors.count, error_samples: errors.samples }
 }
 
@@ -474,29 +496,11 @@ async fn group(server: &Server, c: &Config, tag: &str, users: usize, n: usize, v
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu = cpu_ns(server.pid) - cpu0;
     let total = (warmup + n) as u64;
-    for (_, s) in &socks {
-        let got = s.received.load(Ordering::Relaxed);
-        if got != total {
-            errors.add(format!("socket {} received {got} envelopes, expected {total}", s.number));
-        }
-        if s.unexpected.load(Ordering::Relaxed) > 0 {
-            errors.add(format!("socket {} saw unexpected frames or closed", s.number));
-        }
-    }
+    check_sockets(&socks, total, &mut errors);
     close_all(socks, stop_tx).await;
-    let mut m = Metrics::new();
-    m.insert("sockets".into(), users as f64);
-    m.insert("publishes".into(), n as f64);
-    m.insert("elapsed_s".into(), elapsed);
-    m.insert("publishes_per_s".into(), n as f64 / elapsed);
-    m.insert("deliveries_per_s".into(), (n * users) as f64 / elapsed);
+    let phase = Phase { sockets: users, publishes: n, elapsed, cpu_ns: cpu, connect_s, cpu_connect_ns: cpu_connect };
+    let mut m = phase_metrics(&phase, &errors);
     latency_metrics(&mut m, "", lat);
     latency_metrics(&mut m, "last_delivery_", dlast);
-    m.insert("cpu_ms_per_publish".into(), cpu as f64 / 1e6 / n as f64);
-    m.insert("cpu_us_per_delivery".into(), cpu as f64 / 1e3 / (n * users) as f64);
-    m.insert("server_cpu_util".into(), cpu as f64 / 1e9 / elapsed);
-    m.insert("connect_s".into(), connect_s);
-    m.insert("cpu_ms_per_connect".into(), cpu_connect as f64 / 1e6 / users as f64);
-    m.insert("errors".into(), errors.count as f64);
     Outcome { metrics: m, errors: errors.count, error_samples: errors.samples }
 }
