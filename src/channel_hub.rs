@@ -14,6 +14,7 @@
 use crate::channel::{self, Aggregate};
 use crate::config::Config;
 use crate::error::Error;
+use crate::hub::{CORS_HEADER, IDEMPOTENCY_HEADER};
 use crate::protocol::PublishMeta;
 use crate::{http, log, multi, router};
 use futures_util::future::{select, Either};
@@ -27,8 +28,6 @@ use worker::{durable_object, Date, Delay, Env, Headers, Method, Request, Request
 
 /// The binding name of the `ChannelHub` namespace in wrangler.toml.
 pub const BINDING: &str = "CHANNEL_HUB";
-const CORS_HEADER: &str = "x-switchboard-cors";
-const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS members (user_id TEXT PRIMARY KEY, version INTEGER NOT NULL);";
 /// Most members `GET /channels/{channel}/members` lists per page.
 pub const MAX_PAGE: usize = 1_000;
@@ -305,11 +304,7 @@ async fn check(mut res: Response) -> Result<Response, Error> {
     }
     let body: Value = res.json().await.unwrap_or_default();
     let message = body["message"].as_str().unwrap_or("the channel failed").to_string();
-    Err(match status {
-        429 => Error::TooManyRequests(message),
-        400 => Error::bad_request("invalid_request", message),
-        _ => Error::Unavailable(message),
-    })
+    Err(if status == 429 { Error::TooManyRequests(message) } else { Error::Unavailable(message) })
 }
 
 fn request(method: Method, url: &str, headers: Headers, body: Option<String>) -> Result<Request, Error> {

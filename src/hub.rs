@@ -36,8 +36,8 @@ use worker::{
 pub const BINDING: &str = "USER_HUB";
 /// Header carrying the CORS origin decision from the Worker to the hub, so the hub's response can be
 /// returned as it is.
-const CORS_HEADER: &str = "x-switchboard-cors";
-const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+pub(crate) const CORS_HEADER: &str = "x-switchboard-cors";
+pub(crate) const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS subscriptions (conn_id TEXT PRIMARY KEY, filters TEXT NOT NULL);
@@ -242,8 +242,8 @@ struct OptionalRow {
 }
 
 #[derive(Deserialize)]
-struct ValueRow {
-    value: i64,
+pub(crate) struct ValueRow {
+    pub value: i64,
 }
 
 #[derive(Deserialize)]
@@ -593,16 +593,16 @@ impl UserHub {
             .ok_or_else(|| Error::Internal("the hop to the hub carried no publish".into()))?;
         let payload = body_as_js_string(req).await?;
         self.ensure_loaded()?;
+        // A channel publish: how many of the user's connections joined it, counted once.
+        let joined = p.channel.as_ref().map(|c| self.joined_count(c));
         let mut lingering = false;
-        if let Some(channel) = &p.channel {
-            if self.joined_count(channel) == 0 {
-                if !self.lingering(&config, channel)? {
-                    return self.not_a_member(channel, cors);
-                }
-                // Nobody is connected, but the user's last connection closed within
-                // CHANNEL_LINGER_SECONDS: the envelope goes into history for its resume.
-                lingering = true;
+        if let (Some(channel), Some(0)) = (&p.channel, joined) {
+            if !self.lingering(&config, channel)? {
+                return self.not_a_member(channel, cors);
             }
+            // Nobody is connected, but the user's last connection closed within
+            // CHANNEL_LINGER_SECONDS: the envelope goes into history for its resume.
+            lingering = true;
         }
         if let Some(target) = &p.connection_id {
             if !self.conns.borrow().as_ref().is_some_and(|c| c.contains_key(target)) {
@@ -697,7 +697,8 @@ impl UserHub {
             pending: collector.pending().collect(),
             closed: collector.closed_ids().collect(),
             duplicate: false,
-            joined: p.channel.as_ref().map(|c| self.joined_count(c)),
+            joined,
+            lingering,
         };
         log::info(
             "publish",
@@ -707,10 +708,7 @@ impl UserHub {
                 "closed": response.closed.len(), "ms": Date::now().as_millis().saturating_sub(started),
             }),
         );
-        let mut body = serde_json::to_string(&response).map_err(|e| Error::Internal(e.to_string()))?;
-        if lingering {
-            body.insert_str(body.len() - 1, r#","lingering":true"#);
-        }
+        let body = serde_json::to_string(&response).map_err(|e| Error::Internal(e.to_string()))?;
         if let Some(key) = &idempotency_key {
             // Kept so a retry gets the same answer, acks included.
             self.sql().exec(

@@ -679,6 +679,10 @@ pub struct PublishResponse<'a> {
     /// On a channel publish: how many of the user's connections have joined the channel.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub joined: Option<usize>,
+    /// On a channel publish with no joined connection: the user's last one closed within
+    /// `CHANNEL_LINGER_SECONDS`, so the envelope was kept for its resume.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub lingering: bool,
 }
 
 /// `ms` since the Unix epoch as RFC 3339 UTC with milliseconds, e.g. `2026-11-23T10:00:00.000Z`.

@@ -548,15 +548,12 @@ impl UserHub {
     /// Makes sure the channel's root lists this user. This hub remembers (in SQLite) which roots
     /// list it, so reconnecting clients that join again cost the root nothing.
     async fn register(&self, user_id: &str, channel: &str) -> Result<(), crate::error::Error> {
-        #[derive(Deserialize)]
-        struct Row {
-            #[allow(dead_code)]
-            version: i64,
-        }
         let known = self
-            .sql_exec("SELECT version FROM channels WHERE name = ?", vec![channel.to_string().into()])?
-            .to_array::<Row>()?;
-        if !known.is_empty() {
+            .sql_exec("SELECT count(*) AS value FROM channels WHERE name = ?", vec![channel.to_string().into()])?
+            .to_array::<hub::ValueRow>()?
+            .first()
+            .is_some_and(|r| r.value > 0);
+        if known {
             // Still a member (perhaps lingering after a close): no need to ask the root.
             self.sql_exec("UPDATE channels SET left_at = NULL WHERE name = ?", vec![channel.to_string().into()])?;
             return Ok(());
@@ -630,11 +627,8 @@ impl UserHub {
                     json!({ "userId": user_id, "connectionId": id, "channel": channel, "totals": body["totals"] }),
                 );
                 if let Some(frame_id) = frame_id {
-                    let reply = json!({ "type": "ok", "totals": body["totals"] });
-                    let mut text = reply.to_string();
                     // `id` is echoed as the client sent it.
-                    text.insert_str(1, &format!(r#""id":{},"#, frame_id.get()));
-                    send(ws, &text);
+                    send(ws, &format!(r#"{{"type":"ok","id":{},"totals":{}}}"#, frame_id.get(), body["totals"]));
                 }
             }
             Err(e) => send_error(ws, e.code(), &e.to_string(), frame_id, &[]),
