@@ -14,13 +14,13 @@ if [ ! -f .dev.vars ]; then
   echo "[dev] created .dev.vars with a random JWT_SECRET"
 fi
 
-client_token="$(node scripts/token.mjs --user demo-user)"
+client_token="$(node scripts/token.mjs --user demo-user --channels '*' --publish-channels '*')"
 publish_token="$(node scripts/token.mjs --publish)"
 cat <<MSG
 
   Switchboard dev server: http://127.0.0.1:$PORT   (tokens valid 24 h; mint more: node scripts/token.mjs --help)
 
-  Client token (userId "demo-user"):
+  Client token (userId "demo-user"; may join and publish to any channel):
     $client_token
   Publish token (scope "publish"):
     $publish_token
@@ -31,6 +31,8 @@ cat <<MSG
                 -H 'Authorization: Bearer $publish_token' \\
                 -H 'Content-Type: application/json' \\
                 -d '{"userId":"demo-user","type":"message","payload":{"text":"hello"}}'
+  Channels:   send {"type":"join","channel":"room:1","id":2}, then
+              node scripts/publish.mjs --channel room:1 --type message --payload '{"text":"hi room"}'
 
 MSG
 

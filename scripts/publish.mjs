@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // Publishes an envelope from the terminal and prints what every connection acked.
 //   node scripts/publish.mjs --user alice --type message --payload '{"text":"hi"}'
+//   node scripts/publish.mjs --channel room:42 --type chat --payload '{"text":"hi all"}'
 //   options: --url http://127.0.0.1:8787 (or SWITCHBOARD_URL)   --timeout-ms 5000   --connection ID
 //            --idempotency-key KEY   --json (print the raw response)
 // The publish token is minted from JWT_SECRET in .dev.vars (or the environment), as scripts/token.mjs does.
@@ -8,9 +9,10 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { mint, readSecret } from "./token.mjs";
 
-const USAGE = `usage: node scripts/publish.mjs --user ID [--type TYPE] [--payload JSON] [--url URL]
+const USAGE = `usage: node scripts/publish.mjs (--user ID | --channel NAME) [--type TYPE] [--payload JSON] [--url URL]
                                 [--timeout-ms N] [--connection ID] [--idempotency-key KEY] [--json]
-  --user             the userId to publish to (required)
+  --user             the userId to publish to
+  --channel          or: the channel to publish to (every joined connection of every member)
   --type             the envelope type (default "message")
   --payload          any JSON value (default null), e.g. '{"text":"hi"}'
   --url              the Worker (default $SWITCHBOARD_URL or http://127.0.0.1:\${PORT:-8787})
@@ -33,6 +35,7 @@ export function parseArgs(argv) {
     const take = () => (inline !== undefined ? inline : value(++i, flag));
     switch (flag) {
       case "--user": args.user = take(); break;
+      case "--channel": args.channel = take(); break;
       case "--type": args.type = take(); break;
       case "--payload": args.payloadText = take(); break;
       case "--url": args.url = take(); break;
@@ -45,7 +48,10 @@ export function parseArgs(argv) {
     }
   }
   if (args.help) return args;
-  if (!args.user || !args.user.trim()) throw new UsageError("--user is required");
+  if (args.user !== undefined && args.channel !== undefined) throw new UsageError("give --user or --channel, not both");
+  if (args.channel !== undefined) {
+    if (!args.channel.trim()) throw new UsageError("--channel must not be empty");
+  } else if (!args.user || !args.user.trim()) throw new UsageError("--user (or --channel) is required");
   if (!args.type.trim()) throw new UsageError("--type must not be empty");
   if (args.payloadText !== undefined) {
     try {
@@ -73,7 +79,7 @@ async function main(argv) {
   if (args.help) return console.log(USAGE);
   const now = Math.floor(Date.now() / 1000);
   const token = mint({ sub: "publish-cli", scope: "publish", iat: now, exp: now + 120 }, readSecret());
-  const body = { userId: args.user, type: args.type };
+  const body = args.channel !== undefined ? { channel: args.channel, type: args.type } : { userId: args.user, type: args.type };
   if ("payload" in args) body.payload = args.payload;
   if (args.timeoutMs !== undefined) body.timeoutMs = args.timeoutMs;
   if (args.connectionId) body.connectionId = args.connectionId;
@@ -99,6 +105,14 @@ async function main(argv) {
     throw new Error(`the server refused the publish: ${res.status} ${out.error}: ${out.message}${hint}`);
   }
   if (args.json) return console.log(JSON.stringify(out, null, 2));
+  if (out.totals && args.channel !== undefined) {
+    const t = out.totals;
+    console.log(`published to ${args.channel}: ${t.users} member(s), ${t.clientCount} connection(s), ${t.acked} acked, ${t.pending} pending, ${t.failed} failed, ${t.pruned} stale removed`);
+    for (const u of out.users ?? []) if (u.error) console.log(`  failed   ${u.userId ?? `relay ${u.relay} (${u.users} users)`}  ${u.error}: ${u.message}`);
+    for (const r of out.results ?? []) console.log(`  result   ${JSON.stringify(r)}`);
+    if (out.truncated) console.log("  (detail truncated to 1,000 entries; the totals are exact)");
+    return;
+  }
   const dup = out.duplicate ? " (duplicate: this Idempotency-Key was already published; nothing was delivered again)" : "";
   console.log(`published seq ${out.seq} (envelope ${out.envelopeId}) to ${args.user}: ${out.clientCount} connection(s) matched${dup}`);
   for (const a of out.acks ?? []) console.log(`  ack      ${a.connectionId}  ${JSON.stringify(a.result)}`);

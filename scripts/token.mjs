@@ -3,6 +3,8 @@
 //   node scripts/token.mjs --user alice            a client token (connect as alice)
 //   node scripts/token.mjs --publish               a backend token (scope "publish")
 //   node scripts/token.mjs --user alice --ttl 600  expires in 10 minutes (default 24 h)
+//   node scripts/token.mjs --user alice --channels 'lobby,room:*' --publish-channels 'room:*'
+//                                                  may join (and publish to) those channels
 import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
@@ -24,6 +26,12 @@ export function mint(claims, secret) {
   return `${data}.${crypto.createHmac("sha256", secret).update(data).digest("base64url")}`;
 }
 
+function list(value, flag) {
+  const items = (value ?? "").split(",").map((s) => s.trim()).filter(Boolean);
+  if (!items.length) throw new Error(`${flag} needs a comma-separated list, e.g. 'lobby,room:*'`);
+  return items;
+}
+
 function main(argv) {
   const args = { ttl: 86400 };
   for (let i = 0; i < argv.length; i++) {
@@ -31,17 +39,22 @@ function main(argv) {
     if (a === "--user") args.user = argv[++i];
     else if (a === "--publish") args.publish = true;
     else if (a === "--ttl") args.ttl = Number(argv[++i]);
+    else if (a === "--channels") args.channels = list(argv[++i], a);
+    else if (a === "--publish-channels") args.publishChannels = list(argv[++i], a);
     else if (a === "--help" || a === "-h") args.help = true;
     else throw new Error(`unknown argument ${a} (see --help)`);
   }
   if (args.help || (!args.user && !args.publish)) {
-    console.log("usage: node scripts/token.mjs [--user ID] [--publish] [--ttl SECONDS]");
+    console.log("usage: node scripts/token.mjs [--user ID] [--publish] [--ttl SECONDS] [--channels LIST] [--publish-channels LIST]");
+    console.log("  LIST: comma-separated channel names and prefix patterns, e.g. 'lobby,room:*' ('*': every channel)");
     return;
   }
   if (!Number.isInteger(args.ttl) || args.ttl <= 0) throw new Error("--ttl must be a positive whole number of seconds");
   const now = Math.floor(Date.now() / 1000);
   const claims = { iat: now, exp: now + args.ttl };
   if (args.user) claims.userId = args.user;
+  if (args.channels) claims.channels = args.channels;
+  if (args.publishChannels) claims.publishChannels = args.publishChannels;
   if (args.publish) claims.scope = "publish";
   else claims.sub = args.user;
   console.log(mint(claims, readSecret()));
