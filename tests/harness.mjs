@@ -172,6 +172,9 @@ export class Client {
   /** Frames received and not consumed by `next`. */
   frames = this.#inbox.items;
 
+  /** Every frame ever received, consumed or not, in arrival order (what `mark`/`since` read). */
+  log = [];
+
   #onFrame(raw) {
     let frame = raw;
     if (typeof raw === "string" && raw !== "pong") {
@@ -185,7 +188,33 @@ export class Client {
       const result = typeof this.autoAck === "function" ? this.autoAck(frame) : { ok: true, by: this.id };
       this.send({ type: "ack", envelopeId: frame.envelopeId, result });
     }
+    this.log.push(frame);
     this.#inbox.deliver(frame);
+  }
+
+  /** A position in `log`: take it before the action whose consequences `since` will check. */
+  mark() {
+    return this.log.length;
+  }
+
+  /**
+   * Every frame received since `mark`, consumed by `next` or not, once the socket is settled: waits
+   * `settleMs`, then makes a sentinel round trip through the hub on the same socket (`Ping` → `pong`;
+   * not the exact `ping`, which the runtime answers without the hub, so it could overtake the hub's own
+   * frames). Anything the hub sent before the pong has then arrived. The sentinel's pong is left out.
+   * Use it for "nothing else arrived": `assert.deepEqual(await c.since(m), [expected...])`.
+   */
+  async since(mark, { settleMs = 200 } = {}) {
+    if (settleMs > 0) await new Promise((r) => setTimeout(r, settleMs));
+    if (this.ws.readyState === WebSocket.OPEN) {
+      const sentinel = this.log.length;
+      const pong = this.#inbox.next((f) => f === "pong", 5000);
+      this.send("Ping");
+      await pong;
+      const i = this.log.indexOf("pong", sentinel);
+      return this.log.slice(mark).filter((_, k) => mark + k !== i);
+    }
+    return this.log.slice(mark);
   }
 
   /** Resolves with the first frame (already received or future) matching `pred`. */
