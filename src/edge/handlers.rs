@@ -131,7 +131,9 @@ pub(super) async fn publish(
     match &p.recipients {
         Recipients::One(user_id) => {
             let meta = PublishMeta::from_request(&p, user_id, &body);
-            user::publish(env, &meta, p.payload.get(), cors, idempotency_key.as_deref()).await
+            let payload = wasm_bindgen::JsValue::from_str(p.payload.get());
+            let (status, answer) = user::publish(env, &meta, &payload, idempotency_key.as_deref()).await?;
+            Ok(http::json(status, answer, cors)?.into())
         }
         Recipients::Many(users) => {
             Ok(multi::publish(env, config, &p, users, &body, cors, idempotency_key.as_deref()).await?.into())

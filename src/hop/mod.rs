@@ -34,6 +34,20 @@ extern "C" {
     type RawStub;
     #[wasm_bindgen(method, catch, js_name = fetch)]
     fn fetch_raw(this: &RawStub, req: &web_sys::Request) -> Result<js_sys::Promise, wasm_bindgen::JsValue>;
+    /// `UserHub::publish_rpc`, over workerd's RPC.
+    #[wasm_bindgen(method, catch)]
+    fn publish(
+        this: &RawStub,
+        meta: &str,
+        payload: &wasm_bindgen::JsValue,
+        idempotency_key: Option<&str>,
+    ) -> Result<js_sys::Promise, wasm_bindgen::JsValue>;
+}
+
+/// The stub of the object named `name` in namespace `binding`.
+#[cfg(target_arch = "wasm32")]
+fn stub(env: &Env, binding: &str, name: &str) -> Result<RawStub, Error> {
+    Ok(env.durable_object(binding)?.id_from_name(name)?.get_stub()?.into_rpc())
 }
 
 /// Fetches `req` from the object named `name` in namespace `binding`, and returns the object's
@@ -43,8 +57,7 @@ async fn send(env: &Env, binding: &str, name: &str, req: Request, what: &str) ->
     use wasm_bindgen::JsCast;
     let unavailable =
         |e: wasm_bindgen::JsValue| Error::Unavailable(format!("{what} did not answer: {}", worker::Error::from(e)));
-    let stub: RawStub = env.durable_object(binding)?.id_from_name(name)?.get_stub()?.into_rpc();
-    let promise = stub.fetch_raw(req.inner()).map_err(unavailable)?;
+    let promise = stub(env, binding, name)?.fetch_raw(req.inner()).map_err(unavailable)?;
     let res = wasm_bindgen_futures::JsFuture::from(promise).await.map_err(unavailable)?;
     Ok(res.unchecked_into())
 }

@@ -24,7 +24,6 @@ pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 /// A user hub's routes.
 pub mod user_path {
     pub const CONNECT: &str = "/connect";
-    pub const PUBLISH: &str = "/publish";
     pub const ACK: &str = "/ack";
     pub const CONNECTIONS: &str = "/connections";
 }
@@ -170,6 +169,16 @@ impl PublishMeta {
         q
     }
 
+    /// The fields as one query string (`user=…&type=…`), the form an RPC hop carries them in.
+    pub fn to_query_string(&self) -> String {
+        query::build("", &borrowed(&self.to_query())).split_off(1)
+    }
+
+    /// Reads [`PublishMeta::to_query_string`] back.
+    pub fn from_query_string(text: &str) -> Option<PublishMeta> {
+        PublishMeta::from_query(query::pairs(&format!("?{text}")))
+    }
+
     /// Reads the hop's query pairs back.
     pub fn from_query(pairs: Vec<(String, String)>) -> Option<PublishMeta> {
         let (mut user_id, mut kind, mut body_hash, mut connection_id, mut timeout_ms) = (None, None, None, None, None);
@@ -270,6 +279,16 @@ mod tests {
         assert_eq!(PublishMeta::from_query(query::pairs(&url)), Some(meta));
         assert_eq!(PublishMeta::from_query(query::pairs("https://hub/p?user=u")), None);
         assert_ne!(fingerprint(b"{}"), fingerprint(b"{ }"));
+    }
+
+    #[test]
+    fn publish_meta_round_trips_through_a_query_string() {
+        let body = r#"{"userId":"u &=?#é","type":"t","timeoutMs":5}"#.as_bytes();
+        let meta = PublishMeta::from_request(&parse_publish(body).unwrap(), "u &=?#é", body);
+        let text = meta.to_query_string();
+        assert!(!text.starts_with('?'), "{text}");
+        assert_eq!(PublishMeta::from_query_string(&text), Some(meta));
+        assert_eq!(PublishMeta::from_query_string("type=t"), None);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::core::error::Error;
 use crate::core::protocol;
 use crate::hop::channel as channel_hop;
 use crate::hop::wire::{MemberUpdate, PublishMeta};
-use crate::runtime::{http, log};
+use crate::runtime::log;
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
@@ -286,12 +286,12 @@ impl UserHub {
     /// The answer to a channel publish for a user none of whose connections is in the channel: the
     /// root removes the user (if this version is newer than the user's join), and this hub forgets
     /// it told the root otherwise. Nothing is recorded: the user's `seq` does not move.
-    pub(super) fn not_a_member(&self, channel: &str, cors: Option<&str>) -> Result<Response, Error> {
+    pub(super) fn not_a_member(&self, channel: &str) -> Result<String, Error> {
         self.sql().exec("DELETE FROM channels WHERE name = ?", vec![channel.to_string().into()])?;
         let body = json!({
             "joined": 0, "version": self.next_version(), "clientCount": 0, "results": [], "acks": [],
             "pending": [], "closed": [],
         });
-        Ok(http::json(200, body.to_string(), cors)?)
+        Ok(body.to_string())
     }
 }

@@ -31,6 +31,7 @@ mod state;
 use crate::core::acks::AckRegistry;
 use crate::core::config::Config;
 use crate::core::error::Error;
+use crate::hop::wire::PublishMeta;
 use crate::hop::{self, user, user::Call};
 use crate::runtime::{http, js, log, settings};
 use js_sys::Promise;
@@ -118,9 +119,6 @@ impl worker::DurableObject for UserHub {
         let result = match user::read(&req) {
             Err(e) => Err(e),
             Ok(Call::Connect(connect)) => self.accept(connect).await,
-            Ok(Call::Publish { meta, idempotency_key }) => {
-                self.publish(&req, meta, idempotency_key, cors.as_deref()).await
-            }
             Ok(Call::Ack) => self.http_ack(&mut req, cors.as_deref()).await,
             Ok(Call::ListConnections) => self.list_connections(cors.as_deref()),
             Ok(Call::Kick { connection_id }) => self.kick(connection_id, cors.as_deref()).await,
@@ -162,6 +160,30 @@ impl UserHub {
             Ok(JsValue::UNDEFINED)
         })
         .into()
+    }
+
+    /// RPC: a checked publish from the Worker or a fan-out (see `hop::user::publish`): its fields as
+    /// a query string, the payload's JSON text as the JS string it already is. Answers
+    /// `[status, body]`: 200 and the publish answer, or an error's status and JSON body.
+    #[wasm_bindgen(js_name = publish)]
+    pub fn publish_rpc(&self, meta: String, payload: js_sys::JsString, idempotency_key: Option<String>) -> Promise {
+        let hub = self.handle();
+        future_to_promise(async move {
+            let answer = match PublishMeta::from_query_string(&meta) {
+                Some(meta) => hub.publish(payload, meta, idempotency_key).await,
+                None => Err(Error::Internal("the hop to the hub carried no publish".into())),
+            };
+            let (status, body) = match answer {
+                Ok(body) => (200, body),
+                Err(e) => {
+                    if e.status() >= 500 {
+                        log::error("hub_error", json!({ "code": e.code(), "message": e.to_string() }));
+                    }
+                    (e.status(), e.body())
+                }
+            };
+            Ok(js_sys::Array::of2(&JsValue::from(status), &JsValue::from(body)).into())
+        })
     }
 
     #[wasm_bindgen(js_name = webSocketClose)]
