@@ -57,13 +57,14 @@ fi
 node_dir="$(dirname "$node_bin")"
 export PATH="$node_dir:$PATH"
 
-# 5. npm packages at the lockfile's versions, re-run only when package-lock.json changed. `npm install`
-# rather than `npm ci`: npm 11 writes lockfiles without other platforms' nested optional packages
-# (wrangler's own workerd), which `npm ci` then refuses as out of sync; `npm install` honours the lock.
+# 5. npm packages exactly as package-lock.json says, re-run only when it changed. `npm ci` never writes
+# the lockfile, so a test run leaves a clean tree. The lockfile lists every platform's optional packages
+# (wrangler's own nested workerd too); if an update drops them, `npm ci` refuses the lock as out of sync:
+# regenerate it with `npm install` and check that it lists all five @cloudflare/workerd-* twice.
 stamp=node_modules/.switchboard-lock
 if [ ! -f "$stamp" ] || ! cmp -s package-lock.json "$stamp"; then
   log "installing npm packages"
-  npm install --no-audit --no-fund --loglevel=error
+  npm ci --no-audit --no-fund --loglevel=error
   cp package-lock.json "$stamp"
 fi
 
