@@ -1,4 +1,4 @@
-import { SwitchboardError, isRetryableStatus } from "./errors.js";
+import { SwitchboardError } from "./errors.js";
 import { mintToken } from "./token.js";
 import type {
   ChannelPublish,
@@ -43,6 +43,8 @@ export interface SwitchboardOptions {
 const MINTED_TOKEN_SECONDS = 600;
 const DEFAULT_ACK_WAIT_MS = 30_000;
 const REQUEST_GRACE_MS = 10_000;
+/** How long past the ack wait an `inProgress` answer is asked again (the Worker's own hop grace is 2 s). */
+const POLL_GRACE_MS = 2_000;
 
 /**
  * The backend's client for a Switchboard Worker: publish and read the acks, the connection API and the
@@ -110,8 +112,9 @@ export class Switchboard {
     // A retry can land while the first attempt's hub still waits for acks: the Worker then answers
     // `inProgress` with the envelope's id. Ask again (same key: nothing is delivered again) until the
     // final answer is stored or the ack wait the caller asked for is over.
+    const pollUntil = started + (input.timeoutMs ?? DEFAULT_ACK_WAIT_MS) + POLL_GRACE_MS;
     let polls = 0;
-    while (answer.inProgress && input.userId !== undefined && Date.now() - started < timeout - REQUEST_GRACE_MS) {
+    while (answer.inProgress && input.userId !== undefined && Date.now() < pollUntil) {
       await sleep(this.#delay(++polls), input.signal);
       answer = await this.#request<PublishResult>("POST", "/publish", { body: text, key, timeout, signal: input.signal });
     }
@@ -182,15 +185,17 @@ export class Switchboard {
   ): Promise<T> {
     const timeout = opts.timeout ?? this.#requestTimeoutMs ?? REQUEST_GRACE_MS;
     let last: SwitchboardError | undefined;
+    let retryAfterMs: number | undefined;
     for (let attempt = 1; attempt <= this.#retry.attempts; attempt++) {
-      if (attempt > 1) await sleep(retryAfter(last) ?? this.#delay(attempt - 1), opts.signal);
+      if (attempt > 1) await sleep(retryAfterMs ?? this.#delay(attempt - 1), opts.signal);
+      retryAfterMs = undefined;
       const headers: Record<string, string> = { authorization: `Bearer ${await this.#authorization()}` };
       if (opts.body !== undefined) headers["content-type"] = "application/json";
       if (opts.key !== undefined) headers["idempotency-key"] = opts.key;
       const ctl = new AbortController();
       const onAbort = () => ctl.abort(opts.signal?.reason);
       opts.signal?.addEventListener("abort", onAbort, { once: true });
-      const timer = setTimeout(() => ctl.abort(new SwitchboardError("request_timeout", `no answer within ${timeout} ms`)), timeout);
+      const timer = setTimeout(() => ctl.abort(), timeout);
       try {
         const res = await this.#fetch(`${this.url}${path}`, { method, headers, body: opts.body, signal: ctl.signal });
         const text = await res.text();
@@ -208,18 +213,18 @@ export class Switchboard {
         const code = typeof e?.error === "string" ? e.error : `http_${res.status}`;
         const message = typeof e?.message === "string" ? e.message : text.slice(0, 200) || res.statusText;
         last = new SwitchboardError(code, `${method} ${path}: ${res.status} ${code}: ${message}`, { status: res.status, body: json, attempts: attempt });
-        (last as { retryAfterMs?: number }).retryAfterMs = parseRetryAfter(res.headers.get("retry-after"));
-        if (!isRetryableStatus(res.status, code)) throw last;
+        if (!last.retryable) throw last;
+        retryAfterMs = parseRetryAfter(res.headers.get("retry-after"));
       } catch (err) {
         if (opts.signal?.aborted) throw opts.signal.reason ?? err;
-        if (err instanceof SwitchboardError && err.status !== 0 && !err.retryable) throw err;
-        if (err instanceof SwitchboardError && err.code === "invalid_response") throw err;
-        if (err === last) continue;
-        const reason = ctl.signal.aborted ? ctl.signal.reason : err;
-        last =
-          reason instanceof SwitchboardError
-            ? new SwitchboardError(reason.code, `${method} ${path}: ${reason.message}`, { attempts: attempt })
-            : new SwitchboardError("network_error", `${method} ${path}: cannot reach ${this.url} (${describe(reason)})`, { attempts: attempt, cause: reason });
+        if (ctl.signal.aborted) {
+          // Our own per-attempt timer fired (while connecting, or while reading the answer).
+          last = new SwitchboardError("request_timeout", `${method} ${path}: no answer within ${timeout} ms`, { attempts: attempt, cause: err });
+        } else if (err instanceof SwitchboardError) {
+          throw err; // an answer that retrying cannot change
+        } else {
+          last = new SwitchboardError("network_error", `${method} ${path}: cannot reach ${this.url} (${describe(err)})`, { attempts: attempt, cause: err });
+        }
       } finally {
         clearTimeout(timer);
         opts.signal?.removeEventListener("abort", onAbort);
@@ -243,10 +248,6 @@ function parseRetryAfter(h: string | null): number | undefined {
   if (!h) return undefined;
   const s = Number(h);
   return Number.isFinite(s) && s >= 0 ? Math.min(s * 1000, 60_000) : undefined;
-}
-
-function retryAfter(e: SwitchboardError | undefined): number | undefined {
-  return (e as { retryAfterMs?: number } | undefined)?.retryAfterMs;
 }
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {

@@ -180,6 +180,23 @@ test("a retry that lands while the first attempt still waits for acks polls the 
   await c.close();
 });
 
+test("an attempt past requestTimeoutMs is retried with the same key; a hung network ends in request_timeout", async () => {
+  const u = uid();
+  const c = await Client.connect(w, clientToken(u)); // never acks: the first attempt waits the full 1.5 s
+  await c.subscribe([{ type: "t" }]);
+  const mark = c.mark();
+  const keys = [];
+  const r = await sdk({ requestTimeoutMs: 300, fetch: (url, init) => (keys.push(init.headers["idempotency-key"]), fetch(url, init)) })
+    .publish({ userId: u, type: "t", timeoutMs: 1500 });
+  assert.ok(keys.length >= 2 && new Set(keys).size === 1, `retried with one key: ${keys}`);
+  assert.deepEqual([r.duplicate, r.inProgress, r.pending], [true, undefined, [c.id]], "the final answer, polled");
+  assert.equal(envelopes(await c.since(mark)).length, 1, "delivered once");
+  const hung = (_url, init) => new Promise((_, reject) => init.signal.addEventListener("abort", () => reject(init.signal.reason)));
+  const e = await sdk({ requestTimeoutMs: 50, retry: { attempts: 2, minDelayMs: 1 }, fetch: hung }).publish({ userId: u }).catch((x) => x);
+  assert.deepEqual([e.code, e.status, e.attempts, e.retryable], ["request_timeout", 0, 2, true]);
+  await c.close();
+});
+
 test("429 and 5xx are retried with the same key; 4xx are thrown at once as SwitchboardError", async () => {
   const u = uid();
   const c = await Client.connect(w, clientToken(u), { autoAck: () => 1 });

@@ -20,6 +20,7 @@ from ._types import ChannelPublishResult, Connection, MembersPage, MultiPublishR
 _MINTED_TOKEN_SECONDS = 600  # publish tokens minted from `secret` live this long, renewed a minute early
 _DEFAULT_ACK_WAIT_S = 30.0  # the server's default cap on a publish's timeoutMs
 _GRACE_S = 10.0
+_POLL_GRACE_S = 2.0  # how long past the ack wait an `inProgress` answer is asked again
 _UNSET: Any = object()
 
 
@@ -217,8 +218,9 @@ class Switchboard(_Base):
         answer = self._request(call)
         # A retry that lands while the first attempt still waits for acks is answered `inProgress`: ask
         # again (same key, nothing delivered twice) until the final answer is stored or the wait is over.
+        poll_until = started + (timeout_ms / 1000 if timeout_ms is not None else _DEFAULT_ACK_WAIT_S) + _POLL_GRACE_S
         polls = 0
-        while answer.get("inProgress") and user_id is not None and time.monotonic() - started < call.timeout - _GRACE_S:
+        while answer.get("inProgress") and user_id is not None and time.monotonic() < poll_until:
             polls += 1
             time.sleep(self._retry.delay(polls))
             answer = self._request(call)
@@ -297,8 +299,9 @@ class AsyncSwitchboard(_Base):
         call = self._publish_call(user_id, user_ids, channel, connection_id, type, payload, timeout_ms, idempotency_key)
         started = time.monotonic()
         answer = await self._request(call)
+        poll_until = started + (timeout_ms / 1000 if timeout_ms is not None else _DEFAULT_ACK_WAIT_S) + _POLL_GRACE_S
         polls = 0
-        while answer.get("inProgress") and user_id is not None and time.monotonic() - started < call.timeout - _GRACE_S:
+        while answer.get("inProgress") and user_id is not None and time.monotonic() < poll_until:
             polls += 1
             await asyncio.sleep(self._retry.delay(polls))
             answer = await self._request(call)
