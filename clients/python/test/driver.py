@@ -74,6 +74,8 @@ class AsyncTransport(httpx.AsyncHTTPTransport):
 
 def client_kwargs(cmd: dict[str, Any]) -> dict[str, Any]:
     kw: dict[str, Any] = {"retry": sb.Retry(**cmd.get("retry", {"min_delay": 0.02, "max_delay": 0.1}))}
+    if "request_timeout" in cmd:
+        kw["request_timeout"] = cmd["request_timeout"]
     if "token" in cmd:
         kw["token"] = cmd["token"]
     else:

@@ -143,6 +143,18 @@ for (const mode of ["sync", "async"]) {
     await c.close();
   });
 
+  test(`${mode}: an attempt past request_timeout is retried with the same key and polled to the final answer`, async () => {
+    const u = uid();
+    const c = await Client.connect(w, clientToken(u)); // never acks: the first attempt waits the full 1.5 s
+    await c.subscribe([{ type: "t" }]);
+    const mark = c.mark();
+    const r = await py.call("publish", { user_id: u, type: "t", timeout_ms: 1500 }, { mode, request_timeout: 0.3 });
+    assert.ok(r.keys.length >= 2 && new Set(r.keys).size === 1, JSON.stringify(r));
+    assert.deepEqual([r.ok.duplicate, r.ok.inProgress, r.ok.pending], [true, undefined, [c.id]]);
+    assert.equal(envelopes(await c.since(mark)).length, 1, "delivered once");
+    await c.close();
+  });
+
   test(`${mode}: connections, close one and all, and members page by page`, async () => {
     const u = uid();
     const a = await Client.connect(w, clientToken(u));
