@@ -48,7 +48,8 @@ const POLL_GRACE_MS = 2_000;
 
 /**
  * The backend's client for a Switchboard Worker: publish and read the acks, the connection API and the
- * channel members API. Uses only `fetch`, WebCrypto and timers, so it runs in Node 20+, Workers, Deno and Bun.
+ * channel members API. Uses only `fetch`, WebCrypto and timers, so it runs in Node 20+ and Workers (both
+ * tested), and in any runtime with those web APIs.
  *
  * Every `publish` carries an `Idempotency-Key` (yours, or a random one per call), and network errors,
  * 429 and 5xx are retried with exponential backoff and full jitter using the same key: the Worker delivers
