@@ -4,9 +4,11 @@
 // test fails if a documented route or frame was not exercised, so the specs and the suite move together.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
+import { createRequire } from "node:module";
+import Ajv from "ajv";
 import WebSocket from "ws";
 import { startWorker, Client, SseClient, clientToken, publishToken, mint, now } from "./harness.mjs";
-import { checkRequest, checkResponse, checkErrorBody, checkFrame, checkClose, covered, operations, messages } from "./spec.mjs";
+import { checkRequest, checkResponse, checkErrorBody, checkFrame, checkClose, covered, operations, messages, asyncapi } from "./spec.mjs";
 
 let w;
 before(async () => (w = await startWorker({ HISTORY_LIMIT: "3", MAX_PUBLISH_BYTES: "4096", MAX_FRAME_BYTES: "2048", MAX_CONNECTIONS_PER_USER: "3" })));
@@ -44,6 +46,13 @@ async function call(method, url, route, { body, token = publishToken(), headers 
   checkResponse(method, route, res.status, method === "HEAD" ? undefined : json);
   return { status: res.status, body: json, headers: res.headers };
 }
+
+test("docs/asyncapi.yaml is a valid AsyncAPI 3.0.0 document (the official schema, @asyncapi/specs)", () => {
+  const schema = createRequire(import.meta.url)("@asyncapi/specs").schemas["3.0.0"];
+  // The official schema embeds its own copy of the draft-07 meta-schema, so Ajv's built-in one stays out.
+  const validate = new Ajv({ strict: false, allErrors: true, meta: false, validateSchema: false }).compile(schema);
+  assert.ok(validate(asyncapi), JSON.stringify(validate.errors?.slice(0, 5)));
+});
 
 test("/publish: user, userIds and channel publishes and every error answer match openapi.yaml", async () => {
   const u = uid();
