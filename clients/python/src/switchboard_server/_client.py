@@ -8,7 +8,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Iterator, Literal, Sequence, overload
+from typing import Any, AsyncIterator, Callable, Iterator, Sequence, cast, overload
 from urllib.parse import quote, urlencode
 
 import httpx
@@ -34,7 +34,7 @@ class Retry:
     max_delay: float = 3.0
 
     def delay(self, retry: int) -> float:
-        return random.random() * min(self.max_delay, self.min_delay * 2 ** (retry - 1))
+        return random.random() * min(self.max_delay, self.min_delay * float(2 ** (retry - 1)))
 
 
 @dataclass
@@ -80,7 +80,17 @@ class _Base:
             self._minted = (token, now + _MINTED_TOKEN_SECONDS - 60)
         return self._minted[0]
 
-    def _publish_call(self, user_id, user_ids, channel, connection_id, type, payload, timeout_ms, idempotency_key) -> _Call:
+    def _publish_call(
+        self,
+        user_id: str | None,
+        user_ids: Sequence[str] | None,
+        channel: str | None,
+        connection_id: str | None,
+        type: str | None,
+        payload: Any,
+        timeout_ms: int | None,
+        idempotency_key: str | None,
+    ) -> _Call:
         targets = [x for x in (user_id, user_ids, channel) if x is not None]
         if len(targets) != 1:
             raise SwitchboardError("invalid_argument", "publish needs exactly one of user_id, user_ids and channel")
@@ -130,8 +140,8 @@ class _Base:
             if data is None:
                 raise SwitchboardError("invalid_response", f"{call.method} {call.path} answered {res.status_code} with a body that is not JSON", status=res.status_code, attempts=attempt)
             return data, None
-        code = data.get("error") if isinstance(data, dict) and isinstance(data.get("error"), str) else f"http_{res.status_code}"
-        message = data.get("message") if isinstance(data, dict) and isinstance(data.get("message"), str) else res.text[:200]
+        code: str = data["error"] if isinstance(data, dict) and isinstance(data.get("error"), str) else f"http_{res.status_code}"
+        message: str = data["message"] if isinstance(data, dict) and isinstance(data.get("message"), str) else res.text[:200]
         err = SwitchboardError(code, f"{call.method} {call.path}: {res.status_code} {code}: {message}", status=res.status_code, body=data, attempts=attempt)
         retry_after = res.headers.get("retry-after")
         err.retry_after = float(retry_after) if retry_after and retry_after.isdigit() else None  # type: ignore[attr-defined]
@@ -228,20 +238,20 @@ class Switchboard(_Base):
 
     def connections(self, user_id: str) -> list[Connection]:
         """The user's open connections."""
-        return self._request(self._call("GET", f"/users/{_segment(user_id, 'user_id')}/connections"))["connections"]
+        return cast("list[Connection]", self._request(self._call("GET", f"/users/{_segment(user_id, 'user_id')}/connections"))["connections"])
 
     def close_connection(self, user_id: str, connection_id: str) -> list[str]:
         """Closes one connection (code 4002); ``connection_not_found`` if it is not open."""
         path = f"/users/{_segment(user_id, 'user_id')}/connections/{_segment(connection_id, 'connection_id')}"
-        return self._request(self._call("DELETE", path))["closed"]
+        return cast("list[str]", self._request(self._call("DELETE", path))["closed"])
 
     def close_connections(self, user_id: str) -> list[str]:
         """Closes every connection of the user (code 4002): "log out everywhere"."""
-        return self._request(self._call("DELETE", f"/users/{_segment(user_id, 'user_id')}/connections"))["closed"]
+        return cast("list[str]", self._request(self._call("DELETE", f"/users/{_segment(user_id, 'user_id')}/connections"))["closed"])
 
     def members_page(self, channel: str, *, limit: int | None = None, cursor: str | None = None) -> MembersPage:
         """One page of a channel's member users."""
-        return self._request(self._call("GET", self._members_path(channel, limit, cursor)))
+        return cast(MembersPage, self._request(self._call("GET", self._members_path(channel, limit, cursor))))
 
     def members(self, channel: str, *, limit: int | None = None) -> Iterator[MembersPage]:
         """Every page of a channel's members, fetched as you iterate."""
@@ -308,17 +318,17 @@ class AsyncSwitchboard(_Base):
         return answer
 
     async def connections(self, user_id: str) -> list[Connection]:
-        return (await self._request(self._call("GET", f"/users/{_segment(user_id, 'user_id')}/connections")))["connections"]
+        return cast("list[Connection]", (await self._request(self._call("GET", f"/users/{_segment(user_id, 'user_id')}/connections")))["connections"])
 
     async def close_connection(self, user_id: str, connection_id: str) -> list[str]:
         path = f"/users/{_segment(user_id, 'user_id')}/connections/{_segment(connection_id, 'connection_id')}"
-        return (await self._request(self._call("DELETE", path)))["closed"]
+        return cast("list[str]", (await self._request(self._call("DELETE", path)))["closed"])
 
     async def close_connections(self, user_id: str) -> list[str]:
-        return (await self._request(self._call("DELETE", f"/users/{_segment(user_id, 'user_id')}/connections")))["closed"]
+        return cast("list[str]", (await self._request(self._call("DELETE", f"/users/{_segment(user_id, 'user_id')}/connections")))["closed"])
 
     async def members_page(self, channel: str, *, limit: int | None = None, cursor: str | None = None) -> MembersPage:
-        return await self._request(self._call("GET", self._members_path(channel, limit, cursor)))
+        return cast(MembersPage, await self._request(self._call("GET", self._members_path(channel, limit, cursor))))
 
     async def members(self, channel: str, *, limit: int | None = None) -> AsyncIterator[MembersPage]:
         cursor: str | None = None
