@@ -4,11 +4,13 @@
 // test fails if a documented route or frame was not exercised, so the specs and the suite move together.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
+import fs from "node:fs";
 import { createRequire } from "node:module";
+import path from "node:path";
 import Ajv from "ajv";
 import WebSocket from "ws";
-import { startWorker, Client, SseClient, clientToken, publishToken, mint, now } from "./harness.mjs";
-import { checkRequest, checkResponse, checkErrorBody, checkFrame, checkClose, covered, operations, messages, asyncapi } from "./spec.mjs";
+import { startWorker, Client, SseClient, clientToken, publishToken, now, ROOT } from "./harness.mjs";
+import { checkRequest, checkResponse, checkErrorBody, checkFrame, checkClose, covered, operations, messages, asyncapi, openapi } from "./spec.mjs";
 
 let w;
 before(async () => (w = await startWorker({ HISTORY_LIMIT: "3", MAX_PUBLISH_BYTES: "4096", MAX_FRAME_BYTES: "2048", MAX_CONNECTIONS_PER_USER: "3" })));
@@ -283,6 +285,37 @@ test("the connection and members APIs, /healthz, GET / and answers outside the r
   const preflight = await fetch(`${w.url}/publish`, { method: "OPTIONS" });
   assert.equal(preflight.status, 204);
   for (const s of [a, b]) checkReceived(s);
+});
+
+test("a bad setting answers 500 server_misconfigured, as documented", async () => {
+  const bad = await startWorker({ ACK_TIMEOUT_MS: "soon" });
+  try {
+    for (const [method, url, route] of [["POST", "/publish", "/publish"], ["GET", "/users/u/connections", "/users/{userId}/connections"]]) {
+      const res = await fetch(`${bad.url}${url}`, { method, headers: { authorization: `Bearer ${publishToken()}`, "content-type": "application/json" }, body: method === "POST" ? "{}" : undefined });
+      const body = await res.json();
+      checkResponse(method, route, res.status, body);
+      assert.equal(body.error, "server_misconfigured");
+      assert.match(body.message, /ACK_TIMEOUT_MS/);
+    }
+  } finally {
+    await bad.stop();
+  }
+});
+
+test("the README's error and close-code tables list exactly the codes the specs document", () => {
+  const readme = fs.readFileSync(path.join(ROOT, "README.md"), "utf8");
+  const table = (heading) => {
+    const start = readme.indexOf(heading);
+    const end = readme.indexOf("\n#", start + heading.length);
+    return readme.slice(start, end).split("\n").filter((l) => l.startsWith("| ")).slice(1); // without the header row
+  };
+  const codesIn = (rows, column) => new Set(rows.map((r) => r.split("|")[column]?.trim().replace(/`/g, "")).filter((c) => /^[a-z_]+$/.test(c)));
+  const http = codesIn(table("### HTTP errors"), 2);
+  assert.deepEqual([...http].sort(), [...openapi.components.schemas.Error.properties.error.enum].sort());
+  const socket = codesIn(table("### Socket error codes"), 1);
+  assert.deepEqual([...socket].sort(), [...asyncapi.components.messages.error.payload.properties.code.enum].sort());
+  const closes = new Set(table("### Close codes").map((r) => r.split("|")[1].trim()).filter((c) => /^\d{4}$/.test(c)).map(Number));
+  assert.deepEqual([...closes].sort(), Object.keys(asyncapi.channels.socket["x-close-codes"]).map(Number).sort());
 });
 
 test("coverage: every operation of openapi.yaml and every message of asyncapi.yaml was exercised", () => {
