@@ -77,6 +77,9 @@ pub struct Config {
     /// How long a user stays a channel's member after its last joined connection closed (not left),
     /// so a client that reconnects and resumes gets what the channel published meanwhile.
     pub channel_linger_seconds: u64,
+    /// `FAULT_INJECTION=on`: the socket frames `__panic` and `__trap` make the hub panic or trap, for
+    /// the test that the Worker recovers from both. Never set it in production.
+    pub fault_injection: bool,
 }
 
 impl Config {
@@ -198,7 +201,14 @@ impl Config {
 
         let channel_linger_seconds = number(&get, "CHANNEL_LINGER_SECONDS", DEFAULT_CHANNEL_LINGER_SECONDS, 0, 86_400)?;
 
+        let fault_injection = match get("FAULT_INJECTION").as_deref() {
+            None | Some("off") => false,
+            Some("on") => true,
+            Some(other) => return Err(format!("FAULT_INJECTION must be `on` or `off`, not `{other}`")),
+        };
+
         Ok(Config {
+            fault_injection,
             jwt_secrets,
             channel_linger_seconds,
             channel_fanout,

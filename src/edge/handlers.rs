@@ -8,7 +8,8 @@ use crate::core::protocol::{self, Recipients, Transport};
 use crate::hop::wire::{Connect, PublishMeta};
 use crate::hop::{channel, user};
 use crate::runtime::http;
-use worker::{Env, Method, Request, Response};
+use web_sys::Response;
+use worker::{Env, Method, Request};
 
 pub(super) async fn connect(req: Request, env: &Env, config: &Config) -> Result<Response, Error> {
     let identity = authenticate(&req, config)?;
@@ -133,7 +134,7 @@ pub(super) async fn publish(
             user::publish(env, &meta, p.payload.get(), cors, idempotency_key.as_deref()).await
         }
         Recipients::Many(users) => {
-            multi::publish(env, config, &p, users, &body, cors, idempotency_key.as_deref()).await
+            Ok(multi::publish(env, config, &p, users, &body, cors, idempotency_key.as_deref()).await?.into())
         }
         Recipients::Channel(_) => {
             let meta = PublishMeta::from_request(&p, "", &body);

@@ -36,7 +36,8 @@ pub async fn fan_out(
             let hop = Box::pin(super::user::publish(env, &meta, payload, None, idempotency_key));
             let limit = Delay::from(Duration::from_millis(timeout_ms + HOP_GRACE_MS));
             let outcome = match select(hop, limit).await {
-                Either::Left((Ok(mut res), _)) => {
+                Either::Left((Ok(res), _)) => {
+                    let mut res = worker::Response::from(res);
                     let status = res.status_code();
                     match res.json::<Value>().await {
                         Ok(Value::Object(mut o)) if status == 200 => {

@@ -4,7 +4,8 @@
 use super::wire::{self, user_path, Connect, PublishMeta};
 use crate::core::error::Error;
 use crate::core::query;
-use worker::{Env, Headers, Method, Request, RequestInit, Response};
+use web_sys::Response;
+use worker::{Env, Headers, Method, Request, RequestInit};
 
 /// What a hop asks of a user's hub.
 pub enum Call {

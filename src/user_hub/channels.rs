@@ -224,7 +224,8 @@ impl UserHub {
             except: Some(id.to_string()),
         };
         match channel_hop::publish(&self.env, &meta, payload.get(), None, None).await {
-            Ok(mut res) => {
+            Ok(res) => {
+                let mut res = Response::from(res);
                 let status = res.status_code();
                 let body: serde_json::Value = res.json().await.unwrap_or_default();
                 if status != 200 {

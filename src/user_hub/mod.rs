@@ -32,13 +32,16 @@ use crate::core::acks::AckRegistry;
 use crate::core::config::Config;
 use crate::core::error::Error;
 use crate::hop::{self, user, user::Call};
-use crate::runtime::{http, log, settings};
+use crate::runtime::{http, js, log, settings};
+use js_sys::Promise;
 use serde::Deserialize;
 use serde_json::json;
 use state::Conn;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::future_to_promise;
 use worker::{durable_object, Env, Request, Response, State, WebSocket, WebSocketIncomingMessage};
 
 const SCHEMA: &str = "
@@ -54,8 +57,16 @@ CREATE TABLE IF NOT EXISTS grants (conn_id TEXT PRIMARY KEY, join_grants TEXT NO
 CREATE TABLE IF NOT EXISTS channels (name TEXT PRIMARY KEY, version INTEGER NOT NULL, user_id TEXT NOT NULL,
   left_at INTEGER);";
 
-#[durable_object]
+/// The Durable Object. Its state lives behind an `Rc` so a handler that must wait can own a handle
+/// to it (`'static` futures): the socket handlers are exported by hand below, synchronous where they
+/// can be, instead of through `#[durable_object]`'s always-async exports.
+#[durable_object(alarm)]
 pub struct UserHub {
+    inner: Rc<Inner>,
+}
+
+/// The hub's state (see [`UserHub`]); its methods are `UserHub`'s, through `Deref`.
+pub struct Inner {
     pub(crate) state: State,
     pub(crate) env: Env,
     /// Open connections by id; `None` until rebuilt after construction (or a wake).
@@ -69,13 +80,28 @@ pub struct UserHub {
     pub(crate) version: Cell<u64>,
 }
 
+impl std::ops::Deref for UserHub {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+impl UserHub {
+    /// Another handle to the same hub, for a future that outlives the call that starts it.
+    fn handle(&self) -> UserHub {
+        UserHub { inner: Rc::clone(&self.inner) }
+    }
+}
+
 impl worker::DurableObject for UserHub {
     fn new(state: State, env: Env) -> Self {
         // Exactly `ping` is answered by the runtime without waking the hub.
         if let Ok(pair) = worker::WebSocketRequestResponsePair::new("ping", "pong") {
             state.set_websocket_auto_response(&pair);
         }
-        UserHub {
+        js::install_fast_microtasks();
+        let inner = Inner {
             state,
             env,
             conns: RefCell::new(None),
@@ -83,7 +109,8 @@ impl worker::DurableObject for UserHub {
             seq: Cell::new(0),
             oldest: Cell::new(None),
             version: Cell::new(0),
-        }
+        };
+        UserHub { inner: Rc::new(inner) }
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
@@ -106,27 +133,54 @@ impl worker::DurableObject for UserHub {
         })
     }
 
-    async fn websocket_message(&self, ws: WebSocket, message: WebSocketIncomingMessage) -> worker::Result<()> {
-        self.on_message(&ws, message).await;
-        Ok(())
-    }
-
-    async fn websocket_close(&self, ws: WebSocket, code: usize, reason: String, was_clean: bool) -> worker::Result<()> {
-        self.on_close(&ws, code, &reason, was_clean).await;
-        Ok(())
-    }
-
-    async fn websocket_error(&self, ws: WebSocket, error: worker::Error) -> worker::Result<()> {
-        self.on_error(&ws, &error.to_string()).await;
-        Ok(())
-    }
-
     async fn alarm(&self) -> worker::Result<Response> {
         if let Err(e) = self.on_alarm().await {
             // Throwing would make the runtime retry the alarm; the outbox re-arms itself instead.
             log::error("alarm_error", json!({ "message": e.to_string() }));
         }
         Response::empty()
+    }
+}
+
+/// The socket handlers, exported by hand (`#[durable_object(alarm)]` leaves them out). An async
+/// export costs a Promise, a `queueMicrotask` and several crossings per event even when nothing
+/// awaits; an ack, the event a fan-out multiplies, needs none of it, so `webSocketMessage` answers
+/// what it can synchronously and only starts a future for what must wait. See BENCHMARKS.md.
+#[wasm_bindgen]
+impl UserHub {
+    #[wasm_bindgen(js_name = webSocketMessage)]
+    pub fn websocket_message(&self, ws: web_sys::WebSocket, message: JsValue) -> JsValue {
+        let ws = WebSocket::from(ws);
+        let message = match message.as_string() {
+            Some(text) => WebSocketIncomingMessage::String(text),
+            None => WebSocketIncomingMessage::Binary(js_sys::Uint8Array::new(&message).to_vec()),
+        };
+        let Some(deferred) = self.on_message_now(&ws, message) else { return JsValue::UNDEFINED };
+        let hub = self.handle();
+        future_to_promise(async move {
+            hub.on_message_later(&ws, deferred).await;
+            Ok(JsValue::UNDEFINED)
+        })
+        .into()
+    }
+
+    #[wasm_bindgen(js_name = webSocketClose)]
+    pub fn websocket_close(&self, ws: web_sys::WebSocket, code: usize, reason: String, was_clean: bool) -> Promise {
+        let hub = self.handle();
+        future_to_promise(async move {
+            hub.on_close(&WebSocket::from(ws), code, &reason, was_clean).await;
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
+    #[wasm_bindgen(js_name = webSocketError)]
+    pub fn websocket_error(&self, ws: web_sys::WebSocket, error: JsValue) -> Promise {
+        let hub = self.handle();
+        future_to_promise(async move {
+            let message = worker::Error::from(error).to_string();
+            hub.on_error(&WebSocket::from(ws), &message).await;
+            Ok(JsValue::UNDEFINED)
+        })
     }
 }
 
