@@ -236,7 +236,10 @@ async function listen(values: Values, env: Record<string, string | undefined>) {
   const bound = typeof addr === "object" && addr ? addr.port : port;
   console.error(`listening on http://127.0.0.1:${bound}/  (set WEBHOOK_URL=http://127.0.0.1:${bound}/ and the same WEBHOOK_SECRET for the Worker; Ctrl-C stops)`);
   await new Promise<void>((resolve) => {
-    const stop = () => server.close(() => resolve());
+    const stop = () => {
+      server.close(() => resolve());
+      server.closeAllConnections(); // keep-alive connections would hold close() open
+    };
     process.once("SIGINT", stop);
     process.once("SIGTERM", stop);
   });
