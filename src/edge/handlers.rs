@@ -130,7 +130,7 @@ pub(super) async fn publish(
     let p = protocol::parse_publish(&body)?;
     match &p.recipients {
         Recipients::One(user_id) => {
-            let meta = PublishMeta::from_request(&p, user_id, &body);
+            let meta = PublishMeta::from_request(&p, user_id, &body, idempotency_key.is_some());
             let payload = wasm_bindgen::JsValue::from_str(p.payload.get());
             let (status, answer) = user::publish(env, &meta, &payload, idempotency_key.as_deref()).await?;
             Ok(http::json(status, answer, cors)?.into())
@@ -139,7 +139,7 @@ pub(super) async fn publish(
             Ok(multi::publish(env, config, &p, users, &body, cors, idempotency_key.as_deref()).await?.into())
         }
         Recipients::Channel(_) => {
-            let meta = PublishMeta::from_request(&p, "", &body);
+            let meta = PublishMeta::from_request(&p, "", &body, idempotency_key.is_some());
             channel::publish(env, &meta, p.payload.get(), cors, idempotency_key.as_deref()).await
         }
     }

@@ -8,7 +8,6 @@ use super::{OptionalRow, UserHub, ValueRow};
 use crate::core::channel;
 use crate::core::config::Config;
 use crate::core::error::Error;
-use crate::core::protocol;
 use crate::hop::channel as channel_hop;
 use crate::hop::wire::{MemberUpdate, PublishMeta};
 use crate::runtime::log;
@@ -218,7 +217,7 @@ impl UserHub {
             kind,
             connection_id: None,
             timeout_ms: Some(timeout_ms.unwrap_or(config.ack_timeout_ms).min(config.ack_timeout_max_ms)),
-            body_hash: protocol::fingerprint(payload.get().as_bytes()),
+            body_hash: String::new(), // no Idempotency-Key on a client publish
             channel: Some(channel.clone()),
             from: Some(user_id.clone()),
             except: Some(id.to_string()),
