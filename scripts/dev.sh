@@ -14,6 +14,10 @@ if [ ! -f .dev.vars ]; then
   echo "[dev] created .dev.vars with a random JWT_SECRET"
 fi
 
+# The Worker refuses a JWT_SECRET shorter than JWT_SECRET_MIN_BYTES (default 32), or the example's
+# placeholder, with 500 server_misconfigured on every request: say so now, before wrangler starts.
+node scripts/check-secret.mjs .dev.vars || exit 1
+
 client_token="$(node scripts/token.mjs --user demo-user --channels '*' --publish-channels '*')"
 publish_token="$(node scripts/token.mjs --publish)"
 cat <<MSG

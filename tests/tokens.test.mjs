@@ -4,7 +4,12 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import WebSocket from "ws";
-import { startWorker, Client, SseClient, publish, clientToken, publishToken, mint, now } from "./harness.mjs";
+import { execFile } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { promisify } from "node:util";
+import { ROOT, startWorker, Client, SseClient, publish, clientToken, publishToken, mint, now } from "./harness.mjs";
 
 let n = 0;
 const uid = (p = "tok") => `${p}-${++n}-${Math.random().toString(36).slice(2, 8)}`;
@@ -141,6 +146,30 @@ test("F11: a JWT_SECRET shorter than 32 bytes is a clear misconfiguration that e
     assert.ok(!r.body.message.includes(short), "the secret is never echoed");
   } finally {
     await w.stop();
+  }
+});
+
+test("F11: make dev checks .dev.vars' secret before starting (scripts/check-secret.mjs)", async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "sb-secret-"));
+  const run = async (content) => {
+    fs.writeFileSync(path.join(dir, ".dev.vars"), content);
+    try {
+      await promisify(execFile)(process.execPath, [path.join(ROOT, "scripts/check-secret.mjs"), path.join(dir, ".dev.vars")]);
+      return { code: 0, stderr: "" };
+    } catch (e) {
+      return { code: e.code, stderr: e.stderr };
+    }
+  };
+  try {
+    const short = await run("JWT_SECRET=abc-short-secret\n");
+    assert.equal(short.code, 1);
+    assert.match(short.stderr, /JWT_SECRET .* shorter than 32 bytes/);
+    assert.ok(!short.stderr.includes("abc-short-secret"), "the secret is not echoed");
+    assert.equal((await run("JWT_SECRET=replace-with-a-long-random-string\n")).code, 1, "the public placeholder");
+    assert.equal((await run(`JWT_SECRET=${"k".repeat(40)}\nJWT_SECRET_PREVIOUS=old\n`)).code, 1);
+    assert.equal((await run(`JWT_SECRET="${"k".repeat(40)}"\n`)).code, 0);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
   }
 });
 
