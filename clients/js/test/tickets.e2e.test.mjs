@@ -45,6 +45,7 @@ for (const transport of ["websocket", "sse"]) {
     const got = [];
     const sub = c.subscribe({ type: "t" }, (e) => (got.push(e.payload), "ok"));
     c.connect();
+    after(() => c.close()); // also when an assertion below fails
     await sub.ready;
     assert.equal(c.userId, u);
     const res = await publish(w, { userId: u, type: "t", payload: 1 });
