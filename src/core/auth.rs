@@ -66,7 +66,9 @@ pub fn check_rules(identity: &Identity, rules: &TokenRules) -> Result<(), Error>
     }
     if let Some(aud) = &rules.audience {
         if !identity.audience.iter().any(|a| a == aud) {
-            return Err(Error::InvalidToken("the token's `aud` claim does not name this deployment's JWT_AUDIENCE".into()));
+            return Err(Error::InvalidToken(
+                "the token's `aud` claim does not name this deployment's JWT_AUDIENCE".into(),
+            ));
         }
     }
     Ok(())

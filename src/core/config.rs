@@ -163,7 +163,9 @@ impl Config {
         let min_secret = number(&get, "JWT_SECRET_MIN_BYTES", DEFAULT_JWT_SECRET_MIN_BYTES, 0, 1024)? as usize;
         for (name, s) in ["JWT_SECRET", "JWT_SECRET_PREVIOUS"].iter().zip(&jwt_secrets) {
             if s.as_slice() == PLACEHOLDER_SECRET.as_bytes() {
-                return Err(format!("{name} is still the placeholder from .dev.vars.example, which is public: set a random secret"));
+                return Err(format!(
+                    "{name} is still the placeholder from .dev.vars.example, which is public: set a random secret"
+                ));
             }
             if s.len() < min_secret {
                 return Err(format!(
@@ -210,7 +212,8 @@ impl Config {
                     .collect();
                 if list.iter().any(|o| !(o.starts_with("http://") || o.starts_with("https://"))) {
                     return Err(
-                        "CORS_ORIGINS must be `*` or a comma-separated list of origins like https://app.example.com".into()
+                        "CORS_ORIGINS must be `*` or a comma-separated list of origins like https://app.example.com"
+                            .into(),
                     );
                 }
                 CorsOrigins::List(list)
@@ -457,7 +460,9 @@ mod tests {
 
     #[test]
     fn short_secrets_are_refused_without_echoing_them() {
-        for pairs in [vec![("JWT_SECRET", "abc-short-secret")], vec![("JWT_SECRET", S), ("JWT_SECRET_PREVIOUS", "old-short")]] {
+        for pairs in
+            [vec![("JWT_SECRET", "abc-short-secret")], vec![("JWT_SECRET", S), ("JWT_SECRET_PREVIOUS", "old-short")]]
+        {
             let err = parse(&pairs).unwrap_err();
             assert!(err.contains("32 bytes"), "{err}");
             assert!(!err.contains("abc-short") && !err.contains("old-short"), "{err}");
@@ -477,7 +482,8 @@ mod tests {
             let err = parse(&[("JWT_SECRET", S), (k, v)]).unwrap_err();
             assert!(err.contains(k) && !err.contains(v), "{err}");
         }
-        let err = parse(&[("JWT_SECRET", S), ("WEBHOOK_URL", "ftp://secret-ish-value"), ("WEBHOOK_SECRET", "x")]).unwrap_err();
+        let err = parse(&[("JWT_SECRET", S), ("WEBHOOK_URL", "ftp://secret-ish-value"), ("WEBHOOK_SECRET", "x")])
+            .unwrap_err();
         assert!(err.contains("WEBHOOK_URL") && !err.contains("secret-ish-value"), "{err}");
     }
 
@@ -500,7 +506,9 @@ mod tests {
         assert_eq!(c.token_rules.max_ttl_seconds, 600);
         assert_eq!((c.ticket_seconds, c.idempotency_seconds), (5, 0));
         assert!(c.test_faults.alarm);
-        for (k, v) in [("TICKET_SECONDS", "0"), ("IDEMPOTENCY_MAX_RESPONSE_BYTES", "3000000"), ("JWT_MAX_TTL_SECONDS", "x")] {
+        for (k, v) in
+            [("TICKET_SECONDS", "0"), ("IDEMPOTENCY_MAX_RESPONSE_BYTES", "3000000"), ("JWT_MAX_TTL_SECONDS", "x")]
+        {
             assert!(parse(&[("JWT_SECRET", S), (k, v)]).unwrap_err().contains(k));
         }
     }

@@ -22,7 +22,11 @@ pub const MAX_TICKET_BYTES: usize = 512;
 
 /// A ticket's text form for `user_id` and `secret`.
 pub fn make(user_id: &str, secret: &[u8]) -> String {
-    format!("{PREFIX}.{}.{}", Base64UrlUnpadded::encode_string(user_id.as_bytes()), Base64UrlUnpadded::encode_string(secret))
+    format!(
+        "{PREFIX}.{}.{}",
+        Base64UrlUnpadded::encode_string(user_id.as_bytes()),
+        Base64UrlUnpadded::encode_string(secret)
+    )
 }
 
 /// Reads a ticket: `(userId, hash of its secret)`. Every malformed ticket is an error sentence.
@@ -31,7 +35,8 @@ pub fn parse(text: &str) -> Result<(String, String), String> {
         return Err(format!("the ticket is longer than {MAX_TICKET_BYTES} bytes"));
     }
     let mut parts = text.split('.');
-    let (Some(PREFIX), Some(user), Some(secret), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(PREFIX), Some(user), Some(secret), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err("the ticket is not one issued by POST /tickets".into());
     };
     let user = Base64UrlUnpadded::decode_vec(user)

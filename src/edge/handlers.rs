@@ -1,6 +1,8 @@
 //! The Worker's routes: each checks its caller and its input, then hops to the object that serves it.
 
-use super::auth::{authenticate, authorize_backend, connect_credential, connect_token, connecting_user, scope_needed, Credential};
+use super::auth::{
+    authenticate, authorize_backend, connect_credential, connect_token, connecting_user, scope_needed, Credential,
+};
 use super::{multi, sse};
 use crate::core::config::Config;
 use crate::core::error::Error;
@@ -44,7 +46,12 @@ pub(super) async fn connect(req: Request, env: &Env, config: &Config) -> Result<
 /// `POST /tickets`: trades a connect token (in the `Authorization` header) for a one-time ticket valid
 /// for `TICKET_SECONDS`, so the token itself never goes in a URL. The ticket's secret is random; the
 /// user's hub stores only its hash, with the token's checked claims.
-pub(super) async fn issue_ticket(req: Request, env: &Env, config: &Config, cors: Option<&str>) -> Result<Response, Error> {
+pub(super) async fn issue_ticket(
+    req: Request,
+    env: &Env,
+    config: &Config,
+    cors: Option<&str>,
+) -> Result<Response, Error> {
     let (identity, user_id) = connect_token(&req, config)?;
     let mut secret = [0u8; crate::core::ticket::SECRET_BYTES];
     getrandom::fill(&mut secret).map_err(|e| Error::Internal(format!("no randomness: {e}")))?;

@@ -99,8 +99,12 @@ impl NewTicket {
 
     /// Reads the hop's query pairs back; `None` without a hash.
     pub fn from_query(pairs: Vec<(String, String)>) -> Option<NewTicket> {
-        let mut t =
-            NewTicket { hash: String::new(), expires_at_ms: None, channels: Grants::default(), publish_channels: Grants::default() };
+        let mut t = NewTicket {
+            hash: String::new(),
+            expires_at_ms: None,
+            channels: Grants::default(),
+            publish_channels: Grants::default(),
+        };
         let mut hash = None;
         for (k, v) in pairs {
             match k.as_str() {

@@ -23,9 +23,9 @@
 use super::{UserHub, ValueRow};
 use crate::core::config::WebhookConfig;
 use crate::core::error::Error;
+use crate::core::ids;
 use crate::core::protocol::rfc3339;
 use crate::core::webhook::{self, Delivery};
-use crate::core::ids;
 use crate::runtime::log;
 use futures_util::future::{select, Either};
 use serde::Deserialize;
@@ -91,9 +91,8 @@ impl UserHub {
     /// and ids are never reused, so the ids are contiguous and the count is read from the primary
     /// key's two ends, not by scanning (rows read are billed).
     pub(crate) fn outbox_len(&self) -> Result<u64, Error> {
-        let span = self
-            .sql_exec("SELECT min(id) AS lo, max(id) AS hi FROM outbox", Vec::new())?
-            .to_array::<SpanRow>()?;
+        let span =
+            self.sql_exec("SELECT min(id) AS lo, max(id) AS hi FROM outbox", Vec::new())?.to_array::<SpanRow>()?;
         Ok(match span.first() {
             Some(SpanRow { lo: Some(lo), hi: Some(hi) }) => (hi - lo + 1).max(0) as u64,
             _ => 0,
@@ -223,7 +222,10 @@ impl UserHub {
                 let failures = self.alarm_failures.get() + 1;
                 self.alarm_failures.set(failures);
                 let delay = (ALARM_RETRY_MS << (failures - 1).min(6)).min(ALARM_RETRY_MAX_MS);
-                log::error("alarm_error", json!({ "message": e.to_string(), "failures": failures, "retryInMs": delay }));
+                log::error(
+                    "alarm_error",
+                    json!({ "message": e.to_string(), "failures": failures, "retryInMs": delay }),
+                );
                 self.set_alarm_at(now + delay, true).await
             }
         }

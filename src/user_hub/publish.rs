@@ -184,8 +184,9 @@ impl UserHub {
             } else {
                 body.clone()
             };
-            if let Err(e) =
-                self.sql().exec("UPDATE idempotency SET response = ? WHERE key = ?", vec![stored.into(), key.clone().into()])
+            if let Err(e) = self
+                .sql()
+                .exec("UPDATE idempotency SET response = ? WHERE key = ?", vec![stored.into(), key.clone().into()])
             {
                 log::error("storage_error", json!({ "op": "idempotency_answer", "message": e.to_string() }));
             }

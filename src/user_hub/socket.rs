@@ -28,8 +28,7 @@ impl UserHub {
     /// anything live can reach it.
     pub(super) async fn accept(&self, connect: Connect) -> Result<Response, Error> {
         let config = self.config()?;
-        let Connect { user_id, expires_at_ms, transport, filters, since, channels, publish_channels, ticket } =
-            connect;
+        let Connect { user_id, expires_at_ms, transport, filters, since, channels, publish_channels, ticket } = connect;
         let mut expires_at = expires_at_ms.map(|e| e as f64);
         let mut grants = ChannelGrants { join: channels, publish: publish_channels };
         self.ensure_loaded()?;

@@ -506,6 +506,9 @@ mod tests {
         assert_eq!(t["results"], json!([]));
         assert_eq!(t["acks"], json!([{"connectionId": "c1"}, {"connectionId": "c2"}]));
         let tiny: Value = serde_json::from_str(&trimmed_answer(&response, 50)).unwrap();
-        assert_eq!((tiny["seq"].as_u64(), tiny["acked"].as_u64(), tiny["trimmed"].as_bool()), (Some(7), Some(2), Some(true)));
+        assert_eq!(
+            (tiny["seq"].as_u64(), tiny["acked"].as_u64(), tiny["trimmed"].as_bool()),
+            (Some(7), Some(2), Some(true))
+        );
     }
 }
