@@ -69,7 +69,8 @@ pub fn connecting_user(identity: &Identity) -> Result<String, Error> {
 /// HopeFlow): kicks, member lists, `userIds` and channel publishes stay scope-only.
 pub fn authorize_backend(req: &Request, config: &Config, any_token: bool) -> Result<Identity, Error> {
     let identity = authenticate(req, config)?;
-    if !identity.can_publish && !(any_token && config.publish_auth == PublishAuth::AnyToken) {
+    let any_token_allowed = any_token && config.publish_auth == PublishAuth::AnyToken;
+    if !(identity.can_publish || any_token_allowed) {
         return Err(scope_needed());
     }
     Ok(identity)
