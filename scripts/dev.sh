@@ -14,6 +14,10 @@ if [ ! -f .dev.vars ]; then
   echo "[dev] created .dev.vars with a random JWT_SECRET"
 fi
 
+# The Worker refuses a JWT_SECRET shorter than JWT_SECRET_MIN_BYTES (default 32), or the example's
+# placeholder, with 500 server_misconfigured on every request: say so now, before wrangler starts.
+node scripts/check-secret.mjs .dev.vars || exit 1
+
 # The server SDK's CLI (clients/server, `npx switchboard`) mints the tokens; build it when its sources changed.
 if [ ! -f clients/server/dist/cli.js ] || [ -n "$(find clients/server/src -newer clients/server/dist/cli.js -print -quit)" ]; then
   node clients/server/build.mjs >/dev/null

@@ -4,10 +4,11 @@
 //!
 //! | route | method | what |
 //! |---|---|---|
-//! | any path with `Upgrade: websocket` | GET | connect (token needs `userId`) |
+//! | any path with `Upgrade: websocket` | GET | connect (token needs `userId`, or `?ticket=`) |
 //! | `/publish` | POST | publish to a user (token needs the `publish` scope) |
 //! | `/sse` | GET | Server-Sent Events stream (token needs `userId`) |
 //! | `/ack` | POST | acknowledge a delivery over HTTP (SSE clients; token needs `userId`) |
+//! | `/tickets` | POST | a one-time connect ticket for `?ticket=` (token needs `userId`) |
 //! | `/users/{userId}/connections` | GET, DELETE | list or close a user's connections (`publish` scope) |
 //! | `/users/{userId}/connections/{connectionId}` | DELETE | close one connection (`publish` scope) |
 //! | `/channels/{channel}/members` | GET | a page of a channel's members (`publish` scope) |
@@ -75,6 +76,8 @@ async fn route(req: Request, env: &Env, config: &Config, cors: Option<&str>) -> 
         ("/sse", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "GET, OPTIONS" }),
         ("/ack", Method::Post) => handlers::ack(req, env, config, cors).await,
         ("/ack", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "POST, OPTIONS" }),
+        ("/tickets", Method::Post) => handlers::issue_ticket(req, env, config, cors).await,
+        ("/tickets", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "POST, OPTIONS" }),
         ("/healthz", Method::Get | Method::Head) => Ok(http::json(200, r#"{"status":"ok"}"#.into(), cors)?.into()),
         ("/healthz", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "GET, HEAD" }),
         (p, m) if p.starts_with("/users/") => handlers::connection_api(req, env, config, cors, m).await,

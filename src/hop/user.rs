@@ -1,7 +1,7 @@
 //! Calls to a user's hub (`UserHub`): from the Worker (connect, publish, ack, the connection API) and
 //! from the fan-out of multi-user and channel publishes, and the hub's reading of them ([`read`]).
 
-use super::wire::{self, user_path, Connect, PublishMeta};
+use super::wire::{self, user_path, Connect, NewTicket, PublishMeta};
 use crate::core::error::Error;
 use crate::core::query;
 use wasm_bindgen::{JsCast, JsValue};
@@ -19,6 +19,8 @@ pub enum Call {
     Kick {
         connection_id: Option<String>,
     },
+    /// Store a connect ticket (`POST /tickets` at the Worker).
+    IssueTicket(NewTicket),
 }
 
 /// The hub's side: which call a hop is.
@@ -34,6 +36,9 @@ pub fn read(req: &Request) -> Result<Call, Error> {
         (user_path::CONNECTIONS, Method::Delete) => {
             Ok(Call::Kick { connection_id: wire::param(&pairs(), "id").map(str::to_string) })
         }
+        (user_path::TICKETS, Method::Post) => NewTicket::from_query(pairs())
+            .map(Call::IssueTicket)
+            .ok_or_else(|| Error::Internal("a ticket hop without a ticket".into())),
         (other, _) => Err(Error::NotFound(format!("the hub has no route {other}"))),
     }
 }
@@ -50,6 +55,23 @@ pub async fn connect(env: &Env, c: &Connect) -> Result<Response, Error> {
     let mut init = RequestInit::new();
     init.with_method(Method::Get).with_headers(headers);
     send(env, &c.user_id, Request::new_with_init(&url, &init)?).await
+}
+
+/// Stores a connect ticket in the user's hub. A refusal (429: too many unused tickets) comes back
+/// as the error it is.
+pub async fn issue_ticket(env: &Env, user_id: &str, ticket: &NewTicket) -> Result<(), Error> {
+    let url = wire::url("hub", user_path::TICKETS, &wire::borrowed(&ticket.to_query()));
+    let mut res =
+        worker::Response::from(send(env, user_id, super::request(Method::Post, &url, None, None, None)?).await?);
+    if res.status_code() == 200 {
+        return Ok(());
+    }
+    let body: serde_json::Value = res.json().await.unwrap_or_default();
+    let message = body["message"].as_str().unwrap_or("the user's hub refused the ticket").to_string();
+    Err(match res.status_code() {
+        429 => Error::TooManyRequests(message),
+        _ => Error::Unavailable(message),
+    })
 }
 
 /// `GET` or `DELETE` the user's connections (`connection_id` narrows a DELETE to one).

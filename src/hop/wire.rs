@@ -26,6 +26,7 @@ pub mod user_path {
     pub const CONNECT: &str = "/connect";
     pub const ACK: &str = "/ack";
     pub const CONNECTIONS: &str = "/connections";
+    pub const TICKETS: &str = "/tickets";
 }
 
 /// A channel object's routes.
@@ -66,6 +67,56 @@ pub struct Connect {
     /// The token's channel grants (the `channels` and `publishChannels` claims).
     pub channels: Grants,
     pub publish_channels: Grants,
+    /// A connect ticket's hash instead of a token: the hub takes the ticket (once) and uses the
+    /// `exp` and grants stored with it.
+    pub ticket: Option<String>,
+}
+
+/// A new connect ticket for a user's hub to store: its secret's hash and the checked claims of the
+/// token it was traded for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTicket {
+    pub hash: String,
+    /// The token's `exp`, in ms since the epoch.
+    pub expires_at_ms: Option<i64>,
+    pub channels: Grants,
+    pub publish_channels: Grants,
+}
+
+impl NewTicket {
+    pub fn to_query(&self) -> Vec<(&'static str, String)> {
+        let mut q = vec![
+            ("hash", self.hash.clone()),
+            ("channels", self.channels.to_text()),
+            ("publishChannels", self.publish_channels.to_text()),
+        ];
+        if let Some(exp) = self.expires_at_ms {
+            q.push(("exp", exp.to_string()));
+        }
+        q
+    }
+
+    /// Reads the hop's query pairs back; `None` without a hash.
+    pub fn from_query(pairs: Vec<(String, String)>) -> Option<NewTicket> {
+        let mut t = NewTicket {
+            hash: String::new(),
+            expires_at_ms: None,
+            channels: Grants::default(),
+            publish_channels: Grants::default(),
+        };
+        let mut hash = None;
+        for (k, v) in pairs {
+            match k.as_str() {
+                "hash" => hash = Some(v),
+                "exp" => t.expires_at_ms = v.parse::<i64>().ok(),
+                "channels" => t.channels = Grants::from_text(&v),
+                "publishChannels" => t.publish_channels = Grants::from_text(&v),
+                _ => {}
+            }
+        }
+        t.hash = hash?;
+        Some(t)
+    }
 }
 
 impl Connect {
@@ -86,6 +137,9 @@ impl Connect {
         if !self.publish_channels.is_empty() {
             q.push(("publishChannels", self.publish_channels.to_text()));
         }
+        if let Some(ticket) = &self.ticket {
+            q.push(("ticket", ticket.clone()));
+        }
         q
     }
 
@@ -99,6 +153,7 @@ impl Connect {
             since: None,
             channels: Grants::default(),
             publish_channels: Grants::default(),
+            ticket: None,
         };
         let mut user = None;
         for (k, v) in pairs {
@@ -110,6 +165,7 @@ impl Connect {
                 "since" => c.since = v.parse::<u64>().ok(),
                 "channels" => c.channels = Grants::from_text(&v),
                 "publishChannels" => c.publish_channels = Grants::from_text(&v),
+                "ticket" => c.ticket = Some(v),
                 _ => {}
             }
         }
@@ -320,9 +376,19 @@ mod tests {
             since: Some(7),
             channels: Grants::from_text("room:*"),
             publish_channels: Grants::from_text("room:1"),
+            ticket: Some("ab12".into()),
         };
         let url = url("hub", user_path::CONNECT, &borrowed(&c.to_query()));
         assert_eq!(Connect::from_query(query::pairs(&url)), Some(c));
+        let t = NewTicket {
+            hash: "ab12".into(),
+            expires_at_ms: Some(1_800_000_000_000),
+            channels: Grants::from_text("room:*"),
+            publish_channels: Grants::default(),
+        };
+        let ticket_url = super::url("hub", user_path::TICKETS, &borrowed(&t.to_query()));
+        assert_eq!(NewTicket::from_query(query::pairs(&ticket_url)), Some(t));
+        assert_eq!(NewTicket::from_query(query::pairs("https://hub/tickets?exp=1")), None);
         assert_eq!(Connect::from_query(query::pairs("https://hub/connect?transport=sse")), None);
     }
 

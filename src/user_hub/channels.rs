@@ -64,7 +64,16 @@ impl UserHub {
             conn.ws.serialize_attachment(Attachment::of(conn))
         };
         if let Err(e) = stored {
+            // Without the attachment the membership would vanish at the next hibernation, silently:
+            // undo it and say so, so the client joins again.
             log::error("storage_error", json!({ "op": "join", "message": e.to_string() }));
+            if let Some(conn) = self.conns.borrow_mut().as_mut().and_then(|c| c.get_mut(id)) {
+                conn.channels.retain(|(c, _)| *c != channel);
+            }
+            if self.joined_count(&channel) == 0 {
+                self.unregister(&user_id, &channel).await;
+            }
+            return send_error(ws, "unavailable", &format!("could not join `{channel}`: try again"), frame_id, &[]);
         }
         log::info("join", json!({ "userId": user_id, "connectionId": id, "channel": channel }));
         reply_ok(ws, frame_id);
@@ -98,8 +107,9 @@ impl UserHub {
     /// A closed connection's channels, in those no other connection holds: the user stays a member
     /// for `CHANNEL_LINGER_SECONDS` (its history keeps the channel's envelopes, so a client that
     /// reconnects, joins again and resumes misses nothing); then the alarm tells the root it left.
-    pub(crate) async fn left_channels(&self, conn: &Conn) {
-        let linger = self.config().map_or(0, |c| c.channel_linger_seconds);
+    /// Without `linger` (a backend's kick) the user leaves at once.
+    pub(crate) async fn left_channels(&self, conn: &Conn, linger: bool) {
+        let linger = if linger { self.config().map_or(0, |c| c.channel_linger_seconds) } else { 0 };
         let now = Date::now().as_millis() as i64;
         let mut lingering = false;
         for (channel, _) in &conn.channels {

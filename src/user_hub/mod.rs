@@ -16,8 +16,8 @@
 //! By role: [`state`] (the connection cache and its rebuilding after a wake), [`socket`] (accepting
 //! sockets, client frames, closes), [`publish`] (fan-out, acks, idempotency), [`history`] (the
 //! record of envelopes and replay), [`channels`] (joins, leaves, lingering, client publishes),
-//! [`connections`] (the connection API and lifetimes), [`outbox`] (webhooks and the alarm), and
-//! [`reply`] (answers to a client's frame).
+//! [`connections`] (the connection API and lifetimes), [`outbox`] (webhooks and the alarm),
+//! [`tickets`] (one-time connect tickets) and [`reply`] (answers to a client's frame).
 
 mod channels;
 mod connections;
@@ -27,6 +27,7 @@ mod publish;
 mod reply;
 mod socket;
 mod state;
+mod tickets;
 
 use crate::core::acks::AckRegistry;
 use crate::core::config::Config;
@@ -56,7 +57,9 @@ CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, event_i
   created INTEGER NOT NULL, attempts INTEGER NOT NULL, next_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS grants (conn_id TEXT PRIMARY KEY, join_grants TEXT NOT NULL, publish_grants TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS channels (name TEXT PRIMARY KEY, version INTEGER NOT NULL, user_id TEXT NOT NULL,
-  left_at INTEGER);";
+  left_at INTEGER);
+CREATE TABLE IF NOT EXISTS tickets (hash TEXT PRIMARY KEY, expires_at INTEGER NOT NULL, exp INTEGER,
+  join_grants TEXT NOT NULL, publish_grants TEXT NOT NULL);";
 
 /// The Durable Object. Its state lives behind an `Rc` so a handler that must wait can own a handle
 /// to it (`'static` futures): the socket handlers are exported by hand below, synchronous where they
@@ -79,6 +82,16 @@ pub struct Inner {
     oldest: Cell<Option<(u64, i64)>>,
     /// The last version number given to a channel membership update (see [`crate::core::channel::next_version`]).
     pub(crate) version: Cell<u64>,
+    /// The newest outbox row an attempt in flight carries (0: none), so it is not changed under it.
+    outbox_sending: Cell<i64>,
+    /// Events still to send one at a time after the backend refused a batch (to find the culprit).
+    outbox_solo: Cell<usize>,
+    /// Alarm runs that failed in a row (their retry backs off).
+    alarm_failures: Cell<u32>,
+    /// `TEST_FAULTS=alarm` has failed this object's alarm once already.
+    fault_spent: Cell<bool>,
+    /// Whether this object made sure an alarm will age out its history (once per construction).
+    history_alarm_checked: Cell<bool>,
 }
 
 impl std::ops::Deref for UserHub {
@@ -110,6 +123,11 @@ impl worker::DurableObject for UserHub {
             seq: Cell::new(0),
             oldest: Cell::new(None),
             version: Cell::new(0),
+            outbox_sending: Cell::new(0),
+            outbox_solo: Cell::new(0),
+            alarm_failures: Cell::new(0),
+            fault_spent: Cell::new(false),
+            history_alarm_checked: Cell::new(false),
         };
         UserHub { inner: Rc::new(inner) }
     }
@@ -122,6 +140,7 @@ impl worker::DurableObject for UserHub {
             Ok(Call::Ack) => self.http_ack(&mut req, cors.as_deref()).await,
             Ok(Call::ListConnections) => self.list_connections(cors.as_deref()),
             Ok(Call::Kick { connection_id }) => self.kick(connection_id, cors.as_deref()).await,
+            Ok(Call::IssueTicket(ticket)) => self.issue_ticket(ticket),
         };
         result.or_else(|e| {
             if e.status() >= 500 {
@@ -132,9 +151,11 @@ impl worker::DurableObject for UserHub {
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
-        if let Err(e) = self.on_alarm().await {
-            // Throwing would make the runtime retry the alarm; the outbox re-arms itself instead.
-            log::error("alarm_error", json!({ "message": e.to_string() }));
+        // The run re-arms itself, after a failure too; only when no alarm could be set does this
+        // throw, so the runtime retries the alarm (with its own backoff).
+        if let Err(e) = self.run_alarm().await {
+            log::error("alarm_error", json!({ "op": "rearm", "message": e.to_string() }));
+            return Err(worker::Error::RustError(format!("the alarm could not be re-armed: {e}")));
         }
         Response::empty()
     }

@@ -3,6 +3,7 @@
 //! hub. Close codes are in [`crate::core::protocol::close`].
 
 use super::channels::ClientPublish;
+use super::outbox::Enqueued;
 use super::reply::{reply_ok, send, send_error};
 use super::state::{conn_id, deadline, Attachment, Conn};
 use super::UserHub;
@@ -11,7 +12,7 @@ use crate::core::channel::ChannelGrants;
 use crate::core::error::Error;
 use crate::core::filter::{self, FilterSet};
 use crate::core::protocol::{
-    self, reply_close_code, rfc3339, ClientFrame, Skipped, CLOSE_FLOOD, CLOSE_FRAME_TOO_LARGE,
+    self, reply_close_code, rfc3339, ClientFrame, Skipped, Transport, CLOSE_FLOOD, CLOSE_FRAME_TOO_LARGE,
 };
 use crate::core::ratelimit::TokenBucket;
 use crate::core::{ids, webhook};
@@ -53,15 +54,23 @@ impl UserHub {
     /// anything live can reach it.
     pub(super) async fn accept(&self, connect: Connect) -> Result<Response, Error> {
         let config = self.config()?;
-        let Connect { user_id, expires_at_ms, transport, filters, since, channels, publish_channels } = connect;
-        let expires_at = expires_at_ms.map(|e| e as f64);
-        let grants = ChannelGrants { join: channels, publish: publish_channels };
+        let Connect { user_id, expires_at_ms, transport, filters, since, channels, publish_channels, ticket } = connect;
+        let mut expires_at = expires_at_ms.map(|e| e as f64);
+        let mut grants = ChannelGrants { join: channels, publish: publish_channels };
         self.ensure_loaded()?;
         let open = self.conns.borrow().as_ref().map_or(0, |c| c.len());
         if open >= config.max_connections_per_user {
             return Err(Error::TooManyRequests(format!(
                 "this user already has {open} open connections (MAX_CONNECTIONS_PER_USER)"
             )));
+        }
+        if let Some(hash) = &ticket {
+            // The token's checked claims were stored with the ticket; the row goes now (single use).
+            let stored = self.take_ticket(hash)?;
+            expires_at = stored.expires_at_ms.map(|e| e as f64);
+            if transport == Transport::WebSocket {
+                grants = ChannelGrants { join: stored.channels, publish: stored.publish_channels };
+            }
         }
 
         let pair = WebSocketPair::new()?;
@@ -103,9 +112,17 @@ impl UserHub {
             json!({ "userId": user_id, "connectionId": id, "transport": transport.name(), "open": open + 1, "since": since }),
         );
         let data = json!({ "connectionId": id, "transport": transport.name(), "connectedAt": rfc3339(now as u64) });
-        self.enqueue_event(webhook::CONNECTION_OPENED, &user_id, data).await?;
-        if let Some(d) = deadline {
-            self.schedule_alarm(Some(d.ceil() as i64), false).await?;
+        let mut stored = self.enqueue_event(webhook::CONNECTION_OPENED, &user_id, data).await.map(|_| ());
+        if let (Ok(()), Some(d)) = (&stored, deadline) {
+            stored = self.schedule_alarm(Some(d.ceil() as i64), false).await;
+        }
+        if let Err(e) = stored {
+            // The socket is accepted already: left alone it would be a ghost that counts against
+            // MAX_CONNECTIONS_PER_USER and is never closed at its deadline.
+            if let Some(conn) = self.forget(&id) {
+                let _ = conn.ws.close(Some(1011), Some("could not be set up; reconnect"));
+            }
+            return Err(e);
         }
         Ok(Response::from_websocket(pair.client)?)
     }
@@ -263,6 +280,10 @@ impl UserHub {
         };
         if updated != before {
             if let Err(e) = self.store_filters(id, &updated) {
+                // Memory goes back to what storage holds, so the two never differ after an eviction.
+                if let Some(conn) = self.conns.borrow_mut().as_mut().and_then(|c| c.get_mut(id)) {
+                    conn.filters = before;
+                }
                 log::error("storage_error", json!({ "op": "store_filters", "message": e.to_string() }));
                 return reply(&protocol::error_frame(
                     "internal_error",
@@ -304,8 +325,15 @@ impl UserHub {
             event["messageId"] = frame_id;
         }
         match self.enqueue_event(webhook::CLIENT_MESSAGE, &user_id, event).await {
-            Ok(true) => reply_ok(ws, frame_id),
-            Ok(false) => send_error(
+            Ok(Enqueued::Queued) => reply_ok(ws, frame_id),
+            Ok(Enqueued::Full) => send_error(
+                ws,
+                "backlog_full",
+                "this user's webhook queue is full (WEBHOOK_MAX_BACKLOG events wait for the backend): send it again later",
+                frame_id,
+                &[],
+            ),
+            Ok(Enqueued::Off) => send_error(
                 ws,
                 "no_backend",
                 "no backend webhook is configured to receive messages (set WEBHOOK_URL and WEBHOOK_SECRET)",
@@ -324,7 +352,9 @@ impl UserHub {
     pub(crate) async fn close_by_server(&self, id: &str, code: u16, reason: &str, by: &str) {
         let Some(conn) = self.forget(id) else { return };
         let _ = conn.ws.close(Some(code), Some(reason));
-        self.left_channels(&conn).await;
+        // A backend's kick ends the channel memberships at once: the linger is for clients that
+        // reconnect, and the backend has just said this one should not be there.
+        self.left_channels(&conn, by != "backend").await;
         log::info(
             "close",
             json!({ "userId": conn.user_id, "connectionId": id, "code": code, "reason": reason, "by": by }),
@@ -351,7 +381,7 @@ impl UserHub {
         let _ = self.ensure_loaded();
         // Unknown here means the server closed it first and has reported it already.
         let Some(conn) = self.forget(&id) else { return };
-        self.left_channels(&conn).await;
+        self.left_channels(&conn, true).await;
         log::info(
             "close",
             json!({ "userId": conn.user_id, "connectionId": id, "code": code, "reason": reason, "clean": was_clean, "by": "client" }),
@@ -364,7 +394,7 @@ impl UserHub {
         let Some(id) = conn_id(self, ws) else { return };
         let _ = self.ensure_loaded();
         let Some(conn) = self.forget(&id) else { return };
-        self.left_channels(&conn).await;
+        self.left_channels(&conn, true).await;
         log::error("socket_error", json!({ "connectionId": id, "message": error }));
         self.report_close(&conn, &id, 1011, "socket error", "error").await;
     }
