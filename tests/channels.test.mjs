@@ -277,6 +277,27 @@ test("partial failure: one user's hub refuses, the others are delivered and coun
   await Promise.all(clients.map((c) => c.close()));
 });
 
+test("a member's hub that does not answer within timeoutMs + HOP_GRACE_MS is a 504 failure entry; the others are delivered", async () => {
+  const t = await startWorker({ HOP_GRACE_MS: "0" }); // see multi.test.mjs: the hop's limit passes first
+  try {
+    const channel = room();
+    const [fast, slow] = [uid(), uid()];
+    const a = await joined(t, fast, channel, { autoAck: () => "fast" });
+    const b = await joined(t, slow, channel); // never acks
+    const res = await publish(t, { channel, type: "t", timeoutMs: 500 });
+    assert.equal(res.status, 200, res.text);
+    assert.deepEqual(res.body.totals, { users: 2, succeeded: 1, failed: 1, clientCount: 1, acked: 1, pending: 0, closed: 0, pruned: 0 });
+    const { message, ...failure } = res.body.users[0];
+    assert.deepEqual(failure, { userId: slow, status: 504, error: "timeout" }, "failures come first");
+    assert.match(message, /did not answer within 500 ms/);
+    assert.deepEqual(res.body.results, ["fast"]);
+    assert.equal((await b.next((f) => f.envelopeId)).channel, channel);
+    await Promise.all([a.close(), b.close()]);
+  } finally {
+    await t.stop();
+  }
+});
+
 test("MAX_CHANNEL_USERS: a join past the limit is refused with channel_full; members of the channel still join more sockets", async () => {
   // No linger: a close frees the place at once.
   const t = await startWorker({ MAX_CHANNEL_USERS: "2", CHANNEL_LINGER_SECONDS: "0" });

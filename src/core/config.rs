@@ -77,6 +77,9 @@ pub struct Config {
     /// How long a user stays a channel's member after its last joined connection closed (not left),
     /// so a client that reconnects and resumes gets what the channel published meanwhile.
     pub channel_linger_seconds: u64,
+    /// How long past the ack timeout a user's hub (or a relay, per level below it) may take to answer
+    /// a multi-user or channel hop before it counts as failed (`HOP_GRACE_MS`).
+    pub hop_grace_ms: u64,
 }
 
 impl Config {
@@ -102,6 +105,7 @@ pub const DEFAULT_WEBHOOK_RETRY_MAX_MS: u64 = 300_000;
 pub const DEFAULT_CHANNEL_FANOUT: u64 = 500;
 pub const DEFAULT_MAX_CHANNEL_USERS: u64 = 100_000;
 pub const DEFAULT_CHANNEL_LINGER_SECONDS: u64 = 60;
+pub const DEFAULT_HOP_GRACE_MS: u64 = 2_000;
 
 impl Config {
     /// Reads the settings through `lookup` (an environment variable or secret by name). Empty strings
@@ -197,10 +201,12 @@ impl Config {
         let max_channel_users = number(&get, "MAX_CHANNEL_USERS", DEFAULT_MAX_CHANNEL_USERS, 1, 10_000_000)? as usize;
 
         let channel_linger_seconds = number(&get, "CHANNEL_LINGER_SECONDS", DEFAULT_CHANNEL_LINGER_SECONDS, 0, 86_400)?;
+        let hop_grace_ms = number(&get, "HOP_GRACE_MS", DEFAULT_HOP_GRACE_MS, 0, 60_000)?;
 
         Ok(Config {
             jwt_secrets,
             channel_linger_seconds,
+            hop_grace_ms,
             channel_fanout,
             max_channel_users,
             max_publish_users,
@@ -253,6 +259,15 @@ mod tests {
         assert_eq!(c.max_frame_bytes, 1 << 20);
         assert_eq!((c.history_seconds, c.history_limit, c.sse_keepalive_seconds), (3600, 1000, 15));
         assert!(c.history_enabled());
+        assert_eq!(c.hop_grace_ms, 2000);
+    }
+
+    #[test]
+    fn hop_grace_is_a_setting_with_bounds() {
+        assert_eq!(parse(&[("JWT_SECRET", "s"), ("HOP_GRACE_MS", "0")]).unwrap().hop_grace_ms, 0);
+        let e = parse(&[("JWT_SECRET", "s"), ("HOP_GRACE_MS", "60001")]).unwrap_err();
+        assert!(e.to_string().contains("HOP_GRACE_MS"), "{e}");
+        assert!(parse(&[("JWT_SECRET", "s"), ("HOP_GRACE_MS", "soon")]).is_err());
     }
 
     #[test]
