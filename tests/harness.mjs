@@ -289,16 +289,23 @@ export class Client {
   }
 
   /**
-   * Resolves when the server's close frame has arrived (readyState CLOSING or CLOSED). For closes the
-   * hub starts outside a socket event (kick, expiry), local workerd ends the TCP connection only when
-   * the hub idles out, so `closed` (which waits for TCP) can lag by ~10 s; browsers give up after 2 s.
+   * Resolves with `{ code, reason }` of the server's close frame as soon as it has arrived. For closes
+   * the hub starts outside a socket event (kick, expiry), local workerd ends the TCP connection only
+   * when the hub idles out, so `closed` (which waits for TCP) can lag by ~10 s; browsers give up after
+   * 2 s. With `terminate`, the TCP connection is then dropped instead of waited for. (The code is read
+   * from the ws library's own record of the frame, `_closeFrameReceived`/`_closeCode`, since ws emits
+   * it only with `close`.)
    */
-  async closeFrame(timeoutMs = 10000) {
+  async closeFrame(timeoutMs = 10000, { terminate = false } = {}) {
     const end = Date.now() + timeoutMs;
-    while (this.ws.readyState < 2) {
+    while (!this.ws._closeFrameReceived) {
       if (Date.now() > end) throw new Error("no close frame");
       await new Promise((r) => setTimeout(r, 10));
     }
+    const frame = { code: this.ws._closeCode, reason: this.ws._closeMessage.toString() };
+    if (terminate) this.ws.terminate();
+    return frame;
+  }
   }
 }
 
