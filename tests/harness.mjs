@@ -306,7 +306,6 @@ export class Client {
     if (terminate) this.ws.terminate();
     return frame;
   }
-  }
 }
 
 /**
