@@ -11,19 +11,17 @@ const REF: &str = "reference";
 /// Metrics shown in the table, per scenario kind.
 fn shown(scenario: &str) -> &'static [&'static str] {
     match scenario {
-        "idle" => {
-            &[
-                "sockets",
-                "users",
-                "mem_kb_per_socket",
-                "mem_kb_per_socket_hibernated",
-                "rss_base_mb",
-                "rss_mb",
-                "rss_hibernated_mb",
-                "cpu_ms_per_connect",
-                "connects_per_s",
-            ]
-        }
+        "idle" => &[
+            "sockets",
+            "users",
+            "mem_kb_per_socket",
+            "mem_kb_per_socket_hibernated",
+            "rss_base_mb",
+            "rss_mb",
+            "rss_hibernated_mb",
+            "cpu_ms_per_connect",
+            "connects_per_s",
+        ],
         "throughput" => &[
             "sockets",
             "publishes",
