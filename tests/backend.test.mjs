@@ -4,7 +4,9 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import crypto from "node:crypto";
-import { startWorker, Client, SseClient, WebhookReceiver, publish, clientToken, publishToken, mint, now } from "./harness.mjs";
+import fs from "node:fs";
+import path from "node:path";
+import { ROOT, startWorker, Client, SseClient, WebhookReceiver, publish, clientToken, publishToken, mint, now } from "./harness.mjs";
 
 const SECRET_BYTES = crypto.randomBytes(24);
 const WEBHOOK_SECRET = `whsec_${SECRET_BYTES.toString("base64")}`;
@@ -59,6 +61,22 @@ test("connection and message events arrive signed, as CloudEvents, in order", as
   assert.deepEqual([events[3].data.code, events[3].data.reason, events[3].data.by], [4321, "bye now", "client"]);
   assert.deepEqual(receiver.bad, []);
   assert.ok(ofUser(u).every((e) => e.webhookId === e.event.id));
+});
+
+test("the README's JavaScript verifier accepts Switchboard's requests and refuses tampered ones", async () => {
+  // The snippet exactly as the README prints it (the block that defines `verify`), run as a module.
+  const readme = fs.readFileSync(path.join(ROOT, "README.md"), "utf8");
+  const block = readme.match(/```js\n(\/\/ Node \/ Workers[\s\S]*?function verify[\s\S]*?)```/)[1];
+  const mod = await import(`data:text/javascript,${encodeURIComponent(`${block}\nexport { verify };`)}`);
+  const u = user();
+  const c = await Client.connect(w, clientToken(u));
+  await c.close();
+  await receiver.until(() => receiver.attempts.filter((a) => a.event?.subject === u && a.status === 204).length === 2);
+  for (const a of receiver.attempts.filter((x) => x.event?.subject === u)) {
+    assert.equal(mod.verify(WEBHOOK_SECRET, a.headers, a.body), true, a.event.type);
+    assert.equal(mod.verify(WEBHOOK_SECRET, a.headers, a.body.replace(u, `${u}x`)), false, "a tampered body");
+    assert.equal(mod.verify("whsec_" + Buffer.from("other").toString("base64"), a.headers, a.body), false, "another secret");
+  }
 });
 
 test("a backend outage loses nothing: retried with the same webhook-id and growing backoff, in order, across a forced eviction", { timeout: 60000 }, async () => {

@@ -502,7 +502,7 @@ export class WebhookReceiver {
         try {
           event = JSON.parse(body);
         } catch {}
-        const attempt = { webhookId: id, timestamp: Number(ts), at: Date.now(), status: null, valid, event };
+        const attempt = { webhookId: id, timestamp: Number(ts), at: Date.now(), status: null, valid, event, headers: req.headers, body };
         this.attempts.push(attempt);
         if (this.mode === "hang") {
           this.#hanging.push(res);
