@@ -114,28 +114,38 @@ test("a publish racing the replay is neither duplicated nor reordered", async ()
   for (let i = 0; i < 30; i++) await publish(w, { userId: u, type: "t", timeoutMs: 0 });
   const c = await Client.connect(w, clientToken(u));
   const m = c.mark();
-  // 20 publishes in flight, at least one of them stored, then the subscribe with since, then 20 more
-  // in flight while the hub replays: the replay and live delivery meet inside the burst.
-  const before = Array.from({ length: 20 }, () => publish(w, { userId: u, type: "t", timeoutMs: 0 }));
-  await Promise.race(before);
-  c.send({ type: "subscribe", filters: [{ type: "t" }], since: 10, id: "race" });
-  const after = Array.from({ length: 20 }, () => publish(w, { userId: u, type: "t", timeoutMs: 0 }));
-  const results = await Promise.all([...before, ...after]);
-  const last = Math.max(...results.map((r) => r.body.seq));
-  assert.equal(last, 70);
-  const got = await collect(c, 60);
-  assert.deepEqual(got.map((e) => e.seq), Array.from({ length: 60 }, (_, i) => 11 + i), "11..70, each once, in order");
+  // Publishes in batches of 5 without pause, from before the subscribe until a batch that started after
+  // its `ok`: some land before the replay reads history, some while it runs, some after it. The first
+  // batch is stored before the subscribe is sent and the last starts after its ok, so the stream is
+  // sure to hold both racing envelopes that were replayed and ones delivered live.
+  let okSeen = false;
+  const seqs = [];
+  const batch = async () => (await Promise.all(Array.from({ length: 5 }, () => publish(w, { userId: u, type: "t", timeoutMs: 0 })))).map((r) => r.body.seq);
+  seqs.push(...(await batch()));
+  const pump = (async () => {
+    for (;;) {
+      const startedAfterOk = okSeen;
+      seqs.push(...(await batch()));
+      if (startedAfterOk) return;
+    }
+  })();
+  const ok = await c.request({ type: "subscribe", filters: [{ type: "t" }], since: 10, id: "race" });
+  okSeen = true;
+  await pump;
+  assert.deepEqual(ok, { type: "ok", id: "race" });
+  const last = Math.max(...seqs);
+  assert.equal(last, 30 + seqs.length);
+  const got = await collect(c, last - 10);
+  assert.deepEqual(got.map((e) => e.seq), Array.from({ length: last - 10 }, (_, i) => 11 + i), `11..${last}, each once, in order`);
   // Replayed ones come first, then live ones; never a replayed one after a live one.
   const firstLive = got.findIndex((e) => !e.replayed);
-  assert.ok(firstLive > 0 && got.slice(firstLive).every((e) => !e.replayed), `replayed then live: ${got.map((e) => (e.replayed ? "r" : "l")).join("")}`);
-  // It really raced: a publish of the burst was replayed (stored before the subscribe ran) and
-  // another was delivered live (after it).
-  assert.ok(got.some((e) => e.replayed && e.seq > 30), "a racing publish landed in the replay");
-  assert.ok(got.some((e) => !e.replayed), "a racing publish was delivered live");
-  // Nothing else: the 60 envelopes and the subscribe's ok, exactly once each.
+  const shape = got.map((e) => (e.replayed ? "r" : "l")).join("");
+  assert.ok(firstLive > 0 && got.slice(firstLive).every((e) => !e.replayed), `replayed then live: ${shape}`);
+  assert.ok(got.some((e) => e.replayed && e.seq > 30), `a publish of the burst landed in the replay: ${shape}`);
+  // Nothing else: the envelopes and the subscribe's ok, exactly once each.
   const all = await c.since(m);
   assert.deepEqual(all.filter((f) => f.envelopeId).map((e) => e.seq), got.map((e) => e.seq));
-  assert.deepEqual(all.filter((f) => !f.envelopeId), [{ type: "ok", id: "race" }]);
+  assert.deepEqual(all.filter((f) => !f.envelopeId), [ok]);
   await c.close();
 });
 
