@@ -389,6 +389,13 @@ async fn idle(server: &Server, c: &Config, tag: &str) -> Outcome {
         tokio::time::sleep(Duration::from_millis(1000)).await;
         rss1 = rss_kb(server.pid);
     }
+    // Then leave them alone until workerd has evicted the idle hubs (~10 s without events), and read
+    // again: what an idle, hibernated user costs (the reading above is of hubs still in memory).
+    let mut rss2 = None;
+    if c.idle_hibernate_s > 0 {
+        tokio::time::sleep(Duration::from_secs(c.idle_hibernate_s as u64)).await;
+        rss2 = Some(rss_kb(server.pid));
+    }
     // Still alive and answering? One publish to the first user.
     let expected: HashMap<String, u64> =
         socks.iter().filter(|(u, _)| *u == 0).map(|(_, s)| (s.connection_id.clone(), s.number)).collect();
@@ -413,6 +420,10 @@ async fn idle(server: &Server, c: &Config, tag: &str) -> Outcome {
     m.insert("rss_base_mb".into(), rss0 as f64 / 1024.0);
     m.insert("rss_mb".into(), rss1 as f64 / 1024.0);
     m.insert("mem_kb_per_socket".into(), (rss1 as f64 - rss0 as f64) / sockets.max(1) as f64);
+    if let Some(rss2) = rss2 {
+        m.insert("rss_hibernated_mb".into(), rss2 as f64 / 1024.0);
+        m.insert("mem_kb_per_socket_hibernated".into(), (rss2 as f64 - rss0 as f64) / sockets.max(1) as f64);
+    }
     m.insert("connect_s".into(), connect_s);
     m.insert("connects_per_s".into(), sockets as f64 / connect_s);
     m.insert("cpu_ms_per_connect".into(), cpu as f64 / 1e6 / sockets.max(1) as f64);

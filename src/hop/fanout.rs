@@ -1,5 +1,5 @@
 //! One publish to many users' hubs at once: at most `in_flight` hops in flight, each raced against the
-//! ack timeout plus [`HOP_GRACE_MS`], so a slow or failing hub becomes an error entry for that user
+//! ack timeout plus a grace (`HOP_GRACE_MS`, a setting), so a slow or failing hub becomes an error entry for that user
 //! instead of holding the others. Used by multi-user publish (`userIds`) at the edge and by each leaf
 //! step of a channel's fan-out tree.
 //!
@@ -15,18 +15,17 @@ use worker::{Delay, Env};
 
 /// Hops to hubs in flight at once.
 pub const MAX_HOPS_IN_FLIGHT: usize = 50;
-/// How long past the ack timeout a hub may take to answer before it counts as timed out.
-pub const HOP_GRACE_MS: u64 = 2_000;
 
 /// Sends `base` (with each user in turn) to every user's hub, at most `in_flight` at once, and
 /// returns each user's outcome in `users`' order: the hub's answer with `userId`, or
-/// `{userId, status, error, message}`. Each hop is raced against `timeout_ms` + [`HOP_GRACE_MS`].
+/// `{userId, status, error, message}`. Each hop is raced against `limit_ms` (the ack timeout plus the
+/// hop grace), after which the user is a 504 `timeout` entry.
 pub async fn fan_out(
     env: &Env,
     base: &PublishMeta,
     payload: &str,
     users: &[String],
-    timeout_ms: u64,
+    limit_ms: u64,
     idempotency_key: Option<&str>,
     in_flight: usize,
 ) -> Vec<Value> {
@@ -36,7 +35,7 @@ pub async fn fan_out(
         .map(|(i, user)| async move {
             let meta = PublishMeta { user_id: user.clone(), ..base.clone() };
             let hop = Box::pin(super::user::publish(env, &meta, payload, idempotency_key));
-            let limit = Delay::from(Duration::from_millis(timeout_ms + HOP_GRACE_MS));
+            let limit = Delay::from(Duration::from_millis(limit_ms));
             let outcome = match select(hop, limit).await {
                 Either::Left((Ok((status, body)), _)) => match serde_json::from_str::<Value>(&body) {
                     Ok(Value::Object(mut o)) if status == 200 => {
@@ -54,7 +53,7 @@ pub async fn fan_out(
                 }
                 Either::Right(_) => json!({
                     "userId": user, "status": 504, "error": "timeout",
-                    "message": format!("the user's hub did not answer within {} ms", timeout_ms + HOP_GRACE_MS),
+                    "message": format!("the user's hub did not answer within {limit_ms} ms"),
                 }),
             };
             (i, outcome)
