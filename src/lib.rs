@@ -6,66 +6,44 @@
 //!
 //! # Layout
 //!
-//! Pure modules (no `worker` types; unit-tested on the host with `cargo test`):
-//! - [`protocol`]: client frames in, control frames and envelopes out, the `/publish` body and reply.
-//! - [`filter`]: subscription filters, their limits, and matching against an envelope.
-//! - [`auth`]: token extraction and HS256 verification with `exp`/`nbf` and secret rotation.
-//! - [`channel`]: channel names and grants, the fan-out tree's shape, membership versions, and the
-//!   aggregation of a channel publish's answers.
-//! - [`acks`]: bookkeeping for publishes waiting on their recipients' acks.
-//! - [`config`]: every setting, parsed once, with errors that name the setting.
-//! - [`error`]: the one error type, with its HTTP status and stable code.
-//! - [`ratelimit`]: the per-connection token bucket that stops floods.
-//! - [`ids`]: random UUIDs for connections and envelopes.
-//! - [`query`]: query strings, read and written without the `url` crate.
-//! - [`webhook`]: CloudEvents for the backend, Standard Webhooks signatures, retry backoff.
+//! The folders are the layers, and every dependency points down this list (a test below reads the
+//! `use crate::` lines and fails on a cycle or a layer violation):
 //!
-//! Runtime-facing modules (thin, exercised by the end-to-end suite in `tests/` against workerd):
-//! - [`router`]: the Worker entry point: routing, authentication, CORS, and the hop to a hub.
-//! - [`hub`]: the `UserHub` Durable Object: connection cache, storage, publish fan-out and acks,
-//!   plus the Worker-side helpers that reach a user's hub.
-//! - [`ws`]: the WebSocket transport inside the hub: accept, frames, close codes.
-//! - [`sse`]: Server-Sent Events: the Worker holds the stream and bridges it to a hibernatable
-//!   WebSocket into the hub.
-//! - [`multi`]: multi-user publish (`userIds`): concurrent hops to each user's hub, aggregated.
-//! - [`channel_hub`]: the `ChannelHub` Durable Object: a channel's members (root) and the relays
-//!   of its fan-out tree; see `docs/channels.md`.
-//! - [`outbox`]: the hub's durable webhook queue and its alarm (which also closes expired connections).
-//! - [`http`]: JSON responses, CORS headers, and reading bodies under a size limit.
-//! - [`log`]: one JSON line per event, readable in `wrangler dev` and `wrangler tail`.
+//! 1. [`core`]: everything with no `worker` types, unit-tested on the host with `cargo test`: the
+//!    wire [`core::protocol`] (client frames, server frames and envelopes, the backend's bodies and
+//!    answers, close codes), [`core::filter`], [`core::auth`] (tokens), [`core::channel`] (names,
+//!    grants, the fan-out tree, aggregates), [`core::acks`], [`core::config`] (every setting),
+//!    [`core::error`], [`core::ratelimit`], [`core::ids`], [`core::query`] and [`core::webhook`].
+//! 2. `runtime`: glue to the Workers runtime that every part shares: JSON responses and CORS, log
+//!    lines, the settings parsed once per isolate, JS strings passed without a copy.
+//! 3. [`hop`]: the internal hop, both sides: the Worker to a user's hub or a channel's root, a hub to
+//!    a root, a root to its relays, a relay to users' hubs. [`hop::wire`] is its pure encoding.
+//! 4. The three runtime roles, which never import each other and talk only through the hop:
+//!    - `edge`: the Worker: routing, authentication, the SSE bridge, multi-user publish;
+//!    - `user_hub`: the `UserHub` Durable Object, one per user, one file per role (state, socket
+//!      frames, publish and acks, history, channels, connections, outbox and alarm);
+//!    - `channel_hub`: the `ChannelHub` Durable Object: a channel's root and the relays of its
+//!      fan-out tree (see `docs/channels.md`).
+//!
+//! The runtime layers (2-4, except [`hop::wire`]) build for `wasm32` only; end-to-end tests in
+//! `tests/` run the built wasm in workerd.
 
-pub mod acks;
-pub mod auth;
-pub mod channel;
-pub mod config;
-pub mod error;
-pub mod filter;
-pub mod ids;
-pub mod protocol;
-pub mod query;
-pub mod ratelimit;
-pub mod webhook;
+pub mod core;
+pub mod hop;
 
 #[cfg(target_arch = "wasm32")]
 mod channel_hub;
 #[cfg(target_arch = "wasm32")]
-mod http;
+mod edge;
 #[cfg(target_arch = "wasm32")]
-mod hub;
+mod runtime;
 #[cfg(target_arch = "wasm32")]
-mod log;
-#[cfg(target_arch = "wasm32")]
-mod multi;
-#[cfg(target_arch = "wasm32")]
-mod outbox;
-#[cfg(target_arch = "wasm32")]
-mod router;
-#[cfg(target_arch = "wasm32")]
-mod sse;
-#[cfg(target_arch = "wasm32")]
-mod ws;
+mod user_hub;
 
 #[cfg(target_arch = "wasm32")]
 pub use channel_hub::ChannelHub;
 #[cfg(target_arch = "wasm32")]
-pub use hub::UserHub;
+pub use user_hub::UserHub;
+
+#[cfg(test)]
+mod layers;

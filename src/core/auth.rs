@@ -4,8 +4,8 @@
 //! `exp` and `nbf` are enforced when present, with [`LEEWAY_SECONDS`] of clock skew allowed.
 //! Tokens are never logged: errors describe what is wrong without echoing the token.
 
-use crate::channel::Grants;
-use crate::error::Error;
+use crate::core::channel::Grants;
+use crate::core::error::Error;
 use jwt_compact::{
     alg::{Hs256, Hs256Key},
     AlgorithmExt, UntrustedToken, ValidationError,

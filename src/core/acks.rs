@@ -79,7 +79,7 @@ impl Collector {
     pub fn acks(&self) -> impl Iterator<Item = (&str, &RawValue)> {
         self.acks
             .iter()
-            .map(|(i, r)| (self.expected[*i].0.as_str(), r.as_deref().unwrap_or_else(|| crate::protocol::null())))
+            .map(|(i, r)| (self.expected[*i].0.as_str(), r.as_deref().unwrap_or_else(|| crate::core::protocol::null())))
     }
 
     /// Connections still open that did not ack.

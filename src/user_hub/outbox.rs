@@ -11,10 +11,12 @@
 //! The same alarm enforces connection lifetimes (token `exp`, `MAX_CONNECTION_SECONDS`): the hub keeps
 //! one alarm at the earliest of "next webhook attempt" and "next connection deadline".
 
-use crate::config::WebhookConfig;
-use crate::error::Error;
-use crate::hub::UserHub;
-use crate::{ids, log, webhook};
+use super::UserHub;
+use crate::core::config::WebhookConfig;
+use crate::core::error::Error;
+use crate::core::protocol::rfc3339;
+use crate::core::{ids, webhook};
+use crate::runtime::log;
 use futures_util::future::{select, Either};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -49,7 +51,7 @@ impl UserHub {
         }
         let now = Date::now().as_millis() as i64;
         let event_id = format!("evt_{}", ids::uuid_v4().replace('-', ""));
-        let body = webhook::event(&event_id, kind, user_id, &crate::hub::rfc3339(now as u64), data);
+        let body = webhook::event(&event_id, kind, user_id, &rfc3339(now as u64), data);
         self.state.storage().sql().exec(
             "INSERT INTO outbox (event_id, body, created, attempts, next_at) VALUES (?, ?, ?, 0, ?)",
             vec![event_id.into(), body.into(), now.into(), now.into()],

@@ -1,9 +1,16 @@
 //! HTTP plumbing shared by the Worker and the hub: JSON responses with CORS headers, the preflight
 //! answer, and reading a request body without ever holding more than the limit.
 
-use crate::error::Error;
+use crate::core::error::Error;
 use futures_util::StreamExt;
 use worker::{Headers, Request, Response};
+
+/// A runtime call that failed (storage, a stub, a header) is an internal error: 500 with its message.
+impl From<worker::Error> for Error {
+    fn from(e: worker::Error) -> Self {
+        Error::Internal(e.to_string())
+    }
+}
 
 /// Methods and headers a browser may use cross-origin.
 const ALLOW_METHODS: &str = "GET, POST, DELETE, OPTIONS";

@@ -127,6 +127,20 @@ impl Grants {
     }
 }
 
+/// What a connection's token allows it to do with channels (the `channels` and `publishChannels`
+/// claims); a hub keeps it in SQLite because it may not fit the socket's attachment.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ChannelGrants {
+    pub join: Grants,
+    pub publish: Grants,
+}
+
+impl ChannelGrants {
+    pub fn is_empty(&self) -> bool {
+        self.join.is_empty() && self.publish.is_empty()
+    }
+}
+
 /// How one step of a channel's fan-out splits `n` users: `None` when the step reaches the users'
 /// hubs itself (`n <= fanout`), else the number of users per relay below it. Each relay's share fits
 /// a subtree one level shallower, so no step ever makes more than `fanout` hops, and the tree is

@@ -5,8 +5,9 @@
 //! for WebSocket clients. When the client goes away the stream is dropped, which closes the
 //! WebSocket, which the hub sees as a close.
 
-use crate::error::Error;
-use crate::hub::{self, ConnectOptions, Transport};
+use crate::core::error::Error;
+use crate::hop::user;
+use crate::hop::wire::Connect;
 use futures_channel::mpsc::{unbounded, UnboundedReceiver};
 use futures_util::Stream;
 use std::future::Future;
@@ -131,17 +132,16 @@ impl Drop for SseStream {
     }
 }
 
-/// Opens an SSE stream for `user_id`: the hub applies `options.filters` (a JSON array) and replays
-/// after `options.since` before anything live is sent.
+/// Opens an SSE stream for `connect.user_id`: the hub applies `connect.filters` (a JSON array) and
+/// replays after `connect.since` before anything live is sent.
 pub async fn open(
     env: &Env,
-    user_id: &str,
-    options: ConnectOptions<'_>,
+    connect: &Connect,
     keepalive_seconds: u64,
     cors: Option<&str>,
     signal: Option<web_sys::AbortSignal>,
 ) -> Result<Response, Error> {
-    let hop = hub::connect(env, user_id, ConnectOptions { transport: Transport::Sse, ..options }).await?;
+    let hop = user::connect(env, connect).await?;
     if hop.status_code() != 101 {
         return Ok(hop); // the hub refused (its JSON error passes through)
     }

@@ -1,6 +1,6 @@
 //! One error type for everything the Worker can answer with, and the single place that decides its
 //! HTTP status, stable `error` code and human message. Turning it into a `worker::Response` (with
-//! CORS headers) happens in [`crate::http`], so this module stays host-testable.
+//! CORS headers) happens in [`crate::runtime::http`], so this module stays host-testable.
 
 use thiserror::Error;
 
@@ -95,12 +95,6 @@ impl Error {
     /// The JSON body: `{"error": code, "message": sentence}`.
     pub fn body(&self) -> String {
         serde_json::json!({ "error": self.code(), "message": self.to_string() }).to_string()
-    }
-}
-
-impl From<worker::Error> for Error {
-    fn from(e: worker::Error) -> Self {
-        Error::Internal(e.to_string())
     }
 }
 

@@ -174,7 +174,7 @@ impl Config {
                 }
                 Some(WebhookConfig {
                     url,
-                    secret: crate::webhook::parse_secret(&secret)?,
+                    secret: crate::core::webhook::parse_secret(&secret)?,
                     timeout_ms: number(&get, "WEBHOOK_TIMEOUT_MS", DEFAULT_WEBHOOK_TIMEOUT_MS, 100, 60_000)?,
                     max_age_seconds: number(
                         &get,
@@ -190,7 +190,8 @@ impl Config {
         };
 
         let max_publish_users =
-            number(&get, "MAX_PUBLISH_USERS", 1_000, 1, crate::protocol::MAX_PUBLISH_USERS_LIMIT as u64)? as usize;
+            number(&get, "MAX_PUBLISH_USERS", 1_000, 1, crate::core::protocol::MAX_PUBLISH_USERS_LIMIT as u64)?
+                as usize;
 
         let channel_fanout = number(&get, "CHANNEL_FANOUT", DEFAULT_CHANNEL_FANOUT, 2, 1_000)? as usize;
         let max_channel_users = number(&get, "MAX_CHANNEL_USERS", DEFAULT_MAX_CHANNEL_USERS, 1, 10_000_000)? as usize;

@@ -1,0 +1,110 @@
+//! The root's role: the channel's members (joins and leaves from users' hubs, versioned), the members
+//! API, and the start of every publish to the channel.
+
+use super::{relay, ChannelHub, MemberRow};
+use crate::core::channel;
+use crate::core::error::Error;
+use crate::hop::wire::{MemberUpdate, PublishMeta};
+use crate::runtime::{http, log, settings};
+use serde_json::json;
+use worker::{Date, Request, Response};
+
+/// Most members `GET /channels/{channel}/members` lists per page.
+pub const MAX_PAGE: usize = 1_000;
+
+impl ChannelHub {
+    /// `POST /member?channel&user&joined=1|0&version`, from a user's hub: the user's first
+    /// connection joined, or the last one left. An update older than the row it would change is
+    /// ignored (a leave and a later join can arrive out of order).
+    pub(super) fn update_member(&self, update: &MemberUpdate, cors: Option<&str>) -> Result<Response, Error> {
+        let config = settings::get(&self.env)?;
+        let MemberUpdate { channel, user_id: user, joined, version } = update;
+        let (joined, version) = (*joined, *version as i64);
+        let (present, count) = self.with_members(|m| (m.contains(user.as_str()), m.len()))?;
+        if joined {
+            if !present && count >= config.max_channel_users {
+                return Err(Error::TooManyRequests(format!(
+                    "the channel has {count} members, the most MAX_CHANNEL_USERS allows"
+                )));
+            }
+            self.sql().exec(
+                "INSERT INTO members (user_id, version) VALUES (?, ?)
+                 ON CONFLICT(user_id) DO UPDATE SET version = excluded.version WHERE excluded.version > members.version",
+                vec![user.clone().into(), version.into()],
+            )?;
+        } else {
+            self.sql().exec(
+                "DELETE FROM members WHERE user_id = ? AND version < ?",
+                vec![user.clone().into(), version.into()],
+            )?;
+        }
+        let members = self.refresh(user)?;
+        log::info("membership", json!({ "channel": channel, "userId": user, "joined": joined, "members": members }));
+        Ok(http::json(200, json!({ "members": members }).to_string(), cors)?)
+    }
+
+    /// `GET /members?channel&limit&cursor`: one page of members in id order.
+    pub(super) fn list(
+        &self,
+        channel: &str,
+        limit: Option<&str>,
+        cursor: Option<&str>,
+        cors: Option<&str>,
+    ) -> Result<Response, Error> {
+        let limit = match limit {
+            None => 100,
+            Some(l) => match l.parse::<usize>() {
+                Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+                _ => return Err(Error::bad_request("invalid_limit", format!("`limit` must be 1 to {MAX_PAGE}"))),
+            },
+        };
+        let cursor = cursor.unwrap_or_default().to_string();
+        let count = self.with_members(|m| m.len())?;
+        let mut page = self
+            .sql()
+            .exec(
+                "SELECT user_id FROM members WHERE user_id > ? ORDER BY user_id LIMIT ?",
+                vec![cursor.into(), (limit as i64 + 1).into()],
+            )?
+            .to_array::<MemberRow>()?;
+        let more = page.len() > limit;
+        page.truncate(limit);
+        let next = more.then(|| page.last().map(|r| r.user_id.clone())).flatten();
+        let members: Vec<String> = page.into_iter().map(|r| r.user_id).collect();
+        let body = json!({ "channel": channel, "count": count, "members": members, "nextCursor": next });
+        Ok(http::json(200, body.to_string(), cors)?)
+    }
+
+    /// `POST /publish` (root): fans the publish out to every member, removes the stale ones found,
+    /// and answers with the aggregate.
+    pub(super) async fn publish(
+        &self,
+        req: &mut Request,
+        channel: &str,
+        meta: &PublishMeta,
+        key: Option<&str>,
+        cors: Option<&str>,
+    ) -> Result<Response, Error> {
+        let config = settings::get(&self.env)?;
+        let payload = req.text().await?;
+        let members: Vec<String> = self.with_members(|m| m.iter().cloned().collect())?;
+        let started = Date::now().as_millis();
+        let aggregate = relay::step(&self.env, &config, channel, "r", &members, meta, &payload, key).await;
+        for (user, version) in &aggregate.stale {
+            self.sql().exec(
+                "DELETE FROM members WHERE user_id = ? AND version < ?",
+                vec![user.clone().into(), (*version as i64).into()],
+            )?;
+            self.refresh(user)?;
+        }
+        let t = aggregate.totals;
+        log::info(
+            "publish_channel",
+            json!({ "channel": channel, "type": meta.kind, "from": meta.from, "users": t.users, "failed": t.failed,
+                "pruned": t.pruned, "clientCount": t.client_count, "acked": t.acked,
+                "depth": channel::depth(members.len(), config.channel_fanout),
+                "ms": Date::now().as_millis().saturating_sub(started) }),
+        );
+        Ok(http::json(200, aggregate.into_response(channel).to_string(), cors)?)
+    }
+}

@@ -1,0 +1,14 @@
+//! The pure core: everything with no `worker` types, unit-tested on the host with `cargo test`.
+//! Nothing here imports the runtime (a test in `lib.rs` checks it).
+
+pub mod acks;
+pub mod auth;
+pub mod channel;
+pub mod config;
+pub mod error;
+pub mod filter;
+pub mod ids;
+pub mod protocol;
+pub mod query;
+pub mod ratelimit;
+pub mod webhook;

@@ -1,0 +1,167 @@
+//! The Worker's routes: each checks its caller and its input, then hops to the object that serves it.
+
+use super::auth::{authenticate, authorize_backend, connecting_user};
+use super::{multi, sse};
+use crate::core::config::Config;
+use crate::core::error::Error;
+use crate::core::protocol::{self, Recipients, Transport};
+use crate::hop::wire::{Connect, PublishMeta};
+use crate::hop::{channel, user};
+use crate::runtime::http;
+use worker::{Env, Method, Request, Response};
+
+pub(super) async fn connect(req: Request, env: &Env, config: &Config) -> Result<Response, Error> {
+    let identity = authenticate(&req, config)?;
+    let user_id = connecting_user(&identity)?;
+    let connect = Connect {
+        user_id,
+        expires_at_ms: identity.expires_at_ms,
+        transport: Transport::WebSocket,
+        filters: None,
+        since: None,
+        channels: identity.channels,
+        publish_channels: identity.publish_channels,
+    };
+    user::connect(env, &connect).await
+}
+
+pub(super) async fn open_sse(req: Request, env: &Env, config: &Config, cors: Option<&str>) -> Result<Response, Error> {
+    let identity = authenticate(&req, config)?;
+    let user_id = connecting_user(&identity)?;
+    let url = req.inner().url();
+    let param = |name: &str| crate::core::query::param(&url, name);
+    let filters = param("filters").unwrap_or_else(|| "[]".into());
+    if filters.len() > sse::MAX_FILTERS_PARAM_BYTES {
+        return Err(Error::bad_request(
+            "invalid_filters",
+            format!("`filters` is longer than {} bytes", sse::MAX_FILTERS_PARAM_BYTES),
+        ));
+    }
+    match serde_json::from_str::<serde_json::Value>(&filters) {
+        Ok(serde_json::Value::Array(_)) => {}
+        _ => {
+            return Err(Error::bad_request(
+                "invalid_filters",
+                "`filters` must be a URL-encoded JSON array of filter objects",
+            ))
+        }
+    }
+    let last_event_id = req.headers().get("last-event-id").ok().flatten();
+    let query_since = param("lastEventId").or_else(|| param("since"));
+    let since = sse::since(last_event_id.as_deref(), query_since.as_deref())?;
+    let connect = Connect {
+        user_id,
+        expires_at_ms: identity.expires_at_ms,
+        transport: Transport::Sse,
+        filters: Some(filters),
+        since,
+        channels: Default::default(),
+        publish_channels: Default::default(),
+    };
+    sse::open(env, &connect, config.sse_keepalive_seconds, cors, Some(req.inner().signal())).await
+}
+
+/// Reads a JSON body under the size limit, after the content-type check.
+async fn json_body(req: &mut Request, config: &Config) -> Result<Vec<u8>, Error> {
+    if !http::is_json(req) {
+        return Err(Error::UnsupportedMediaType);
+    }
+    http::read_body(req, config.max_publish_bytes).await
+}
+
+pub(super) async fn ack(mut req: Request, env: &Env, config: &Config, cors: Option<&str>) -> Result<Response, Error> {
+    let identity = authenticate(&req, config)?;
+    let user_id = connecting_user(&identity)?;
+    let body = json_body(&mut req, config).await?;
+    protocol::parse_ack(&body)?;
+    user::ack(env, &user_id, body, cors).await
+}
+
+/// A path's segments, percent-decoded.
+fn path_segments(path: &str) -> Vec<String> {
+    path.trim_start_matches('/')
+        .split('/')
+        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .collect()
+}
+
+/// `/users/{userId}/connections[/{connectionId}]`: `GET` lists, `DELETE` closes with 4002.
+pub(super) async fn connection_api(
+    req: Request,
+    env: &Env,
+    config: &Config,
+    cors: Option<&str>,
+    method: Method,
+) -> Result<Response, Error> {
+    let path = req.path();
+    let segments = path_segments(&path);
+    let (user_id, connection_id) = match segments.as_slice() {
+        [users, user, conns] if users == "users" && conns == "connections" => (user.clone(), None),
+        [users, user, conns, id] if users == "users" && conns == "connections" && !id.is_empty() => {
+            (user.clone(), Some(id.clone()))
+        }
+        _ => return Err(Error::NotFound(format!("there is no route {path}"))),
+    };
+    let allow = if connection_id.is_some() { "DELETE, OPTIONS" } else { "GET, DELETE, OPTIONS" };
+    match (&method, &connection_id) {
+        (Method::Get, None) | (Method::Delete, _) => {}
+        _ => return Err(Error::MethodNotAllowed { method: method.to_string(), allow }),
+    }
+    authorize_backend(&req, config)?;
+    crate::core::auth::check_user_id(&user_id).map_err(|m| Error::bad_request("invalid_user_id", m))?;
+    user::connections(env, method, &user_id, connection_id.as_deref(), cors).await
+}
+
+pub(super) async fn publish(
+    mut req: Request,
+    env: &Env,
+    config: &Config,
+    cors: Option<&str>,
+) -> Result<Response, Error> {
+    authorize_backend(&req, config)?;
+    let idempotency_key = req.headers().get("idempotency-key").ok().flatten();
+    if let Some(key) = &idempotency_key {
+        protocol::check_idempotency_key(key)?;
+    }
+    let body = json_body(&mut req, config).await?;
+    // Checked here, once: the hub trusts this hop (Durable Objects are reachable only through
+    // this Worker) and never parses the payload itself.
+    let p = protocol::parse_publish(&body)?;
+    match &p.recipients {
+        Recipients::One(user_id) => {
+            let meta = PublishMeta::from_request(&p, user_id, &body);
+            user::publish(env, &meta, p.payload.get(), cors, idempotency_key.as_deref()).await
+        }
+        Recipients::Many(users) => {
+            multi::publish(env, config, &p, users, &body, cors, idempotency_key.as_deref()).await
+        }
+        Recipients::Channel(_) => {
+            let meta = PublishMeta::from_request(&p, "", &body);
+            channel::publish(env, &meta, p.payload.get(), cors, idempotency_key.as_deref()).await
+        }
+    }
+}
+
+/// `/channels/{channel}/members`: `GET` lists a page (`?limit=`, `?cursor=`).
+pub(super) async fn channel_api(
+    req: Request,
+    env: &Env,
+    config: &Config,
+    cors: Option<&str>,
+    method: Method,
+) -> Result<Response, Error> {
+    let path = req.path();
+    let segments = path_segments(&path);
+    let channel = match segments.as_slice() {
+        [channels, channel, members] if channels == "channels" && members == "members" => channel.clone(),
+        _ => return Err(Error::NotFound(format!("there is no route {path}"))),
+    };
+    if method != Method::Get {
+        return Err(Error::MethodNotAllowed { method: method.to_string(), allow: "GET, OPTIONS" });
+    }
+    authorize_backend(&req, config)?;
+    crate::core::channel::check_name(&channel).map_err(|m| Error::bad_request("invalid_channel", m))?;
+    let url = req.inner().url();
+    let (limit, cursor) = (crate::core::query::param(&url, "limit"), crate::core::query::param(&url, "cursor"));
+    channel::members(env, &channel, limit.as_deref(), cursor.as_deref(), cors).await
+}

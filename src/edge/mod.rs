@@ -1,0 +1,90 @@
+//! The edge: the Worker's entry point. It authenticates ([`auth`]), routes, checks what it is sent
+//! ([`handlers`]) and hops to the objects through [`crate::hop`]; it keeps no state. Server-Sent Events
+//! are bridged here ([`sse`]), and multi-user publishes fanned out here ([`multi`]).
+//!
+//! | route | method | what |
+//! |---|---|---|
+//! | any path with `Upgrade: websocket` | GET | connect (token needs `userId`) |
+//! | `/publish` | POST | publish to a user (token needs the `publish` scope) |
+//! | `/sse` | GET | Server-Sent Events stream (token needs `userId`) |
+//! | `/ack` | POST | acknowledge a delivery over HTTP (SSE clients; token needs `userId`) |
+//! | `/users/{userId}/connections` | GET, DELETE | list or close a user's connections (`publish` scope) |
+//! | `/users/{userId}/connections/{connectionId}` | DELETE | close one connection (`publish` scope) |
+//! | `/channels/{channel}/members` | GET | a page of a channel's members (`publish` scope) |
+//! | `/healthz` | GET, HEAD | liveness, no token |
+//! | any | OPTIONS | CORS preflight |
+
+mod auth;
+mod handlers;
+mod multi;
+mod sse;
+
+use crate::core::config::Config;
+use crate::core::error::Error;
+use crate::runtime::{http, log, settings};
+use serde_json::json;
+use worker::{event, Context, Env, Method, Request, Response};
+
+#[event(fetch)]
+pub async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
+    let config = match settings::get(&env) {
+        Ok(c) => c,
+        Err(e) => {
+            log::error("misconfigured", json!({ "message": e.to_string() }));
+            return http::error(&e, Some("*"));
+        }
+    };
+    let origin = req.headers().get("origin").ok().flatten();
+    let cors = config.cors_origins.allow(origin.as_deref());
+    let method = req.method();
+    let path = req.path();
+    match route(req, &env, &config, cors.as_deref()).await {
+        Ok(response) => Ok(response),
+        Err(e) => {
+            let fields = json!({
+                "method": method.as_ref(), "path": path, "status": e.status(), "code": e.code(),
+                "message": e.to_string(),
+            });
+            if e.status() >= 500 {
+                log::error("request_failed", fields);
+            } else {
+                log::info("request_refused", fields);
+            }
+            http::error(&e, cors.as_deref())
+        }
+    }
+}
+
+async fn route(req: Request, env: &Env, config: &Config, cors: Option<&str>) -> Result<Response, Error> {
+    let method = req.method();
+    if method == Method::Options {
+        return Ok(http::preflight(cors)?);
+    }
+    if is_upgrade(&req) {
+        if method != Method::Get {
+            return Err(Error::MethodNotAllowed { method: method.to_string(), allow: "GET" });
+        }
+        return handlers::connect(req, env, config).await;
+    }
+    let path = req.path();
+    match (path.as_str(), method) {
+        ("/publish", Method::Post) => handlers::publish(req, env, config, cors).await,
+        ("/publish", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "POST, OPTIONS" }),
+        ("/sse", Method::Get) => handlers::open_sse(req, env, config, cors).await,
+        ("/sse", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "GET, OPTIONS" }),
+        ("/ack", Method::Post) => handlers::ack(req, env, config, cors).await,
+        ("/ack", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "POST, OPTIONS" }),
+        ("/healthz", Method::Get | Method::Head) => Ok(http::json(200, r#"{"status":"ok"}"#.into(), cors)?),
+        ("/healthz", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "GET, HEAD" }),
+        (p, m) if p.starts_with("/users/") => handlers::connection_api(req, env, config, cors, m).await,
+        (p, m) if p.starts_with("/channels/") => handlers::channel_api(req, env, config, cors, m).await,
+        ("/", Method::Get) => Err(Error::UpgradeRequired),
+        ("/", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "GET, OPTIONS" }),
+        _ => Err(Error::NotFound(format!("there is no route {path}"))),
+    }
+}
+
+/// Whether the request asks for a WebSocket upgrade.
+fn is_upgrade(req: &Request) -> bool {
+    matches!(req.headers().get("upgrade"), Ok(Some(v)) if v.eq_ignore_ascii_case("websocket"))
+}

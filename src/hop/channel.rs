@@ -1,0 +1,125 @@
+//! Calls to a channel's objects (`ChannelHub`, see `docs/channels.md`): a user's hub telling the root of
+//! a join or a leave, a publish to the root (from the Worker, or a client's `publish` frame through its
+//! hub), the members API, and the root's and relays' hops to the relays below them; and the objects'
+//! reading of them ([`read`]).
+
+use super::wire::{self, channel_path, MemberUpdate, PublishMeta};
+use crate::core::channel::{relay_name, root_name, Aggregate};
+use crate::core::error::Error;
+use crate::core::query;
+use serde_json::Value;
+use worker::{Env, Method, Request, Response};
+
+/// What a hop asks of a channel object.
+pub enum Call {
+    /// Root: a user joined or left.
+    Member(MemberUpdate),
+    /// Root: one page of members.
+    Members { channel: String, limit: Option<String>, cursor: Option<String> },
+    /// Root: publish to every member; the payload's JSON text is the body.
+    Publish { channel: String, meta: PublishMeta, idempotency_key: Option<String> },
+    /// Relay: publish to a slice of the members, named in the body (see [`wire::relay_body`]).
+    Relay { channel: String, path: String, meta: PublishMeta, idempotency_key: Option<String> },
+}
+
+/// The channel object's side: which call a hop is.
+pub fn read(req: &Request) -> Result<Call, Error> {
+    let pairs = query::pairs(&req.inner().url());
+    let channel = wire::param(&pairs, "channel")
+        .ok_or_else(|| Error::Internal("the hop to the channel carried no channel".into()))?
+        .to_string();
+    let param = |name: &str| wire::param(&pairs, name).map(str::to_string);
+    let path = req.path();
+    match path.as_str() {
+        channel_path::MEMBER => MemberUpdate::from_query(&pairs)
+            .map(Call::Member)
+            .ok_or_else(|| Error::Internal("a membership update without user, joined and version".into())),
+        channel_path::MEMBERS => Ok(Call::Members { limit: param("limit"), cursor: param("cursor"), channel }),
+        channel_path::PUBLISH | channel_path::RELAY => {
+            let relay_path = param("path").unwrap_or_default();
+            let meta = PublishMeta::from_query(pairs)
+                .ok_or_else(|| Error::Internal("a channel hop without a publish".into()))?;
+            let idempotency_key = super::idempotency_key(req);
+            Ok(if path == channel_path::RELAY {
+                Call::Relay { channel, path: relay_path, meta, idempotency_key }
+            } else {
+                Call::Publish { channel, meta, idempotency_key }
+            })
+        }
+        other => Err(Error::NotFound(format!("the channel has no route {other}"))),
+    }
+}
+
+async fn send(env: &Env, name: &str, req: Request) -> Result<Response, Error> {
+    super::send(env, wire::CHANNEL_HUB_BINDING, name, req, "the channel").await
+}
+
+/// A non-200 answer from a channel object becomes the error it describes (429 stays 429: a full
+/// channel; anything else is the channel being unavailable).
+async fn check(mut res: Response) -> Result<Response, Error> {
+    let status = res.status_code();
+    if status == 200 {
+        return Ok(res);
+    }
+    let body: Value = res.json().await.unwrap_or_default();
+    let message = body["message"].as_str().unwrap_or("the channel failed").to_string();
+    Err(if status == 429 { Error::TooManyRequests(message) } else { Error::Unavailable(message) })
+}
+
+/// Tells a channel's root that a user has joined (its first connection) or left (its last).
+pub async fn update_membership(env: &Env, update: &MemberUpdate) -> Result<(), Error> {
+    let url = wire::url("channel", channel_path::MEMBER, &wire::borrowed(&update.to_query()));
+    let req = super::request(Method::Post, &url, None, None, None)?;
+    check(send(env, &root_name(&update.channel), req).await?).await?;
+    Ok(())
+}
+
+/// Publishes to every member of `meta.channel` and returns the root's answer as it is.
+pub async fn publish(
+    env: &Env,
+    meta: &PublishMeta,
+    payload: &str,
+    cors: Option<&str>,
+    idempotency_key: Option<&str>,
+) -> Result<Response, Error> {
+    let channel =
+        meta.channel.as_deref().ok_or_else(|| Error::Internal("a channel publish without a channel".into()))?;
+    let url = wire::url("channel", channel_path::PUBLISH, &wire::borrowed(&meta.to_query()));
+    let req = super::request(Method::Post, &url, cors, idempotency_key, Some(payload.into()))?;
+    send(env, &root_name(channel), req).await
+}
+
+/// `GET /channels/{channel}/members`: one page of the channel's members, answered as it is.
+pub async fn members(
+    env: &Env,
+    channel: &str,
+    limit: Option<&str>,
+    cursor: Option<&str>,
+    cors: Option<&str>,
+) -> Result<Response, Error> {
+    let mut pairs = vec![("channel", channel)];
+    pairs.extend(limit.map(|l| ("limit", l)));
+    pairs.extend(cursor.map(|c| ("cursor", c)));
+    let url = wire::url("channel", channel_path::MEMBERS, &pairs);
+    send(env, &root_name(channel), super::request(Method::Get, &url, cors, None, None)?).await
+}
+
+/// Hands a slice of the members to the relay at `relay` (its position in the tree) and returns its
+/// aggregate. `meta` carries the channel.
+pub async fn relay(
+    env: &Env,
+    channel: &str,
+    relay: &str,
+    users: &[String],
+    meta: &PublishMeta,
+    payload: &str,
+    idempotency_key: Option<&str>,
+) -> Result<Aggregate, Error> {
+    let mut pairs = meta.to_query();
+    pairs.push(("path", relay.to_string()));
+    let url = wire::url("channel", channel_path::RELAY, &wire::borrowed(&pairs));
+    let body = wire::relay_body(users, payload);
+    let req = super::request(Method::Post, &url, None, idempotency_key, Some(body.into()))?;
+    let mut res = check(send(env, &relay_name(channel, relay), req).await?).await?;
+    res.json::<Aggregate>().await.map_err(|e| Error::Internal(format!("a relay answered unreadably: {e}")))
+}

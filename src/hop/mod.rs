@@ -1,0 +1,69 @@
+//! The internal hop: every call from the Worker to a Durable Object, and between objects (a user's hub
+//! to a channel's root, the root to its relays, a relay to users' hubs). Both sides live here, so the
+//! Worker and the two object kinds never import each other to talk:
+//! - [`wire`]: paths, headers and the encodings of each call's fields (pure, host-tested);
+//! - [`user`]: calls to a user's hub, and the hub's reading of them;
+//! - [`channel`]: calls to a channel's root and relays, and their reading of them;
+//! - [`fanout`]: one publish to many users' hubs at once, each raced against its deadline (multi-user
+//!   publish at the edge, and each leaf step of a channel's tree).
+//!
+//! A hop is a `fetch` on the object's stub; objects are reachable only through this Worker, so a hop's
+//! fields are trusted once the Worker has checked them.
+
+pub mod wire;
+
+#[cfg(target_arch = "wasm32")]
+pub mod channel;
+#[cfg(target_arch = "wasm32")]
+pub mod fanout;
+#[cfg(target_arch = "wasm32")]
+pub mod user;
+
+#[cfg(target_arch = "wasm32")]
+use crate::core::error::Error;
+#[cfg(target_arch = "wasm32")]
+use worker::{Env, Headers, Method, Request, RequestInit, Response};
+
+/// Fetches `req` from the object named `name` in namespace `binding`; a failure to reach it is 503.
+#[cfg(target_arch = "wasm32")]
+async fn send(env: &Env, binding: &str, name: &str, req: Request, what: &str) -> Result<Response, Error> {
+    env.durable_object(binding)?
+        .id_from_name(name)?
+        .get_stub()?
+        .fetch_with_request(req)
+        .await
+        .map_err(|e| Error::Unavailable(format!("{what} did not answer: {e}")))
+}
+
+/// A hop request; `cors` and `idempotency_key` ride in their headers (see [`wire`]).
+#[cfg(target_arch = "wasm32")]
+fn request(
+    method: Method,
+    url: &str,
+    cors: Option<&str>,
+    idempotency_key: Option<&str>,
+    body: Option<wasm_bindgen::JsValue>,
+) -> Result<Request, Error> {
+    let headers = Headers::new();
+    if let Some(origin) = cors {
+        headers.set(wire::CORS_HEADER, origin)?;
+    }
+    if let Some(key) = idempotency_key {
+        headers.set(wire::IDEMPOTENCY_HEADER, key)?;
+    }
+    let mut init = RequestInit::new();
+    init.with_method(method).with_headers(headers).with_body(body);
+    Ok(Request::new_with_init(url, &init)?)
+}
+
+/// The receiving side: the Worker's CORS decision carried by a hop, to answer with.
+#[cfg(target_arch = "wasm32")]
+pub fn cors(req: &Request) -> Option<String> {
+    req.headers().get(wire::CORS_HEADER).ok().flatten()
+}
+
+/// The receiving side: the backend's `Idempotency-Key` carried by a hop.
+#[cfg(target_arch = "wasm32")]
+fn idempotency_key(req: &Request) -> Option<String> {
+    req.headers().get(wire::IDEMPOTENCY_HEADER).ok().flatten()
+}

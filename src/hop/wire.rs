@@ -1,0 +1,319 @@
+//! The internal hop's wire format, both sides: where each call goes (paths), what rides in headers,
+//! and how each call's fields are written into and read back from the hop's URL and body. Pure, so
+//! every encoding is round-trip tested on the host; [`super::user`] and [`super::channel`] send and
+//! receive it through the runtime.
+//!
+//! Fields travel in the URL's query (header values cannot carry every Unicode user id); a payload
+//! travels as the body, as the JSON text the backend sent.
+
+use crate::core::channel::Grants;
+use crate::core::protocol::{fingerprint, PublishRequest, Recipients, Transport};
+use crate::core::query;
+
+/// The binding name of the `UserHub` namespace in wrangler.toml.
+pub const USER_HUB_BINDING: &str = "USER_HUB";
+/// The binding name of the `ChannelHub` namespace in wrangler.toml.
+pub const CHANNEL_HUB_BINDING: &str = "CHANNEL_HUB";
+
+/// Carries the Worker's CORS origin decision to the object, so the object's response is returned to
+/// the client as it is.
+pub const CORS_HEADER: &str = "x-switchboard-cors";
+/// The backend's `Idempotency-Key`, passed on unchanged.
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+/// A user hub's routes.
+pub mod user_path {
+    pub const CONNECT: &str = "/connect";
+    pub const PUBLISH: &str = "/publish";
+    pub const ACK: &str = "/ack";
+    pub const CONNECTIONS: &str = "/connections";
+}
+
+/// A channel object's routes.
+pub mod channel_path {
+    pub const MEMBER: &str = "/member";
+    pub const MEMBERS: &str = "/members";
+    pub const PUBLISH: &str = "/publish";
+    pub const RELAY: &str = "/relay";
+}
+
+/// A URL for `path` on an object, with `pairs` as its query. The host is never looked at: a stub's
+/// fetch goes to its object whatever the URL says.
+pub fn url(host: &str, path: &str, pairs: &[(&str, &str)]) -> String {
+    let base = format!("https://{host}{path}");
+    if pairs.is_empty() {
+        base
+    } else {
+        query::build(&base, pairs)
+    }
+}
+
+/// Borrows owned query pairs for [`url`].
+pub fn borrowed<'a>(pairs: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    pairs.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// A new connection for a user's hub: the user and what the token and the request bring.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Connect {
+    pub user_id: String,
+    /// The connect token's `exp`, in ms since the epoch.
+    pub expires_at_ms: Option<i64>,
+    pub transport: Transport,
+    /// Filters to start with (SSE: from the query), as a JSON array.
+    pub filters: Option<String>,
+    /// Replay envelopes after this seq (SSE: `Last-Event-ID`).
+    pub since: Option<u64>,
+    /// The token's channel grants (the `channels` and `publishChannels` claims).
+    pub channels: Grants,
+    pub publish_channels: Grants,
+}
+
+impl Connect {
+    pub fn to_query(&self) -> Vec<(&'static str, String)> {
+        let mut q = vec![("user", self.user_id.clone()), ("transport", self.transport.name().to_string())];
+        if let Some(exp) = self.expires_at_ms {
+            q.push(("exp", exp.to_string()));
+        }
+        if let Some(filters) = &self.filters {
+            q.push(("filters", filters.clone()));
+        }
+        if let Some(since) = self.since {
+            q.push(("since", since.to_string()));
+        }
+        if !self.channels.is_empty() {
+            q.push(("channels", self.channels.to_text()));
+        }
+        if !self.publish_channels.is_empty() {
+            q.push(("publishChannels", self.publish_channels.to_text()));
+        }
+        q
+    }
+
+    /// Reads the hop's query pairs back; `None` without a user.
+    pub fn from_query(pairs: Vec<(String, String)>) -> Option<Connect> {
+        let mut c = Connect {
+            user_id: String::new(),
+            expires_at_ms: None,
+            transport: Transport::WebSocket,
+            filters: None,
+            since: None,
+            channels: Grants::default(),
+            publish_channels: Grants::default(),
+        };
+        let mut user = None;
+        for (k, v) in pairs {
+            match k.as_str() {
+                "user" => user = Some(v),
+                "transport" => c.transport = Transport::from_name(&v),
+                "exp" => c.expires_at_ms = v.parse::<i64>().ok(),
+                "filters" => c.filters = Some(v),
+                "since" => c.since = v.parse::<u64>().ok(),
+                "channels" => c.channels = Grants::from_text(&v),
+                "publishChannels" => c.publish_channels = Grants::from_text(&v),
+                _ => {}
+            }
+        }
+        c.user_id = user?;
+        Some(c)
+    }
+}
+
+/// What the Worker has checked about a publish, handed to the hub in the hop's URL (the payload's
+/// JSON text is the hop's body).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublishMeta {
+    pub user_id: String,
+    pub kind: String,
+    pub connection_id: Option<String>,
+    pub timeout_ms: Option<u64>,
+    /// A fingerprint of the whole request body, for `Idempotency-Key` conflicts.
+    pub body_hash: String,
+    /// A channel publish: only connections that joined it receive the envelope.
+    pub channel: Option<String>,
+    /// A client's channel publish: its user (the envelope's `from`) and its connection (skipped).
+    pub from: Option<String>,
+    pub except: Option<String>,
+}
+
+impl PublishMeta {
+    pub fn from_request(p: &PublishRequest<'_>, user_id: &str, body: &[u8]) -> PublishMeta {
+        PublishMeta {
+            user_id: user_id.to_string(),
+            kind: p.kind.clone(),
+            connection_id: p.connection_id.clone(),
+            timeout_ms: p.timeout_ms,
+            body_hash: fingerprint(body),
+            channel: match &p.recipients {
+                Recipients::Channel(c) => Some(c.clone()),
+                _ => None,
+            },
+            from: None,
+            except: None,
+        }
+    }
+
+    /// `(name, value)` query pairs for the hop.
+    pub fn to_query(&self) -> Vec<(&'static str, String)> {
+        let mut q = vec![("user", self.user_id.clone()), ("type", self.kind.clone()), ("hash", self.body_hash.clone())];
+        if let Some(c) = &self.connection_id {
+            q.push(("conn", c.clone()));
+        }
+        if let Some(t) = self.timeout_ms {
+            q.push(("timeout", t.to_string()));
+        }
+        for (name, value) in [("channel", &self.channel), ("from", &self.from), ("except", &self.except)] {
+            if let Some(v) = value {
+                q.push((name, v.clone()));
+            }
+        }
+        q
+    }
+
+    /// Reads the hop's query pairs back.
+    pub fn from_query(pairs: Vec<(String, String)>) -> Option<PublishMeta> {
+        let (mut user_id, mut kind, mut body_hash, mut connection_id, mut timeout_ms) = (None, None, None, None, None);
+        let (mut channel, mut from, mut except) = (None, None, None);
+        for (k, v) in pairs {
+            match k.as_str() {
+                "user" => user_id = Some(v),
+                "type" => kind = Some(v),
+                "hash" => body_hash = Some(v),
+                "conn" => connection_id = Some(v),
+                "timeout" => timeout_ms = Some(v.parse().ok()?),
+                "channel" => channel = Some(v),
+                "from" => from = Some(v),
+                "except" => except = Some(v),
+                _ => {}
+            }
+        }
+        Some(PublishMeta {
+            user_id: user_id?,
+            kind: kind?,
+            connection_id,
+            timeout_ms,
+            body_hash: body_hash?,
+            channel,
+            from,
+            except,
+        })
+    }
+}
+
+/// A user hub telling a channel's root that the user joined (its first connection) or left (its last).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberUpdate {
+    pub channel: String,
+    pub user_id: String,
+    pub joined: bool,
+    /// Only grows (see [`crate::core::channel::next_version`]); the root applies an update only over
+    /// an older one.
+    pub version: u64,
+}
+
+impl MemberUpdate {
+    pub fn to_query(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("channel", self.channel.clone()),
+            ("user", self.user_id.clone()),
+            ("joined", if self.joined { "1" } else { "0" }.to_string()),
+            ("version", self.version.to_string()),
+        ]
+    }
+
+    pub fn from_query(pairs: &[(String, String)]) -> Option<MemberUpdate> {
+        let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        Some(MemberUpdate {
+            channel: get("channel")?.to_string(),
+            user_id: get("user")?.to_string(),
+            joined: match get("joined")? {
+                "1" => true,
+                "0" => false,
+                _ => return None,
+            },
+            version: get("version")?.parse().ok()?,
+        })
+    }
+}
+
+/// The body of a hop to a relay: the users it serves (a JSON array), a line break, then the payload's
+/// JSON text (a JSON array never holds a raw line break, so the first one splits them).
+pub fn relay_body(users: &[String], payload: &str) -> String {
+    let users = serde_json::to_string(users).unwrap_or_else(|_| "[]".into());
+    format!("{users}\n{payload}")
+}
+
+/// Reads a relay hop's body back into its users and payload.
+pub fn read_relay_body(body: &str) -> Option<(Vec<String>, &str)> {
+    let (users, payload) = body.split_once('\n')?;
+    Some((serde_json::from_str(users).ok()?, payload))
+}
+
+/// The value of query parameter `name` among `pairs`.
+pub fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::protocol::parse_publish;
+
+    #[test]
+    fn publish_meta_round_trips_through_the_query() {
+        let body = r#"{"userId":"u é","type":"t&x=1","connectionId":"c","timeoutMs":0}"#.as_bytes();
+        let p = parse_publish(body).unwrap();
+        let meta = PublishMeta::from_request(&p, "u é", body);
+        let query = meta.to_query();
+        let pairs: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let url = query::build("https://hub/publish", &pairs);
+        assert_eq!(PublishMeta::from_query(query::pairs(&url)), Some(meta));
+        assert_eq!(PublishMeta::from_query(query::pairs("https://hub/p?user=u")), None);
+        assert_ne!(fingerprint(b"{}"), fingerprint(b"{ }"));
+    }
+
+    #[test]
+    fn channel_publish_meta_round_trips() {
+        let p = parse_publish(br#"{"channel":"room:1","type":"t","payload":[1]}"#).unwrap();
+        let meta = PublishMeta::from_request(&p, "", b"x");
+        assert_eq!(meta.channel.as_deref(), Some("room:1"));
+        let mut meta = meta;
+        meta.from = Some("alice".into());
+        meta.except = Some("conn-1".into());
+        let pairs = meta.to_query().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        assert_eq!(PublishMeta::from_query(pairs).unwrap(), meta);
+    }
+
+    #[test]
+    fn connect_round_trips_through_the_query() {
+        let c = Connect {
+            user_id: "u é&x".into(),
+            expires_at_ms: Some(1_800_000_000_000),
+            transport: Transport::Sse,
+            filters: Some(r#"[{"type":"a b"}]"#.into()),
+            since: Some(7),
+            channels: Grants::from_text("room:*"),
+            publish_channels: Grants::from_text("room:1"),
+        };
+        let url = url("hub", user_path::CONNECT, &borrowed(&c.to_query()));
+        assert_eq!(Connect::from_query(query::pairs(&url)), Some(c));
+        assert_eq!(Connect::from_query(query::pairs("https://hub/connect?transport=sse")), None);
+    }
+
+    #[test]
+    fn member_updates_round_trip_and_refuse_junk() {
+        let m = MemberUpdate { channel: "room:1".into(), user_id: "ü".into(), joined: false, version: 42 };
+        let url = url("channel", channel_path::MEMBER, &borrowed(&m.to_query()));
+        assert_eq!(MemberUpdate::from_query(&query::pairs(&url)), Some(m));
+        let bad = query::pairs("https://c/member?channel=c&user=u&joined=yes&version=1");
+        assert_eq!(MemberUpdate::from_query(&bad), None);
+    }
+
+    #[test]
+    fn relay_bodies_split_at_the_first_line_break() {
+        let users = vec!["a\nb".to_string(), "c".to_string()];
+        let body = relay_body(&users, "{\"x\":\n1}");
+        assert_eq!(read_relay_body(&body), Some((users, "{\"x\":\n1}")));
+        assert_eq!(read_relay_body("no users"), None);
+    }
+}

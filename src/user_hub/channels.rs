@@ -1,0 +1,296 @@
+//! Channels, this user's side: `join` and `leave` frames, the channel roots told of the user's first
+//! join and last leave, lingering memberships after a close, client `publish` frames, and this hub's
+//! answer to a channel publish. See `docs/channels.md`.
+
+use super::reply::{reply_ok, send, send_error};
+use super::state::{Attachment, Conn};
+use super::{OptionalRow, UserHub, ValueRow};
+use crate::core::channel;
+use crate::core::config::Config;
+use crate::core::error::Error;
+use crate::core::protocol;
+use crate::hop::channel as channel_hop;
+use crate::hop::wire::{MemberUpdate, PublishMeta};
+use crate::runtime::{http, log};
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+use worker::{Date, Response, WebSocket};
+
+/// A client's `publish` frame, checked.
+pub(super) struct ClientPublish<'a> {
+    pub channel: String,
+    pub kind: String,
+    pub payload: &'a RawValue,
+    pub timeout_ms: Option<u64>,
+}
+
+impl UserHub {
+    /// `join`: the token must allow the channel. The channel's root hears of the user once (when the
+    /// user's first connection joins); the join is answered only after the root has it, so a publish
+    /// that follows the `ok` reaches this connection.
+    pub(super) async fn join(&self, ws: &WebSocket, id: &str, channel: String, frame_id: Option<&RawValue>) {
+        let (allowed, already, count, user_id) = {
+            let conns = self.conns.borrow();
+            let Some(conn) = conns.as_ref().and_then(|c| c.get(id)) else { return };
+            let already = conn.channels.iter().any(|(c, _)| *c == channel);
+            (conn.grants.join.allows(&channel), already, conn.channels.len(), conn.user_id.clone())
+        };
+        if !allowed {
+            let message = format!("this connection's token does not allow joining `{channel}` (its `channels` claim)");
+            return send_error(ws, "forbidden", &message, frame_id, &[]);
+        }
+        if already {
+            return reply_ok(ws, frame_id);
+        }
+        if count >= channel::MAX_CHANNELS_PER_CONNECTION {
+            let message =
+                format!("this connection has already joined {} channels", channel::MAX_CHANNELS_PER_CONNECTION);
+            return send_error(ws, "too_many_channels", &message, frame_id, &[]);
+        }
+        if let Err(e) = self.register(&user_id, &channel).await {
+            let code = if e.status() == 429 { "channel_full" } else { "unavailable" };
+            log::error("join_failed", json!({ "userId": user_id, "channel": channel, "message": e.to_string() }));
+            return send_error(ws, code, &format!("could not join `{channel}`: {e}"), frame_id, &[]);
+        }
+        let joined_at = self.current_seq();
+        let stored = {
+            let mut conns = self.conns.borrow_mut();
+            // The socket may have closed while the root was asked; the root then holds a stale
+            // member, which the next publish to the channel removes.
+            let Some(conn) = conns.as_mut().and_then(|c| c.get_mut(id)) else { return };
+            if !conn.channels.iter().any(|(c, _)| *c == channel) {
+                conn.channels.push((channel.clone(), joined_at));
+            }
+            conn.ws.serialize_attachment(Attachment::of(conn))
+        };
+        if let Err(e) = stored {
+            log::error("storage_error", json!({ "op": "join", "message": e.to_string() }));
+        }
+        log::info("join", json!({ "userId": user_id, "connectionId": id, "channel": channel }));
+        reply_ok(ws, frame_id);
+    }
+
+    /// `leave`: always succeeds (leaving a channel not joined is a no-op).
+    pub(super) async fn leave(&self, ws: &WebSocket, id: &str, channel: &str, frame_id: Option<&RawValue>) {
+        let left = {
+            let mut conns = self.conns.borrow_mut();
+            let Some(conn) = conns.as_mut().and_then(|c| c.get_mut(id)) else { return };
+            let before = conn.channels.len();
+            conn.channels.retain(|(c, _)| c != channel);
+            if conn.channels.len() == before {
+                None
+            } else {
+                if let Err(e) = conn.ws.serialize_attachment(Attachment::of(conn)) {
+                    log::error("storage_error", json!({ "op": "leave", "message": e.to_string() }));
+                }
+                Some(conn.user_id.clone())
+            }
+        };
+        if let Some(user_id) = left {
+            if self.joined_count(channel) == 0 {
+                self.unregister(&user_id, channel).await;
+            }
+            log::info("leave", json!({ "userId": user_id, "connectionId": id, "channel": channel }));
+        }
+        reply_ok(ws, frame_id);
+    }
+
+    /// A closed connection's channels, in those no other connection holds: the user stays a member
+    /// for `CHANNEL_LINGER_SECONDS` (its history keeps the channel's envelopes, so a client that
+    /// reconnects, joins again and resumes misses nothing); then the alarm tells the root it left.
+    pub(crate) async fn left_channels(&self, conn: &Conn) {
+        let linger = self.config().map_or(0, |c| c.channel_linger_seconds);
+        let now = Date::now().as_millis() as i64;
+        let mut lingering = false;
+        for (channel, _) in &conn.channels {
+            if self.joined_count(channel) > 0 {
+                continue;
+            }
+            if linger == 0 {
+                self.unregister(&conn.user_id, channel).await;
+                continue;
+            }
+            let marked = self
+                .sql_exec("UPDATE channels SET left_at = ? WHERE name = ?", vec![now.into(), channel.clone().into()]);
+            match marked {
+                Ok(_) => lingering = true,
+                Err(e) => log::error("storage_error", json!({ "op": "linger", "message": e.to_string() })),
+            }
+        }
+        if lingering {
+            if let Err(e) = self.schedule_alarm(Some(now + (linger as i64) * 1000), false).await {
+                log::error("alarm_error", json!({ "op": "linger", "message": e.to_string() }));
+            }
+        }
+    }
+
+    /// The alarm's part: memberships whose linger has ended, with still no connection joined, end.
+    pub(crate) async fn end_lingering(&self) -> Result<(), crate::core::error::Error> {
+        #[derive(Deserialize)]
+        struct Row {
+            name: String,
+            user_id: String,
+        }
+        let config = self.config()?;
+        // Alarms are not exact to the millisecond; an end this close counts as reached.
+        let cutoff = Date::now().as_millis() as i64 + 250 - (config.channel_linger_seconds as i64) * 1000;
+        let due = self
+            .sql_exec(
+                "SELECT name, user_id FROM channels WHERE left_at IS NOT NULL AND left_at <= ?",
+                vec![cutoff.into()],
+            )?
+            .to_array::<Row>()?;
+        for row in due {
+            if self.joined_count(&row.name) == 0 {
+                self.unregister(&row.user_id, &row.name).await;
+            } else {
+                // Joined again meanwhile: no longer lingering (so the alarm is not re-armed for it).
+                self.sql_exec("UPDATE channels SET left_at = NULL WHERE name = ?", vec![row.name.into()])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes sure the channel's root lists this user. This hub remembers (in SQLite) which roots
+    /// list it, so reconnecting clients that join again cost the root nothing.
+    pub(super) async fn register(&self, user_id: &str, channel: &str) -> Result<(), crate::core::error::Error> {
+        let known = self
+            .sql_exec("SELECT count(*) AS value FROM channels WHERE name = ?", vec![channel.to_string().into()])?
+            .to_array::<ValueRow>()?
+            .first()
+            .is_some_and(|r| r.value > 0);
+        if known {
+            // Still a member (perhaps lingering after a close): no need to ask the root.
+            self.sql_exec("UPDATE channels SET left_at = NULL WHERE name = ?", vec![channel.to_string().into()])?;
+            return Ok(());
+        }
+        let version = self.next_version();
+        let update = MemberUpdate { channel: channel.to_string(), user_id: user_id.to_string(), joined: true, version };
+        channel_hop::update_membership(&self.env, &update).await?;
+        self.sql_exec(
+            "INSERT INTO channels (name, version, user_id) VALUES (?, ?, ?)
+             ON CONFLICT(name) DO UPDATE SET version = excluded.version, left_at = NULL",
+            vec![channel.to_string().into(), (version as i64).into(), user_id.to_string().into()],
+        )?;
+        Ok(())
+    }
+
+    /// Tells the channel's root this user has left. Best effort: a root that missed it finds out at
+    /// the next publish (this hub answers `joined: 0`) and removes the user then.
+    pub(super) async fn unregister(&self, user_id: &str, channel: &str) {
+        if let Err(e) = self.sql_exec("DELETE FROM channels WHERE name = ?", vec![channel.to_string().into()]) {
+            log::error("storage_error", json!({ "op": "unregister", "message": e.to_string() }));
+        }
+        let version = self.next_version();
+        let update =
+            MemberUpdate { channel: channel.to_string(), user_id: user_id.to_string(), joined: false, version };
+        if let Err(e) = channel_hop::update_membership(&self.env, &update).await {
+            log::error("leave_failed", json!({ "userId": user_id, "channel": channel, "message": e.to_string() }));
+        }
+    }
+
+    /// A client's `publish` to a channel: the token's `publishChannels` must allow it. Every joined
+    /// connection of every member receives it (with `from`), except the publishing connection; with
+    /// an `id`, the reply is `ok` with the totals once the acks are in.
+    pub(super) async fn client_publish(
+        &self,
+        ws: &WebSocket,
+        id: &str,
+        publish: ClientPublish<'_>,
+        frame_id: Option<&RawValue>,
+        config: &Config,
+    ) {
+        let ClientPublish { channel, kind, payload, timeout_ms } = publish;
+        let (allowed, user_id) = {
+            let conns = self.conns.borrow();
+            let Some(conn) = conns.as_ref().and_then(|c| c.get(id)) else { return };
+            (conn.grants.publish.allows(&channel), conn.user_id.clone())
+        };
+        if !allowed {
+            let message = format!(
+                "this connection's token does not allow publishing to `{channel}` (its `publishChannels` claim)"
+            );
+            return send_error(ws, "forbidden", &message, frame_id, &[]);
+        }
+        let meta = PublishMeta {
+            user_id: String::new(),
+            kind,
+            connection_id: None,
+            timeout_ms: Some(timeout_ms.unwrap_or(config.ack_timeout_ms).min(config.ack_timeout_max_ms)),
+            body_hash: protocol::fingerprint(payload.get().as_bytes()),
+            channel: Some(channel.clone()),
+            from: Some(user_id.clone()),
+            except: Some(id.to_string()),
+        };
+        match channel_hop::publish(&self.env, &meta, payload.get(), None, None).await {
+            Ok(mut res) => {
+                let status = res.status_code();
+                let body: serde_json::Value = res.json().await.unwrap_or_default();
+                if status != 200 {
+                    let code = body["error"].as_str().unwrap_or("unavailable");
+                    let message = body["message"].as_str().unwrap_or("the channel did not answer");
+                    return send_error(ws, code, message, frame_id, &[]);
+                }
+                log::info(
+                    "client_publish",
+                    json!({ "userId": user_id, "connectionId": id, "channel": channel, "totals": body["totals"] }),
+                );
+                if let Some(frame_id) = frame_id {
+                    // `id` is echoed as the client sent it.
+                    send(ws, &format!(r#"{{"type":"ok","id":{},"totals":{}}}"#, frame_id.get(), body["totals"]));
+                }
+            }
+            Err(e) => send_error(ws, e.code(), &e.to_string(), frame_id, &[]),
+        }
+    }
+}
+
+impl UserHub {
+    /// How many of this user's connections have joined `channel`.
+    pub(crate) fn joined_count(&self, channel: &str) -> usize {
+        let conns = self.conns.borrow();
+        conns.iter().flat_map(|c| c.values()).filter(|c| c.channels.iter().any(|(n, _)| n == channel)).count()
+    }
+
+    /// Whether this user's last connection in `channel` closed less than `CHANNEL_LINGER_SECONDS` ago.
+    pub(super) fn lingering(&self, config: &Config, channel: &str) -> Result<bool, Error> {
+        let left_at = self
+            .sql_exec("SELECT left_at AS value FROM channels WHERE name = ?", vec![channel.to_string().into()])?
+            .to_array::<OptionalRow>()?
+            .first()
+            .and_then(|r| r.value);
+        let now = Date::now().as_millis() as i64;
+        Ok(left_at.is_some_and(|at| now < at + (config.channel_linger_seconds as i64) * 1000))
+    }
+
+    /// When the earliest lingering membership ends, in ms since the epoch.
+    pub(crate) fn next_linger_end(&self) -> Result<Option<i64>, Error> {
+        let config = self.config()?;
+        let first = self
+            .sql_exec("SELECT min(left_at) AS value FROM channels", Vec::new())?
+            .to_array::<OptionalRow>()?
+            .first()
+            .and_then(|r| r.value);
+        Ok(first.map(|at| at + (config.channel_linger_seconds as i64) * 1000))
+    }
+
+    /// A membership version for an update to a channel's root.
+    pub(crate) fn next_version(&self) -> u64 {
+        let v = crate::core::channel::next_version(self.version.get(), Date::now().as_millis());
+        self.version.set(v);
+        v
+    }
+
+    /// The answer to a channel publish for a user none of whose connections is in the channel: the
+    /// root removes the user (if this version is newer than the user's join), and this hub forgets
+    /// it told the root otherwise. Nothing is recorded: the user's `seq` does not move.
+    pub(super) fn not_a_member(&self, channel: &str, cors: Option<&str>) -> Result<Response, Error> {
+        self.sql().exec("DELETE FROM channels WHERE name = ?", vec![channel.to_string().into()])?;
+        let body = json!({
+            "joined": 0, "version": self.next_version(), "clientCount": 0, "results": [], "acks": [],
+            "pending": [], "closed": [],
+        });
+        Ok(http::json(200, body.to_string(), cors)?)
+    }
+}

@@ -1,0 +1,132 @@
+//! The user's history: every envelope recorded under its `seq` before it leaves, trimmed by age and
+//! count, and replayed to a connection that resumes with `since`.
+
+use super::state::OldestRow;
+use super::UserHub;
+use crate::core::config::Config;
+use crate::core::error::Error;
+use crate::core::filter::{EnvelopeView, FilterSet};
+use crate::core::protocol::{self, StoredEnvelope};
+use crate::runtime::log;
+use serde::Deserialize;
+use serde_json::json;
+use worker::Date;
+
+#[derive(Deserialize)]
+struct HistoryRow {
+    seq: i64,
+    envelope: String,
+}
+
+impl UserHub {
+    /// Records the next `seq` and stores the envelope in history, before any envelope carrying it
+    /// leaves (the output gate holds sends until the write is durable). With history on this is one
+    /// INSERT per publish: the seq is recovered from history after an eviction, trimming by count
+    /// runs once per batch of publishes, and `meta` is written only before an age trim (the one
+    /// thing that could delete the newest row).
+    pub(super) fn record(
+        &self,
+        config: &Config,
+        seq: u64,
+        now_ms: i64,
+        envelope: &js_sys::JsString,
+    ) -> Result<(), Error> {
+        let sql = self.sql();
+        let store_seq = || {
+            sql.exec(
+                "INSERT INTO meta (key, value) VALUES ('seq', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                vec![(seq as i64).into()],
+            )
+        };
+        if !config.history_enabled() {
+            store_seq()?;
+            self.seq.set(seq);
+            return Ok(());
+        }
+        // The envelope is bound as the JS string it already is: it is never copied into wasm.
+        sql.exec_raw(
+            "INSERT INTO history (seq, at, envelope) VALUES (?, ?, ?)",
+            vec![(seq as f64).into(), (now_ms as f64).into(), envelope.into()],
+        )?;
+        self.seq.set(seq);
+        let cutoff = now_ms - (config.history_seconds as i64) * 1000;
+        let Some((oldest_seq, oldest_at)) = self.oldest.get() else {
+            self.oldest.set(Some((seq, now_ms)));
+            return Ok(());
+        };
+        // Rows past the limit are ignored by replay, so they can wait for a batch delete.
+        let slack = config.history_limit.min(64);
+        let keep_from = seq.saturating_sub(config.history_limit) + 1;
+        let over_count = oldest_seq + slack < keep_from;
+        let expired = oldest_at < cutoff;
+        if over_count || expired {
+            if expired {
+                store_seq()?;
+            }
+            sql.exec("DELETE FROM history WHERE seq < ? OR at < ?", vec![(keep_from as i64).into(), cutoff.into()])?;
+            let oldest = sql
+                .exec("SELECT seq, at FROM history ORDER BY seq LIMIT 1", None)?
+                .to_array::<OldestRow>()?
+                .first()
+                .map(|r| (r.seq as u64, r.at));
+            self.oldest.set(oldest);
+        }
+        Ok(())
+    }
+
+    /// Replays to connection `id` the stored envelopes after `since` that match its filters, oldest
+    /// first, marked `replayed`, after a `gap` frame when history no longer reaches back that far.
+    /// `before` is the connection's filter set before this subscribe: envelopes it matched after the
+    /// connection opened were delivered live already and are not sent twice. Runs synchronously
+    /// (SQLite reads are synchronous), so no publish can interleave with the replay.
+    pub(crate) fn replay(&self, id: &str, since: u64, before: &FilterSet) -> Result<(), Error> {
+        let current = self.seq.get();
+        if since >= current {
+            return Ok(());
+        }
+        let config = self.config()?;
+        let rows = if config.history_enabled() {
+            let cutoff = Date::now().as_millis() as i64 - (config.history_seconds as i64) * 1000;
+            // Rows beyond HISTORY_LIMIT may still be stored until the next batch trim; they don't count.
+            let from = since.max(current.saturating_sub(config.history_limit));
+            self.sql()
+                .exec(
+                    "SELECT seq, envelope FROM history WHERE seq > ? AND at >= ? ORDER BY seq",
+                    vec![(from as i64).into(), cutoff.into()],
+                )?
+                .to_array::<HistoryRow>()?
+        } else {
+            Vec::new()
+        };
+        let conns = self.conns.borrow();
+        let Some(conn) = conns.as_ref().and_then(|c| c.get(id)) else { return Ok(()) };
+        let first_kept = rows.first().map_or(current + 1, |r| r.seq as u64);
+        if first_kept > since + 1 {
+            conn.send(&protocol::gap_frame(since + 1, first_kept - 1), None);
+        }
+        let mut sent = 0;
+        for row in &rows {
+            let Ok(stored) = serde_json::from_str::<StoredEnvelope<'_>>(&row.envelope) else { continue };
+            let seq = row.seq as u64;
+            let wanted = match &stored.channel {
+                // A channel's envelopes go to the connections that joined it; those after the join
+                // were sent live.
+                Some(channel) => conn.channels.iter().any(|(c, joined_at)| c == channel && seq <= *joined_at),
+                None => {
+                    let view = EnvelopeView::new(&stored.kind, stored.payload.get());
+                    let delivered_live = seq > conn.accepted_seq && before.matches(&view);
+                    conn.filters.matches(&view) && !delivered_live
+                }
+            };
+            if wanted {
+                conn.send(&protocol::replayed(&row.envelope), Some(seq));
+                sent += 1;
+            }
+        }
+        log::info(
+            "replay",
+            json!({ "connectionId": id, "since": since, "replayed": sent, "gap": first_kept > since + 1 }),
+        );
+        Ok(())
+    }
+}

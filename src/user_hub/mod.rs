@@ -1,0 +1,165 @@
+//! The `UserHub` Durable Object: one per user, holding that user's sockets with the WebSocket
+//! Hibernation API (<https://developers.cloudflare.com/durable-objects/best-practices/websockets/>).
+//!
+//! Memory is only a cache. The truth is each socket's tag (its connection id) and attachment, and
+//! the object's SQLite storage: filters per connection, the user's `seq`, the history of recent
+//! envelopes and the idempotency keys. After the runtime evicts an idle hub, the constructor runs
+//! again and the cache is rebuilt from those on first use, so nothing is lost to hibernation.
+//! Nothing here sets a timer while idle: the only timer is a publish's ack timeout, which lives
+//! exactly as long as that publish's request.
+//!
+//! SSE clients are connections too: the Worker holds the event stream and bridges it to a
+//! hibernatable WebSocket into this hub (`edge::sse`), so they hibernate, count in `clientCount`
+//! and ack like any socket. Frames for them are sent already framed as SSE events.
+
+//!
+//! By role: [`state`] (the connection cache and its rebuilding after a wake), [`socket`] (accepting
+//! sockets, client frames, closes), [`publish`] (fan-out, acks, idempotency), [`history`] (the
+//! record of envelopes and replay), [`channels`] (joins, leaves, lingering, client publishes),
+//! [`connections`] (the connection API and lifetimes), [`outbox`] (webhooks and the alarm), and
+//! [`reply`] (answers to a client's frame).
+
+mod channels;
+mod connections;
+mod history;
+mod outbox;
+mod publish;
+mod reply;
+mod socket;
+mod state;
+
+use crate::core::acks::AckRegistry;
+use crate::core::config::Config;
+use crate::core::error::Error;
+use crate::hop::{self, user, user::Call};
+use crate::runtime::{http, log, settings};
+use serde::Deserialize;
+use serde_json::json;
+use state::Conn;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use worker::{durable_object, Env, Request, Response, State, WebSocket, WebSocketIncomingMessage};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS subscriptions (conn_id TEXT PRIMARY KEY, filters TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS history (seq INTEGER PRIMARY KEY, at INTEGER NOT NULL, envelope TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, seq INTEGER NOT NULL, envelope_id TEXT NOT NULL,
+  at INTEGER NOT NULL, body_hash TEXT NOT NULL, response TEXT);
+CREATE INDEX IF NOT EXISTS idempotency_at ON idempotency (at);
+CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL, body TEXT NOT NULL,
+  created INTEGER NOT NULL, attempts INTEGER NOT NULL, next_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS grants (conn_id TEXT PRIMARY KEY, join_grants TEXT NOT NULL, publish_grants TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS channels (name TEXT PRIMARY KEY, version INTEGER NOT NULL, user_id TEXT NOT NULL,
+  left_at INTEGER);";
+
+#[durable_object]
+pub struct UserHub {
+    pub(crate) state: State,
+    pub(crate) env: Env,
+    /// Open connections by id; `None` until rebuilt after construction (or a wake).
+    pub(crate) conns: RefCell<Option<HashMap<String, Conn>>>,
+    pub(crate) acks: RefCell<AckRegistry>,
+    /// The last `seq` handed out; valid once `conns` is loaded.
+    seq: Cell<u64>,
+    /// The oldest stored envelope's `(seq, at)`, to trim history without scanning it.
+    oldest: Cell<Option<(u64, i64)>>,
+    /// The last version number given to a channel membership update (see [`crate::core::channel::next_version`]).
+    pub(crate) version: Cell<u64>,
+}
+
+impl worker::DurableObject for UserHub {
+    fn new(state: State, env: Env) -> Self {
+        // Exactly `ping` is answered by the runtime without waking the hub.
+        if let Ok(pair) = worker::WebSocketRequestResponsePair::new("ping", "pong") {
+            state.set_websocket_auto_response(&pair);
+        }
+        UserHub {
+            state,
+            env,
+            conns: RefCell::new(None),
+            acks: RefCell::default(),
+            seq: Cell::new(0),
+            oldest: Cell::new(None),
+            version: Cell::new(0),
+        }
+    }
+
+    async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
+        let cors = hop::cors(&req);
+        let result = match user::read(&req) {
+            Err(e) => Err(e),
+            Ok(Call::Connect(connect)) => self.accept(connect).await,
+            Ok(Call::Publish { meta, idempotency_key }) => {
+                self.publish(&req, meta, idempotency_key, cors.as_deref()).await
+            }
+            Ok(Call::Ack) => self.http_ack(&mut req, cors.as_deref()).await,
+            Ok(Call::ListConnections) => self.list_connections(cors.as_deref()),
+            Ok(Call::Kick { connection_id }) => self.kick(connection_id, cors.as_deref()).await,
+        };
+        result.or_else(|e| {
+            if e.status() >= 500 {
+                log::error("hub_error", json!({ "code": e.code(), "message": e.to_string() }));
+            }
+            http::error(&e, cors.as_deref())
+        })
+    }
+
+    async fn websocket_message(&self, ws: WebSocket, message: WebSocketIncomingMessage) -> worker::Result<()> {
+        self.on_message(&ws, message).await;
+        Ok(())
+    }
+
+    async fn websocket_close(&self, ws: WebSocket, code: usize, reason: String, was_clean: bool) -> worker::Result<()> {
+        self.on_close(&ws, code, &reason, was_clean).await;
+        Ok(())
+    }
+
+    async fn websocket_error(&self, ws: WebSocket, error: worker::Error) -> worker::Result<()> {
+        self.on_error(&ws, &error.to_string()).await;
+        Ok(())
+    }
+
+    async fn alarm(&self) -> worker::Result<Response> {
+        if let Err(e) = self.on_alarm().await {
+            // Throwing would make the runtime retry the alarm; the outbox re-arms itself instead.
+            log::error("alarm_error", json!({ "message": e.to_string() }));
+        }
+        Response::empty()
+    }
+}
+
+/// A row with one integer column `value`.
+#[derive(Deserialize)]
+struct ValueRow {
+    value: i64,
+}
+
+/// A row with one nullable integer column `value`.
+#[derive(Deserialize)]
+struct OptionalRow {
+    value: Option<i64>,
+}
+
+impl UserHub {
+    pub(crate) fn config(&self) -> Result<Rc<Config>, Error> {
+        settings::get(&self.env)
+    }
+
+    fn sql(&self) -> worker::SqlStorage {
+        self.state.storage().sql()
+    }
+
+    pub(crate) fn sql_exec(
+        &self,
+        query: &str,
+        bindings: Vec<worker::SqlStorageValue>,
+    ) -> Result<worker::SqlCursor, Error> {
+        Ok(self.sql().exec(query, Some(bindings))?)
+    }
+
+    pub(crate) fn current_seq(&self) -> u64 {
+        self.seq.get()
+    }
+}

@@ -1,0 +1,225 @@
+//! A publish to this user: the envelope built once around the payload's own text, recorded, sent to
+//! every matching connection, and answered with the acks collected within the timeout. Also
+//! `Idempotency-Key` replays and acks over HTTP.
+
+use super::UserHub;
+use crate::core::acks::{AckOutcome, Collector};
+use crate::core::config::Config;
+use crate::core::error::Error;
+use crate::core::filter::EnvelopeView;
+use crate::core::ids;
+use crate::core::protocol::{self, rfc3339, AckOut, PublishResponse, Transport};
+use crate::hop::wire::PublishMeta;
+use crate::runtime::js::{body_text, send_shared};
+use crate::runtime::{http, log};
+use futures_util::future::{select, Either};
+use serde::Deserialize;
+use serde_json::json;
+use std::cell::OnceCell;
+use std::time::Duration;
+use worker::{Date, Delay, Request, Response};
+
+#[derive(Deserialize)]
+struct IdempotencyRow {
+    seq: i64,
+    envelope_id: String,
+    body_hash: String,
+    response: Option<String>,
+}
+
+impl UserHub {
+    /// Fans an envelope out to the matching connections and waits for their acks.
+    ///
+    /// The Worker has checked the publish; the hop carries its fields in the URL and the payload's
+    /// JSON text as the body. The payload stays a JS string: the envelope is built around it by
+    /// JS string concatenation, bound into SQLite and sent to every socket as that one string, so a
+    /// large payload never crosses into wasm here — unless a filter needs the payload's fields.
+    pub(super) async fn publish(
+        &self,
+        req: &Request,
+        p: PublishMeta,
+        idempotency_key: Option<String>,
+        cors: Option<&str>,
+    ) -> Result<Response, Error> {
+        let config = self.config()?;
+        let payload = body_text(req).await?;
+        self.ensure_loaded()?;
+        // A channel publish: how many of the user's connections joined it, counted once.
+        let joined = p.channel.as_ref().map(|c| self.joined_count(c));
+        let mut lingering = false;
+        if let (Some(channel), Some(0)) = (&p.channel, joined) {
+            if !self.lingering(&config, channel)? {
+                return self.not_a_member(channel, cors);
+            }
+            // Nobody is connected, but the user's last connection closed within
+            // CHANNEL_LINGER_SECONDS: the envelope goes into history for its resume.
+            lingering = true;
+        }
+        if let Some(target) = &p.connection_id {
+            if !self.conns.borrow().as_ref().is_some_and(|c| c.contains_key(target)) {
+                return Err(Error::ConnectionNotFound(target.clone()));
+            }
+        }
+        let started = Date::now().as_millis();
+        let now_ms = started as i64;
+        if let Some(key) = &idempotency_key {
+            if let Some(answer) = self.idempotent_replay(&config, key, &p.body_hash, now_ms, cors)? {
+                return Ok(answer);
+            }
+        }
+        let seq = self.seq.get() + 1;
+        let envelope_id = ids::uuid_v4();
+        let timestamp = rfc3339(started);
+        let head = protocol::channel_envelope_head(
+            &envelope_id,
+            seq,
+            &p.kind,
+            &p.user_id,
+            &timestamp,
+            p.channel.as_deref(),
+            p.from.as_deref(),
+        );
+        let envelope = js_sys::JsString::from(head.as_str()).concat(&payload).concat(&"}".into());
+        self.record(&config, seq, now_ms, &envelope)?;
+        if let Some(key) = &idempotency_key {
+            self.sql().exec(
+                "INSERT INTO idempotency (key, seq, envelope_id, at, body_hash) VALUES (?, ?, ?, ?, ?)",
+                vec![
+                    key.clone().into(),
+                    (seq as i64).into(),
+                    envelope_id.clone().into(),
+                    now_ms.into(),
+                    p.body_hash.clone().into(),
+                ],
+            )?;
+        }
+
+        let needs_payload = p.channel.is_none()
+            && self.conns.borrow().as_ref().is_some_and(|c| c.values().any(|c| c.filters.needs_payload(&p.kind)));
+        let payload_text = if needs_payload { payload.as_string() } else { None };
+        let view = EnvelopeView::new(&p.kind, payload_text.as_deref().unwrap_or("null"));
+        let sse_text = OnceCell::new();
+        let mut expected = Vec::new();
+        if let Some(conns) = self.conns.borrow().as_ref() {
+            for (id, conn) in conns {
+                if p.connection_id.as_ref().is_some_and(|t| t != id) {
+                    continue;
+                }
+                // A channel's envelope goes to every connection that joined it (joining is the
+                // subscription), except the client that published it.
+                let wanted = match &p.channel {
+                    Some(channel) => p.except.as_ref() != Some(id) && conn.channels.iter().any(|(c, _)| c == channel),
+                    None => conn.filters.matches(&view),
+                };
+                if !wanted {
+                    continue;
+                }
+                let shared = match conn.transport {
+                    Transport::WebSocket => &envelope,
+                    Transport::Sse => sse_text.get_or_init(|| {
+                        let text = envelope.as_string().unwrap_or_default();
+                        js_sys::JsString::from(protocol::sse_event(Some(seq), &text).as_str())
+                    }),
+                };
+                // A socket that is already closing refuses the send; it is not counted.
+                if send_shared(&conn.ws, shared) {
+                    expected.push(id.clone());
+                }
+            }
+        }
+        let client_count = expected.len();
+        let timeout_ms = p.timeout_ms.unwrap_or(config.ack_timeout_ms).min(config.ack_timeout_max_ms);
+        let collector = if expected.is_empty() || timeout_ms == 0 {
+            Collector::new(expected)
+        } else {
+            let done = self.acks.borrow_mut().register(&envelope_id, expected);
+            let timeout = Delay::from(Duration::from_millis(timeout_ms));
+            if let Either::Right(_) = select(done, timeout).await {
+                // Timed out: whatever arrived is returned below.
+            }
+            self.acks.borrow_mut().finish(&envelope_id).unwrap_or_else(|| Collector::new(Vec::new()))
+        };
+        let response = PublishResponse {
+            envelope_id: &envelope_id,
+            seq,
+            client_count,
+            results: collector.acks().map(|(_, r)| r).collect(),
+            acks: collector.acks().map(|(c, r)| AckOut { connection_id: c, result: r }).collect(),
+            pending: collector.pending().collect(),
+            closed: collector.closed_ids().collect(),
+            duplicate: false,
+            joined,
+            lingering,
+        };
+        log::info(
+            "publish",
+            json!({
+                "userId": p.user_id, "envelopeId": envelope_id, "seq": seq, "type": p.kind,
+                "clientCount": client_count, "acked": response.acks.len(), "pending": response.pending.len(),
+                "closed": response.closed.len(), "ms": Date::now().as_millis().saturating_sub(started),
+            }),
+        );
+        let body = serde_json::to_string(&response).map_err(|e| Error::Internal(e.to_string()))?;
+        if let Some(key) = &idempotency_key {
+            // Kept so a retry gets the same answer, acks included.
+            self.sql().exec(
+                "UPDATE idempotency SET response = ? WHERE key = ?",
+                vec![body.clone().into(), key.clone().into()],
+            )?;
+        }
+        Ok(http::json(200, body, cors)?)
+    }
+
+    /// The answer to a publish whose `Idempotency-Key` was seen within the window: the first
+    /// publish's answer with `"duplicate": true` (or its `envelopeId` and `seq` while it is still
+    /// waiting for acks). The same key with a different body is a 409.
+    fn idempotent_replay(
+        &self,
+        config: &Config,
+        key: &str,
+        body_hash: &str,
+        now_ms: i64,
+        cors: Option<&str>,
+    ) -> Result<Option<Response>, Error> {
+        let sql = self.sql();
+        let cutoff = now_ms - (config.history_seconds as i64) * 1000;
+        sql.exec("DELETE FROM idempotency WHERE at < ?", vec![cutoff.into()])?;
+        let rows = sql
+            .exec(
+                "SELECT seq, envelope_id, body_hash, response FROM idempotency WHERE key = ?",
+                vec![key.to_string().into()],
+            )?
+            .to_array::<IdempotencyRow>()?;
+        let Some(row) = rows.into_iter().next() else { return Ok(None) };
+        if row.body_hash != body_hash {
+            return Err(Error::IdempotencyConflict);
+        }
+        let mut answer: serde_json::Value = match row.response.as_deref().map(serde_json::from_str) {
+            Some(Ok(v)) => v,
+            _ => json!({
+                "envelopeId": row.envelope_id, "seq": row.seq, "clientCount": 0, "results": [], "acks": [],
+                "pending": [], "closed": [], "inProgress": true,
+            }),
+        };
+        answer["duplicate"] = json!(true);
+        log::info("publish_duplicate", json!({ "envelopeId": row.envelope_id, "seq": row.seq }));
+        Ok(Some(http::json(200, answer.to_string(), cors)?))
+    }
+
+    /// `POST /ack` from an SSE client (or any client that prefers HTTP for acks).
+    pub(super) async fn http_ack(&self, req: &mut Request, cors: Option<&str>) -> Result<Response, Error> {
+        let body = req.bytes().await?;
+        let ack = protocol::parse_ack(&body)?;
+        self.ensure_loaded()?;
+        if !self.conns.borrow().as_ref().is_some_and(|c| c.contains_key(&ack.connection_id)) {
+            return Err(Error::ConnectionNotFound(ack.connection_id));
+        }
+        let outcome =
+            self.acks.borrow_mut().ack(&ack.envelope_id, &ack.connection_id, ack.result.map(ToOwned::to_owned));
+        match outcome {
+            AckOutcome::Recorded => Ok(http::json(200, r#"{"status":"recorded"}"#.into(), cors)?),
+            AckOutcome::Duplicate => Ok(http::json(200, r#"{"status":"duplicate"}"#.into(), cors)?),
+            AckOutcome::Unknown => Err(Error::UnknownEnvelope),
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! The WebSocket transport inside a hub: accepting a socket, reading client frames, answering
+//! closes. Frames are parsed by [`crate::core::protocol`]; this file decides what each one does to the
+//! hub. Close codes are in [`crate::core::protocol::close`].
+
+use super::channels::ClientPublish;
+use super::reply::{reply_ok, send, send_error};
+use super::state::{conn_id, deadline, Attachment, Conn};
+use super::UserHub;
+use crate::core::acks::AckOutcome;
+use crate::core::channel::ChannelGrants;
+use crate::core::error::Error;
+use crate::core::filter::{self, FilterSet};
+use crate::core::protocol::{
+    self, reply_close_code, rfc3339, ClientFrame, Skipped, CLOSE_FLOOD, CLOSE_FRAME_TOO_LARGE,
+};
+use crate::core::ratelimit::TokenBucket;
+use crate::core::{ids, webhook};
+use crate::hop::wire::Connect;
+use crate::runtime::log;
+use serde_json::json;
+use serde_json::value::RawValue;
+use worker::{Date, Response, WebSocket, WebSocketIncomingMessage, WebSocketPair};
+
+impl UserHub {
+    /// Accepts a socket for the user named in the hop's URL and sends `welcome`. An SSE connection
+    /// brings its filters (and `since`) in the URL: they are applied, and the replay sent, before
+    /// anything live can reach it.
+    pub(super) async fn accept(&self, connect: Connect) -> Result<Response, Error> {
+        let config = self.config()?;
+        let Connect { user_id, expires_at_ms, transport, filters, since, channels, publish_channels } = connect;
+        let expires_at = expires_at_ms.map(|e| e as f64);
+        let grants = ChannelGrants { join: channels, publish: publish_channels };
+        self.ensure_loaded()?;
+        let open = self.conns.borrow().as_ref().map_or(0, |c| c.len());
+        if open >= config.max_connections_per_user {
+            return Err(Error::TooManyRequests(format!(
+                "this user already has {open} open connections (MAX_CONNECTIONS_PER_USER)"
+            )));
+        }
+
+        let pair = WebSocketPair::new()?;
+        let id = ids::uuid_v4();
+        let now = Date::now().as_millis() as f64;
+        let accepted_seq = self.current_seq();
+        if !grants.is_empty() {
+            self.sql_exec(
+                "INSERT INTO grants (conn_id, join_grants, publish_grants) VALUES (?, ?, ?)",
+                vec![id.clone().into(), grants.join.to_text().into(), grants.publish.to_text().into()],
+            )?;
+        }
+        self.state.accept_websocket_with_tags(&pair.server, &[id.as_str()]);
+        let deadline = deadline(&config, now, expires_at);
+        let conn = Conn {
+            ws: pair.server,
+            filters: FilterSet::default(),
+            bucket: TokenBucket::new(config.max_frames_per_second, now),
+            transport,
+            accepted_seq,
+            user_id: user_id.clone(),
+            connected_at: now,
+            expires_at,
+            deadline,
+            channels: Vec::new(),
+            grants: std::rc::Rc::new(grants),
+        };
+        conn.ws.serialize_attachment(Attachment::of(&conn))?;
+        conn.send(&protocol::welcome_frame(&id, &user_id, accepted_seq), None);
+        if let Some(conns) = self.conns.borrow_mut().as_mut() {
+            conns.insert(id.clone(), conn);
+        }
+        if let Some(filters) = filters {
+            let list = serde_json::from_str(&filters).unwrap_or(serde_json::Value::Null);
+            self.change_filters(&id, &list, None, true, since);
+        }
+        log::info(
+            "connect",
+            json!({ "userId": user_id, "connectionId": id, "transport": transport.name(), "open": open + 1, "since": since }),
+        );
+        let data = json!({ "connectionId": id, "transport": transport.name(), "connectedAt": rfc3339(now as u64) });
+        self.enqueue_event(webhook::CONNECTION_OPENED, &user_id, data).await?;
+        if let Some(d) = deadline {
+            self.schedule_alarm(Some(d.ceil() as i64), false).await?;
+        }
+        Ok(Response::from_websocket(pair.client)?)
+    }
+
+    /// One client frame. Nothing here panics or closes the socket on bad input; only abuse
+    /// (an oversized frame, a flood) closes it.
+    pub(crate) async fn on_message(&self, ws: &WebSocket, message: WebSocketIncomingMessage) {
+        let Some(id) = conn_id(self, ws) else { return };
+        let config = match self.config().and_then(|c| self.ensure_loaded().map(|_| c)) {
+            Ok(c) => c,
+            Err(e) => {
+                send_error(ws, "internal_error", &e.to_string(), None, &[]);
+                return;
+            }
+        };
+        let text = match message {
+            WebSocketIncomingMessage::String(text) => text,
+            WebSocketIncomingMessage::Binary(bytes) => {
+                if bytes.len() > config.max_frame_bytes {
+                    return self.close_by_server(&id, CLOSE_FRAME_TOO_LARGE, "frame too large", "abuse").await;
+                }
+                if !self.take_token(&id) {
+                    return self.close_by_server(&id, CLOSE_FLOOD, "too many frames", "abuse").await;
+                }
+                return send_error(
+                    ws,
+                    "unsupported_frame",
+                    "binary frames are not supported: send JSON text frames",
+                    None,
+                    &[],
+                );
+            }
+        };
+        if text.len() > config.max_frame_bytes {
+            return self.close_by_server(&id, CLOSE_FRAME_TOO_LARGE, "frame too large", "abuse").await;
+        }
+        let frame = protocol::parse_client_frame(&text);
+        // Acks the hub is waiting for are paced by publishes, not by the client: they never count
+        // against the flood limit. Everything else does.
+        if let Ok(ClientFrame::Ack { envelope_id, result, id: frame_id }) = &frame {
+            let outcome = self.acks.borrow_mut().ack(envelope_id, &id, result.map(ToOwned::to_owned));
+            if outcome == AckOutcome::Recorded {
+                return reply_ok(ws, *frame_id);
+            }
+            if !self.take_token(&id) {
+                return self.close_by_server(&id, CLOSE_FLOOD, "too many frames", "abuse").await;
+            }
+            // A late or repeated ack is harmless; a HopeFlow client expects silence, so only a frame
+            // that asked for a reply (`id`) hears about it.
+            if frame_id.is_some() {
+                let message = if outcome == AckOutcome::Duplicate {
+                    "this envelope was already acknowledged by this connection"
+                } else {
+                    "no publish is waiting for this ack (unknown envelope, or its timeout has passed)"
+                };
+                send_error(ws, "unknown_envelope", message, *frame_id, &[]);
+            }
+            return;
+        }
+        if !self.take_token(&id) {
+            return self.close_by_server(&id, CLOSE_FLOOD, "too many frames", "abuse").await;
+        }
+        match frame {
+            Err(e) => send_error(ws, e.code, &e.message, e.id, &[]),
+            Ok(ClientFrame::Ping) => send(ws, "pong"),
+            Ok(ClientFrame::Subscribe { filters, since, id: frame_id }) => {
+                self.change_filters(&id, &filters, frame_id, true, since)
+            }
+            Ok(ClientFrame::Unsubscribe { filters, id: frame_id }) => {
+                self.change_filters(&id, &filters, frame_id, false, None)
+            }
+            Ok(ClientFrame::Message { data, id: frame_id }) => self.upstream(ws, &id, data, frame_id).await,
+            Ok(ClientFrame::Join { channel, id: frame_id }) => self.join(ws, &id, channel, frame_id).await,
+            Ok(ClientFrame::Leave { channel, id: frame_id }) => self.leave(ws, &id, &channel, frame_id).await,
+            Ok(ClientFrame::Publish { channel, kind, payload, timeout_ms, id: frame_id }) => {
+                let publish = ClientPublish { channel, kind, payload, timeout_ms };
+                self.client_publish(ws, &id, publish, frame_id, &config).await
+            }
+            Ok(ClientFrame::Ack { .. }) => {}
+        }
+    }
+
+    fn take_token(&self, id: &str) -> bool {
+        let now = Date::now().as_millis() as f64;
+        self.conns.borrow_mut().as_mut().and_then(|c| c.get_mut(id)).is_none_or(|c| c.bucket.take(now))
+    }
+
+    /// Applies a subscribe (`add`) or unsubscribe, stores the result, replays history after `since`,
+    /// then replies: `ok` when the frame had an `id`, an `invalid_filter` error when entries were skipped.
+    fn change_filters(
+        &self,
+        id: &str,
+        list: &serde_json::Value,
+        frame_id: Option<&RawValue>,
+        add: bool,
+        since: Option<u64>,
+    ) {
+        let reply = |text: &str| {
+            if let Some(conn) = self.conns.borrow().as_ref().and_then(|c| c.get(id)) {
+                conn.send(text, None);
+            }
+        };
+        let parsed = match filter::parse_list(list) {
+            Ok(p) => p,
+            Err(message) => return reply(&protocol::error_frame("invalid_frame", &message, frame_id, &[])),
+        };
+        let mut skipped: Vec<Skipped> =
+            parsed.skipped.into_iter().map(|(index, reason)| Skipped { index, reason }).collect();
+        let (before, updated) = {
+            let mut conns = self.conns.borrow_mut();
+            let Some(conn) = conns.as_mut().and_then(|c| c.get_mut(id)) else { return };
+            let before = conn.filters.clone();
+            if add {
+                for index in conn.filters.add(parsed.valid) {
+                    skipped.push(Skipped {
+                        index,
+                        reason: format!("this connection already holds {} filters", filter::MAX_FILTERS_PER_CONNECTION),
+                    });
+                }
+            } else {
+                conn.filters.remove(&parsed.valid);
+            }
+            (before, conn.filters.clone())
+        };
+        if updated != before {
+            if let Err(e) = self.store_filters(id, &updated) {
+                log::error("storage_error", json!({ "op": "store_filters", "message": e.to_string() }));
+                return reply(&protocol::error_frame(
+                    "internal_error",
+                    "the subscription could not be stored; try again",
+                    frame_id,
+                    &[],
+                ));
+            }
+        }
+        if let Some(since) = since {
+            if let Err(e) = self.replay(id, since, &before) {
+                log::error("storage_error", json!({ "op": "replay", "message": e.to_string() }));
+                return reply(&protocol::error_frame(
+                    "internal_error",
+                    "the history could not be read; try again",
+                    frame_id,
+                    &[],
+                ));
+            }
+        }
+        if skipped.is_empty() {
+            if let Some(frame_id) = frame_id {
+                reply(&protocol::ok_frame(frame_id));
+            }
+            return;
+        }
+        skipped.sort_by_key(|s| s.index);
+        let message = format!("{} filter(s) skipped; the others were applied", skipped.len());
+        reply(&protocol::error_frame("invalid_filter", &message, frame_id, &skipped));
+    }
+
+    /// Sends a client's `message` frame to the backend webhook; `ok` (with an `id`) once it is stored.
+    async fn upstream(&self, ws: &WebSocket, id: &str, data: Option<&RawValue>, frame_id: Option<&RawValue>) {
+        let user_id = self.conns.borrow().as_ref().and_then(|c| c.get(id)).map(|c| c.user_id.clone());
+        let Some(user_id) = user_id else { return };
+        let data: serde_json::Value = data.and_then(|d| serde_json::from_str(d.get()).ok()).unwrap_or_default();
+        let mut event = json!({ "connectionId": id, "data": data });
+        if let Some(frame_id) = frame_id.and_then(|f| serde_json::from_str::<serde_json::Value>(f.get()).ok()) {
+            event["messageId"] = frame_id;
+        }
+        match self.enqueue_event(webhook::CLIENT_MESSAGE, &user_id, event).await {
+            Ok(true) => reply_ok(ws, frame_id),
+            Ok(false) => send_error(
+                ws,
+                "no_backend",
+                "no backend webhook is configured to receive messages (set WEBHOOK_URL and WEBHOOK_SECRET)",
+                frame_id,
+                &[],
+            ),
+            Err(e) => {
+                log::error("storage_error", json!({ "op": "enqueue_message", "message": e.to_string() }));
+                send_error(ws, "internal_error", "the message could not be stored; send it again", frame_id, &[]);
+            }
+        }
+    }
+
+    /// Closes a connection from the server side (abuse, lifetime, the backend) and forgets it at once
+    /// (its close event may never come); the backend hears about it once.
+    pub(crate) async fn close_by_server(&self, id: &str, code: u16, reason: &str, by: &str) {
+        let Some(conn) = self.forget(id) else { return };
+        let _ = conn.ws.close(Some(code), Some(reason));
+        self.left_channels(&conn).await;
+        log::info(
+            "close",
+            json!({ "userId": conn.user_id, "connectionId": id, "code": code, "reason": reason, "by": by }),
+        );
+        self.report_close(&conn, id, code, reason, by).await;
+    }
+
+    async fn report_close(&self, conn: &Conn, id: &str, code: u16, reason: &str, by: &str) {
+        let data = json!({
+            "connectionId": id, "transport": conn.transport.name(), "code": code, "reason": reason, "by": by,
+            "connectedAt": rfc3339(conn.connected_at as u64),
+        });
+        if let Err(e) = self.enqueue_event(webhook::CONNECTION_CLOSED, &conn.user_id, data).await {
+            log::error("storage_error", json!({ "op": "enqueue_close", "message": e.to_string() }));
+        }
+    }
+
+    /// The client closed: answer the close (so its handshake completes promptly) and forget it.
+    pub(crate) async fn on_close(&self, ws: &WebSocket, code: usize, reason: &str, was_clean: bool) {
+        let reply: String = reason.chars().take(100).collect();
+        // Already-closing sockets throw here; that is fine.
+        let _ = ws.close(Some(reply_close_code(code)), Some(reply));
+        let Some(id) = conn_id(self, ws) else { return };
+        let _ = self.ensure_loaded();
+        // Unknown here means the server closed it first and has reported it already.
+        let Some(conn) = self.forget(&id) else { return };
+        self.left_channels(&conn).await;
+        log::info(
+            "close",
+            json!({ "userId": conn.user_id, "connectionId": id, "code": code, "reason": reason, "clean": was_clean, "by": "client" }),
+        );
+        self.report_close(&conn, &id, code.min(u16::MAX as usize) as u16, reason, "client").await;
+    }
+
+    pub(crate) async fn on_error(&self, ws: &WebSocket, error: &str) {
+        let _ = ws.close(Some(1011), Some("socket error"));
+        let Some(id) = conn_id(self, ws) else { return };
+        let _ = self.ensure_loaded();
+        let Some(conn) = self.forget(&id) else { return };
+        self.left_channels(&conn).await;
+        log::error("socket_error", json!({ "connectionId": id, "message": error }));
+        self.report_close(&conn, &id, 1011, "socket error", "error").await;
+    }
+}

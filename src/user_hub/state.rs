@@ -1,0 +1,233 @@
+//! The hub's memory, which is only a cache: the open connections, rebuilt after every construction
+//! from the sockets' tags and attachments (which survive hibernation) and the stored filters and
+//! grants.
+
+use super::{UserHub, SCHEMA};
+use crate::core::channel::{ChannelGrants, Grants};
+use crate::core::config::Config;
+use crate::core::error::Error;
+use crate::core::filter::FilterSet;
+use crate::core::protocol::{self, Transport};
+use crate::core::ratelimit::TokenBucket;
+use crate::runtime::log;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::HashMap;
+use std::rc::Rc;
+use worker::{Date, WebSocket};
+
+/// One open connection, as cached in memory.
+pub(crate) struct Conn {
+    pub ws: WebSocket,
+    pub filters: FilterSet,
+    pub bucket: TokenBucket,
+    pub transport: Transport,
+    /// The user's `seq` when this connection opened: envelopes after it may have been delivered live.
+    pub accepted_seq: u64,
+    pub user_id: String,
+    /// When it opened, in ms since the epoch.
+    pub connected_at: f64,
+    /// The connect token's `exp`, in ms since the epoch.
+    pub expires_at: Option<f64>,
+    /// When the hub closes it: the earlier of `expires_at` and the `MAX_CONNECTION_SECONDS` lifetime.
+    pub deadline: Option<f64>,
+    /// Channels joined, each with the user's `seq` at the join (later envelopes were sent live).
+    pub channels: Vec<(String, u64)>,
+    pub grants: Rc<ChannelGrants>,
+}
+
+/// When a connection must be closed: the token's `exp` or the end of its fixed lifetime.
+pub(crate) fn deadline(config: &Config, connected_at: f64, expires_at: Option<f64>) -> Option<f64> {
+    let lifetime =
+        (config.max_connection_seconds > 0).then_some(connected_at + (config.max_connection_seconds as f64) * 1000.0);
+    match (expires_at, lifetime) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+impl Conn {
+    /// Sends a frame the way this connection's transport expects (`seq` becomes the SSE `id:`).
+    pub fn send(&self, text: &str, seq: Option<u64>) {
+        // A socket that is closing refuses sends; its close handler cleans up.
+        let _ = match self.transport {
+            Transport::WebSocket => self.ws.send_with_str(text),
+            Transport::Sse => self.ws.send_with_str(protocol::sse_event(seq, text)),
+        };
+    }
+}
+
+/// What each socket carries through hibernation besides its tag (the connection id).
+/// Versioned so a deploy that changes it can still read the old shape.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Attachment {
+    pub v: u8,
+    #[serde(rename = "u")]
+    pub user_id: String,
+    /// When the connection opened, in ms since the epoch.
+    #[serde(rename = "t")]
+    pub connected_at: f64,
+    /// The connect token's `exp`, in ms since the epoch.
+    #[serde(rename = "e", default)]
+    pub expires_at: Option<f64>,
+    /// `websocket`, or `sse` for a Server-Sent Events client bridged by the Worker.
+    #[serde(rename = "tr", default = "websocket")]
+    pub transport: String,
+    /// The user's `seq` when the connection opened.
+    #[serde(rename = "s", default)]
+    pub accepted_seq: u64,
+    /// Channels joined, each with the user's `seq` at the join.
+    #[serde(rename = "c", default)]
+    pub channels: Vec<(String, u64)>,
+}
+
+impl Attachment {
+    pub(super) fn of(conn: &Conn) -> Attachment {
+        Attachment {
+            v: 1,
+            user_id: conn.user_id.clone(),
+            connected_at: conn.connected_at,
+            expires_at: conn.expires_at,
+            transport: conn.transport.name().to_string(),
+            accepted_seq: conn.accepted_seq,
+            channels: conn.channels.clone(),
+        }
+    }
+}
+
+fn websocket() -> String {
+    Transport::WebSocket.name().to_string()
+}
+
+/// A socket's connection id: its tag.
+pub(super) fn conn_id(hub: &UserHub, ws: &WebSocket) -> Option<String> {
+    hub.state.get_tags(ws).into_iter().next()
+}
+
+#[derive(Deserialize)]
+struct SubRow {
+    conn_id: String,
+    filters: String,
+}
+
+#[derive(Deserialize)]
+struct GrantRow {
+    conn_id: String,
+    join_grants: String,
+    publish_grants: String,
+}
+
+#[derive(Deserialize)]
+pub(super) struct OldestRow {
+    pub seq: i64,
+    pub at: i64,
+}
+
+impl UserHub {
+    /// Rebuilds the connection cache from the sockets' tags and attachments and the stored filters,
+    /// once per construction. Rows of connections that no longer exist are deleted.
+    pub(crate) fn ensure_loaded(&self) -> Result<(), Error> {
+        if self.conns.borrow().is_some() {
+            return Ok(());
+        }
+        let config = self.config()?;
+        let sql = self.sql();
+        sql.exec(SCHEMA, None)?;
+        // The newest envelope's seq is in history when history is on; meta holds it otherwise (and
+        // before an age trim could delete the newest row).
+        let seq = sql
+            .exec(
+                "SELECT max(coalesce((SELECT value FROM meta WHERE key = 'seq'), 0), coalesce((SELECT max(seq) FROM history), 0)) AS value",
+                None,
+            )?
+            .to_array::<super::ValueRow>()?
+            .first()
+            .map_or(0, |r| r.value.max(0) as u64);
+        let oldest = sql
+            .exec("SELECT seq, at FROM history ORDER BY seq LIMIT 1", None)?
+            .to_array::<OldestRow>()?
+            .first()
+            .map(|r| (r.seq as u64, r.at));
+        let mut stored: HashMap<String, String> = sql
+            .exec("SELECT conn_id, filters FROM subscriptions", None)?
+            .to_array::<SubRow>()?
+            .into_iter()
+            .map(|r| (r.conn_id, r.filters))
+            .collect();
+        let mut grants: HashMap<String, Rc<ChannelGrants>> = sql
+            .exec("SELECT conn_id, join_grants, publish_grants FROM grants", None)?
+            .to_array::<GrantRow>()?
+            .into_iter()
+            .map(|r| {
+                let g = ChannelGrants {
+                    join: Grants::from_text(&r.join_grants),
+                    publish: Grants::from_text(&r.publish_grants),
+                };
+                (r.conn_id, Rc::new(g))
+            })
+            .collect();
+        let now = Date::now().as_millis() as f64;
+        let mut conns = HashMap::new();
+        for ws in self.state.get_websockets() {
+            let Some(id) = self.state.get_tags(&ws).into_iter().next() else { continue };
+            let Some(a) = ws.deserialize_attachment::<Attachment>().ok().flatten() else { continue };
+            let filters = stored.remove(&id).map(|t| FilterSet::from_json(&t)).unwrap_or_default();
+            let conn_grants = grants.remove(&id).unwrap_or_default();
+            conns.insert(
+                id,
+                Conn {
+                    channels: a.channels,
+                    grants: conn_grants,
+                    ws,
+                    filters,
+                    bucket: TokenBucket::new(config.max_frames_per_second, now),
+                    transport: Transport::from_name(&a.transport),
+                    accepted_seq: a.accepted_seq,
+                    deadline: deadline(&config, a.connected_at, a.expires_at),
+                    user_id: a.user_id,
+                    connected_at: a.connected_at,
+                    expires_at: a.expires_at,
+                },
+            );
+        }
+        for orphan in stored.keys() {
+            sql.exec("DELETE FROM subscriptions WHERE conn_id = ?", vec![orphan.clone().into()])?;
+        }
+        for orphan in grants.keys() {
+            sql.exec("DELETE FROM grants WHERE conn_id = ?", vec![orphan.clone().into()])?;
+        }
+        self.seq.set(seq);
+        self.oldest.set(oldest);
+        log::info("hub_loaded", json!({ "connections": conns.len(), "seq": seq }));
+        *self.conns.borrow_mut() = Some(conns);
+        Ok(())
+    }
+
+    /// Stores a connection's filters (the cache already holds them).
+    pub(crate) fn store_filters(&self, id: &str, filters: &FilterSet) -> Result<(), Error> {
+        self.sql().exec(
+            "INSERT INTO subscriptions (conn_id, filters) VALUES (?, ?) ON CONFLICT(conn_id) DO UPDATE SET filters = excluded.filters",
+            vec![id.to_string().into(), filters.to_json().into()],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets a connection everywhere: cache, storage, and the publishes waiting on its ack.
+    /// Returns the connection if it was still known (so its close is reported once).
+    pub(crate) fn forget(&self, id: &str) -> Option<Conn> {
+        let conn = self.conns.borrow_mut().as_mut().and_then(|c| c.remove(id));
+        if let Some(conn) = &conn {
+            let mut statements = vec!["DELETE FROM subscriptions WHERE conn_id = ?"];
+            if !conn.grants.is_empty() {
+                statements.push("DELETE FROM grants WHERE conn_id = ?");
+            }
+            for statement in statements {
+                if let Err(e) = self.sql().exec(statement, vec![id.to_string().into()]) {
+                    log::error("storage_error", json!({ "op": "forget", "message": e.to_string() }));
+                }
+            }
+        }
+        self.acks.borrow_mut().connection_closed(id);
+        conn
+    }
+}
