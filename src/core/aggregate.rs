@@ -271,8 +271,10 @@ mod tests {
     fn results_once_and_bounded_by_bytes() {
         let big = "r".repeat(1500);
         let mut users: Vec<Value> = (0..3)
-            .map(|i| json!({ "userId": format!("u{i}"), "results": [big, big],
-                "acks": [{"connectionId": "a", "result": big}, {"connectionId": "b", "result": big}] }))
+            .map(|i| {
+                json!({ "userId": format!("u{i}"), "results": [big, big],
+                "acks": [{"connectionId": "a", "result": big}, {"connectionId": "b", "result": big}] })
+            })
             .collect();
         users.push(json!({ "userId": "x", "status": 504, "error": "timeout" }));
         let (results, truncated) = bound_detail(&mut users, 4096);

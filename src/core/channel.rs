@@ -285,5 +285,4 @@ mod tests {
         }
         assert!(next_version(0, 8_700_000_000_000) < (1u64 << 53));
     }
-
 }

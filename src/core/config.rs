@@ -234,19 +234,16 @@ impl Config {
             number(&get, "CLIENT_PUBLISH_MAX_BYTES", DEFAULT_CLIENT_PUBLISH_MAX_BYTES, 16, MIB)? as usize;
         let client_publish_per_second =
             number(&get, "CLIENT_PUBLISH_PER_SECOND", DEFAULT_CLIENT_PUBLISH_PER_SECOND, 1, 10_000)? as u32;
-        let channel_client_publish_per_second = number(
-            &get,
-            "CHANNEL_CLIENT_PUBLISH_PER_SECOND",
-            DEFAULT_CHANNEL_CLIENT_PUBLISH_PER_SECOND,
-            1,
-            100_000,
-        )? as u32;
+        let channel_client_publish_per_second =
+            number(&get, "CHANNEL_CLIENT_PUBLISH_PER_SECOND", DEFAULT_CHANNEL_CLIENT_PUBLISH_PER_SECOND, 1, 100_000)?
+                as u32;
         let channel_max_concurrent_publishes =
             number(&get, "CHANNEL_MAX_CONCURRENT_PUBLISHES", DEFAULT_CHANNEL_MAX_CONCURRENT_PUBLISHES, 1, 1_000)?
                 as usize;
         let channel_joins_per_minute =
             number(&get, "CHANNEL_JOINS_PER_MINUTE", DEFAULT_CHANNEL_JOINS_PER_MINUTE, 1, 100_000)? as u32;
-        let ack_result_max_bytes = number(&get, "ACK_RESULT_MAX_BYTES", DEFAULT_ACK_RESULT_MAX_BYTES, 16, MIB)? as usize;
+        let ack_result_max_bytes =
+            number(&get, "ACK_RESULT_MAX_BYTES", DEFAULT_ACK_RESULT_MAX_BYTES, 16, MIB)? as usize;
         let publish_results_max_bytes =
             number(&get, "PUBLISH_RESULTS_MAX_BYTES", DEFAULT_PUBLISH_RESULTS_MAX_BYTES, 1024, 16 * MIB)? as usize;
         let replay_page_envelopes = number(&get, "REPLAY_PAGE_ENVELOPES", DEFAULT_REPLAY_PAGE_ENVELOPES, 1, 10_000)?;
@@ -319,7 +316,10 @@ mod tests {
         assert_eq!(c.max_frame_bytes, 1 << 20);
         assert_eq!((c.history_seconds, c.history_limit, c.sse_keepalive_seconds), (3600, 1000, 15));
         assert!(c.history_enabled());
-        assert_eq!((c.client_publish_max_bytes, c.client_publish_per_second, c.channel_client_publish_per_second), (16384, 10, 100));
+        assert_eq!(
+            (c.client_publish_max_bytes, c.client_publish_per_second, c.channel_client_publish_per_second),
+            (16384, 10, 100)
+        );
         assert_eq!((c.channel_max_concurrent_publishes, c.channel_joins_per_minute), (32, 60));
         assert_eq!((c.ack_result_max_bytes, c.publish_results_max_bytes), (16384, 512 * 1024));
         assert_eq!((c.replay_page_envelopes, c.replay_page_bytes, c.sse_queue_max_bytes), (200, 1 << 20, 1 << 20));

@@ -10,8 +10,10 @@ use crate::hop::user;
 use crate::hop::wire::Connect;
 use futures_channel::mpsc::{unbounded, UnboundedReceiver};
 use futures_util::Stream;
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use wasm_bindgen::closure::Closure;
@@ -23,13 +25,20 @@ pub const MAX_FILTERS_PARAM_BYTES: usize = 16 * 1024;
 
 enum Event {
     Data(String),
+    /// More than the queue may hold: end the stream with a `slow_consumer` event.
+    Overflow,
     Closed,
 }
+
+/// The close code the Worker gives the hub socket of an SSE stream closed for falling behind.
+pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 
 /// The event stream handed to the runtime as the response body.
 struct SseStream {
     ws: WebSocket,
     rx: UnboundedReceiver<Event>,
+    /// Bytes of data events queued and not yet taken by the runtime (see `new`).
+    queued: Rc<Cell<usize>>,
     keepalive: Pin<Box<Delay>>,
     every: Duration,
     preamble: bool,
@@ -41,13 +50,33 @@ struct SseStream {
 }
 
 impl SseStream {
-    fn new(ws: WebSocket, every: Duration, signal: Option<web_sys::AbortSignal>) -> Result<Self, Error> {
+    fn new(
+        ws: WebSocket,
+        every: Duration,
+        max_queued: usize,
+        signal: Option<web_sys::AbortSignal>,
+    ) -> Result<Self, Error> {
         let (tx, rx) = unbounded();
         let tx_close = tx.clone();
+        // The runtime takes events from this stream only as fast as the client reads; the hub
+        // sends as fast as it publishes. A client that stops reading would make the queue grow
+        // without bound in the Worker's isolate (review F4), so past `max_queued` bytes the stream
+        // is ended and the hub told the connection closed; the client resumes from history.
+        let queued = Rc::new(Cell::new(0usize));
+        let (in_queue, overflowed, hub_socket) = (queued.clone(), Rc::new(Cell::new(false)), ws.clone());
         let on_message = Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |e: web_sys::MessageEvent| {
-            if let Some(text) = e.data().as_string() {
-                let _ = tx.unbounded_send(Event::Data(text));
+            let Some(text) = e.data().as_string() else { return };
+            if overflowed.get() {
+                return;
             }
+            if in_queue.get() + text.len() > max_queued {
+                overflowed.set(true);
+                let _ = hub_socket.close(Some(CLOSE_SLOW_CONSUMER), Some("sse client too slow"));
+                let _ = tx.unbounded_send(Event::Overflow);
+                return;
+            }
+            in_queue.set(in_queue.get() + text.len());
+            let _ = tx.unbounded_send(Event::Data(text));
         });
         let on_close = Closure::<dyn FnMut(web_sys::CloseEvent)>::new(move |_e: web_sys::CloseEvent| {
             let _ = tx_close.unbounded_send(Event::Closed);
@@ -76,6 +105,7 @@ impl SseStream {
         Ok(SseStream {
             ws,
             rx,
+            queued,
             keepalive: Box::pin(Delay::from(every)),
             every,
             preamble: true,
@@ -101,7 +131,18 @@ impl Stream for SseStream {
             return Poll::Ready(Some(Ok(b": switchboard\nretry: 2000\n\n".to_vec())));
         }
         match Pin::new(&mut this.rx).poll_next(cx) {
-            Poll::Ready(Some(Event::Data(text))) => return Poll::Ready(Some(Ok(text.into_bytes()))),
+            Poll::Ready(Some(Event::Data(text))) => {
+                this.queued.set(this.queued.get().saturating_sub(text.len()));
+                return Poll::Ready(Some(Ok(text.into_bytes())));
+            }
+            Poll::Ready(Some(Event::Overflow)) => {
+                this.done = true;
+                let last = crate::core::protocol::sse_event(
+                    None,
+                    r#"{"type":"error","code":"slow_consumer","message":"this stream fell more than SSE_QUEUE_MAX_BYTES behind and was closed: reconnect with Last-Event-ID to resume"}"#,
+                );
+                return Poll::Ready(Some(Ok(last.into_bytes())));
+            }
             Poll::Ready(Some(Event::Closed)) | Poll::Ready(None) => {
                 this.done = true;
                 return Poll::Ready(None);
@@ -138,6 +179,7 @@ pub async fn open(
     env: &Env,
     connect: &Connect,
     keepalive_seconds: u64,
+    max_queued: usize,
     cors: Option<&str>,
     signal: Option<web_sys::AbortSignal>,
 ) -> Result<Response, Error> {
@@ -146,7 +188,7 @@ pub async fn open(
         return Ok(hop); // the hub refused (its JSON error passes through)
     }
     let ws = hop.websocket().ok_or_else(|| Error::Unavailable("the user's hub returned no socket".into()))?;
-    let stream = SseStream::new(ws, Duration::from_secs(keepalive_seconds), signal)?;
+    let stream = SseStream::new(ws, Duration::from_secs(keepalive_seconds), max_queued, signal)?;
     let headers = Headers::new();
     headers.set("content-type", "text/event-stream; charset=utf-8")?;
     // No caching, and no buffering by proxies (nginx honours x-accel-buffering).

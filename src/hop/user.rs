@@ -78,12 +78,12 @@ pub async fn connections(
 pub async fn publish(
     env: &Env,
     meta: &PublishMeta,
-    payload: &str,
+    payload: &js_sys::JsString,
     cors: Option<&str>,
     idempotency_key: Option<&str>,
 ) -> Result<Response, Error> {
     let url = wire::url("hub", user_path::PUBLISH, &wire::borrowed(&meta.to_query()));
-    let req = super::request(Method::Post, &url, cors, idempotency_key, Some(payload.into()))?;
+    let req = super::request(Method::Post, &url, cors, idempotency_key, Some(payload.clone().into()))?;
     send(env, &meta.user_id, req).await
 }
 

@@ -31,6 +31,7 @@ mod state;
 use crate::core::acks::AckRegistry;
 use crate::core::config::Config;
 use crate::core::error::Error;
+use crate::core::ratelimit::TokenBucket;
 use crate::hop::{self, user, user::Call};
 use crate::runtime::{http, log, settings};
 use serde::Deserialize;
@@ -67,6 +68,10 @@ pub struct UserHub {
     oldest: Cell<Option<(u64, i64)>>,
     /// The last version number given to a channel membership update (see [`crate::core::channel::next_version`]).
     pub(crate) version: Cell<u64>,
+    /// This user's client publishes (`CLIENT_PUBLISH_PER_SECOND`), across its connections.
+    pub(crate) publish_bucket: RefCell<Option<TokenBucket>>,
+    /// This user's joins of new channels (`CHANNEL_JOINS_PER_MINUTE`).
+    pub(crate) join_bucket: RefCell<Option<TokenBucket>>,
 }
 
 impl worker::DurableObject for UserHub {
@@ -83,6 +88,8 @@ impl worker::DurableObject for UserHub {
             seq: Cell::new(0),
             oldest: Cell::new(None),
             version: Cell::new(0),
+            publish_bucket: RefCell::new(None),
+            join_bucket: RefCell::new(None),
         }
     }
 

@@ -61,6 +61,7 @@ impl UserHub {
             expires_at,
             deadline,
             channels: Vec::new(),
+            joining: Vec::new(),
             grants: std::rc::Rc::new(grants),
         };
         conn.ws.serialize_attachment(Attachment::of(&conn))?;
@@ -69,8 +70,7 @@ impl UserHub {
             conns.insert(id.clone(), conn);
         }
         if let Some(filters) = filters {
-            let list = serde_json::from_str(&filters).unwrap_or(serde_json::Value::Null);
-            self.change_filters(&id, &list, None, true, since);
+            self.change_filters(&id, &filter::FilterList::from_json(&filters), None, true, since);
         }
         log::info(
             "connect",
@@ -116,15 +116,32 @@ impl UserHub {
         if text.len() > config.max_frame_bytes {
             return self.close_by_server(&id, CLOSE_FRAME_TOO_LARGE, "frame too large", "abuse").await;
         }
-        let frame = protocol::parse_client_frame(&text);
         // Acks the hub is waiting for are paced by publishes, not by the client: they never count
-        // against the flood limit. Everything else does.
+        // against the flood limit. Everything else does, and pays before it is parsed, so a flood
+        // of large frames is closed before it costs a parse each (security review F16). An ack in
+        // another shape than `{"type":"ack",...}` pays like any frame.
+        let ack_shaped = text.starts_with(protocol::ACK_PREFIX);
+        if !ack_shaped && !self.take_token(&id) {
+            return self.close_by_server(&id, CLOSE_FLOOD, "too many frames", "abuse").await;
+        }
+        let frame = protocol::parse_client_frame(&text);
         if let Ok(ClientFrame::Ack { envelope_id, result, id: frame_id }) = &frame {
+            if result.is_some_and(|r| r.get().len() > config.ack_result_max_bytes) {
+                if ack_shaped && !self.take_token(&id) {
+                    return self.close_by_server(&id, CLOSE_FLOOD, "too many frames", "abuse").await;
+                }
+                // Said even without an `id`: the client must learn that this ack did not count.
+                let message = format!(
+                    "the ack's result is larger than {} bytes (ACK_RESULT_MAX_BYTES); it was not recorded: ack again with a smaller result",
+                    config.ack_result_max_bytes
+                );
+                return send_error(ws, "result_too_large", &message, *frame_id, &[]);
+            }
             let outcome = self.acks.borrow_mut().ack(envelope_id, &id, result.map(ToOwned::to_owned));
             if outcome == AckOutcome::Recorded {
                 return reply_ok(ws, *frame_id);
             }
-            if !self.take_token(&id) {
+            if ack_shaped && !self.take_token(&id) {
                 return self.close_by_server(&id, CLOSE_FLOOD, "too many frames", "abuse").await;
             }
             // A late or repeated ack is harmless; a HopeFlow client expects silence, so only a frame
@@ -139,7 +156,7 @@ impl UserHub {
             }
             return;
         }
-        if !self.take_token(&id) {
+        if ack_shaped && !self.take_token(&id) {
             return self.close_by_server(&id, CLOSE_FLOOD, "too many frames", "abuse").await;
         }
         match frame {
@@ -172,7 +189,7 @@ impl UserHub {
     fn change_filters(
         &self,
         id: &str,
-        list: &serde_json::Value,
+        list: &filter::FilterList,
         frame_id: Option<&RawValue>,
         add: bool,
         since: Option<u64>,
@@ -241,7 +258,16 @@ impl UserHub {
     async fn upstream(&self, ws: &WebSocket, id: &str, data: Option<&RawValue>, frame_id: Option<&RawValue>) {
         let user_id = self.conns.borrow().as_ref().and_then(|c| c.get(id)).map(|c| c.user_id.clone());
         let Some(user_id) = user_id else { return };
-        let data: serde_json::Value = data.and_then(|d| serde_json::from_str(d.get()).ok()).unwrap_or_default();
+        // `data` was only checked as JSON text; a value nested past serde_json's 128 levels would
+        // become `null` in the event, so it is refused instead of forwarded wrong (review F17).
+        let data: serde_json::Value = match data.map(|d| serde_json::from_str(d.get())) {
+            None => serde_json::Value::Null,
+            Some(Ok(v)) => v,
+            Some(Err(_)) => {
+                let message = "`data` nests deeper than 128 levels; it cannot be forwarded to the backend";
+                return send_error(ws, "invalid_frame", message, frame_id, &[]);
+            }
+        };
         let mut event = json!({ "connectionId": id, "data": data });
         if let Some(frame_id) = frame_id.and_then(|f| serde_json::from_str::<serde_json::Value>(f.get()).ok()) {
             event["messageId"] = frame_id;
