@@ -79,6 +79,8 @@ impl Aggregate {
             return;
         }
         t.users += 1;
+        // A leaf that had to leave this user's ack results out (its bytes) marked the entry.
+        self.truncated |= outcome.get("truncated").and_then(Value::as_bool) == Some(true);
         let (budget, bytes) = (self.budget, &mut self.bytes);
         if outcome.get("error").is_some() {
             t.failed += 1;
@@ -223,6 +225,14 @@ mod tests {
         assert_eq!(parent.totals.acked, 6);
         let text = serde_json::to_string(&parent.into_response("c")).unwrap();
         assert!(text.len() < 2048 + 1024, "{}", text.len());
+    }
+
+    #[test]
+    fn an_entry_trimmed_below_marks_the_aggregate_truncated() {
+        let mut a = Aggregate::with_budget(1 << 20);
+        a.add_user(json!({ "userId": "u", "clientCount": 1, "acks": [{"connectionId": "c"}], "truncated": true }));
+        assert!(a.truncated);
+        assert_eq!(a.totals.acked, 1);
     }
 
     #[test]
