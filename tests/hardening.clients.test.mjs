@@ -7,7 +7,7 @@
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
-import { startWorker, Client, publish, clientToken, publishToken } from "./harness.mjs";
+import { startWorker, Client, SseClient, publish, clientToken, publishToken } from "./harness.mjs";
 
 const workers = [];
 after(() => Promise.all(workers.map((w) => w.stop())));
@@ -295,6 +295,30 @@ test("F4: a hub evicted between replay pages continues where it stopped: nothing
   }
   assert.deepEqual(seen, Array.from({ length: 25 }, (_, i) => i + 1).filter((s) => s % 5 !== 0));
   await c.close();
+});
+
+test("F4: over SSE a replay page ends the stream at replay_more (id: N); reconnecting with Last-Event-ID continues", async () => {
+  const w = await worker({ REPLAY_PAGE_ENVELOPES: "10" });
+  const u = uid();
+  for (let i = 0; i < 25; i++) await publish(w, { userId: u, type: "t", payload: { i }, timeoutMs: 0 });
+  const seen = [];
+  let lastEventId = 0;
+  for (let round = 0; round < 4; round++) {
+    const s = await SseClient.open(w, clientToken(u), { filters: [{ type: "t" }], lastEventId });
+    assert.equal(s.status, 200);
+    const more = s.next((e) => e.json?.type === "replay_more", 3000).catch(() => null);
+    const m = await more;
+    if (!m) {
+      seen.push(...s.events.filter((e) => e.json?.envelopeId).map((e) => e.json.seq));
+      await s.close();
+      break;
+    }
+    await Promise.race([s.ended, sleep(5000)]);
+    seen.push(...s.events.filter((e) => e.json?.envelopeId).map((e) => e.json.seq));
+    assert.equal(m.id, String(m.json.since), "the event's id is where to continue");
+    lastEventId = Number(m.id);
+  }
+  assert.deepEqual(seen, Array.from({ length: 25 }, (_, i) => i + 1));
 });
 
 test("F4: an SSE stream whose client stops reading is closed once SSE_QUEUE_MAX_BYTES is queued", async () => {

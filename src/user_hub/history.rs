@@ -79,10 +79,11 @@ impl UserHub {
     /// `before` is the connection's filter set before this subscribe: envelopes it matched after the
     /// connection opened were delivered live already and are not sent twice. Runs synchronously
     /// (SQLite reads are synchronous), so no publish can interleave with the replay.
-    pub(crate) fn replay(&self, id: &str, since: u64, before: &FilterSet) -> Result<(), Error> {
+    /// Returns whether the page ended with more history to send (`replay_more` was sent).
+    pub(crate) fn replay(&self, id: &str, since: u64, before: &FilterSet) -> Result<bool, Error> {
         let current = self.seq.get();
         if since >= current {
-            return Ok(());
+            return Ok(false);
         }
         let config = self.config()?;
         // One page: at most REPLAY_PAGE_ENVELOPES rows, read one at a time from the cursor, and at
@@ -101,7 +102,7 @@ impl UserHub {
         };
         let mut rows = cursor.as_ref().map(|c| c.next::<HistoryRow>()).into_iter().flatten().peekable();
         let conns = self.conns.borrow();
-        let Some(conn) = conns.as_ref().and_then(|c| c.get(id)) else { return Ok(()) };
+        let Some(conn) = conns.as_ref().and_then(|c| c.get(id)) else { return Ok(false) };
         let first_kept = match rows.peek() {
             Some(Ok(r)) => r.seq as u64,
             Some(Err(_)) => since + 1,
@@ -147,6 +148,6 @@ impl UserHub {
             "replay",
             json!({ "connectionId": id, "since": since, "replayed": sent, "gap": first_kept > since + 1, "more": more }),
         );
-        Ok(())
+        Ok(more)
     }
 }

@@ -69,9 +69,10 @@ impl UserHub {
         if let Some(conns) = self.conns.borrow_mut().as_mut() {
             conns.insert(id.clone(), conn);
         }
-        if let Some(filters) = filters {
-            self.change_filters(&id, &filter::FilterList::from_json(&filters), None, true, since);
-        }
+        let more = match filters {
+            Some(filters) => self.change_filters(&id, &filter::FilterList::from_json(&filters), None, true, since),
+            None => false,
+        };
         log::info(
             "connect",
             json!({ "userId": user_id, "connectionId": id, "transport": transport.name(), "open": open + 1, "since": since }),
@@ -80,6 +81,12 @@ impl UserHub {
         self.enqueue_event(webhook::CONNECTION_OPENED, &user_id, data).await?;
         if let Some(d) = deadline {
             self.schedule_alarm(Some(d.ceil() as i64), false).await?;
+        }
+        if more && transport == protocol::Transport::Sse {
+            // An SSE client cannot ask for the next replay page, so the stream ends after this one
+            // (whose `replay_more` event carries `id:`): EventSource reconnects with Last-Event-ID and
+            // gets the next page. The frames already sent go out before the close.
+            self.close_by_server(&id, 1000, "replay continues: reconnect", "replay").await;
         }
         Ok(Response::from_websocket(pair.client)?)
     }
@@ -163,10 +170,10 @@ impl UserHub {
             Err(e) => send_error(ws, e.code, &e.message, e.id, &[]),
             Ok(ClientFrame::Ping) => send(ws, "pong"),
             Ok(ClientFrame::Subscribe { filters, since, id: frame_id }) => {
-                self.change_filters(&id, &filters, frame_id, true, since)
+                self.change_filters(&id, &filters, frame_id, true, since);
             }
             Ok(ClientFrame::Unsubscribe { filters, id: frame_id }) => {
-                self.change_filters(&id, &filters, frame_id, false, None)
+                self.change_filters(&id, &filters, frame_id, false, None);
             }
             Ok(ClientFrame::Message { data, id: frame_id }) => self.upstream(ws, &id, data, frame_id).await,
             Ok(ClientFrame::Join { channel, id: frame_id }) => self.join(ws, &id, channel, frame_id).await,
@@ -186,6 +193,7 @@ impl UserHub {
 
     /// Applies a subscribe (`add`) or unsubscribe, stores the result, replays history after `since`,
     /// then replies: `ok` when the frame had an `id`, an `invalid_filter` error when entries were skipped.
+    /// Returns whether the replay stopped at the end of a page with more history to send.
     fn change_filters(
         &self,
         id: &str,
@@ -193,7 +201,7 @@ impl UserHub {
         frame_id: Option<&RawValue>,
         add: bool,
         since: Option<u64>,
-    ) {
+    ) -> bool {
         let reply = |text: &str| {
             if let Some(conn) = self.conns.borrow().as_ref().and_then(|c| c.get(id)) {
                 conn.send(text, None);
@@ -201,13 +209,16 @@ impl UserHub {
         };
         let parsed = match filter::parse_list(list) {
             Ok(p) => p,
-            Err(message) => return reply(&protocol::error_frame("invalid_frame", &message, frame_id, &[])),
+            Err(message) => {
+                reply(&protocol::error_frame("invalid_frame", &message, frame_id, &[]));
+                return false;
+            }
         };
         let mut skipped: Vec<Skipped> =
             parsed.skipped.into_iter().map(|(index, reason)| Skipped { index, reason }).collect();
         let (before, updated) = {
             let mut conns = self.conns.borrow_mut();
-            let Some(conn) = conns.as_mut().and_then(|c| c.get_mut(id)) else { return };
+            let Some(conn) = conns.as_mut().and_then(|c| c.get_mut(id)) else { return false };
             let before = conn.filters.clone();
             if add {
                 for index in conn.filters.add(parsed.valid) {
@@ -224,34 +235,41 @@ impl UserHub {
         if updated != before {
             if let Err(e) = self.store_filters(id, &updated) {
                 log::error("storage_error", json!({ "op": "store_filters", "message": e.to_string() }));
-                return reply(&protocol::error_frame(
+                reply(&protocol::error_frame(
                     "internal_error",
                     "the subscription could not be stored; try again",
                     frame_id,
                     &[],
                 ));
+                return false;
             }
         }
+        let mut more = false;
         if let Some(since) = since {
-            if let Err(e) = self.replay(id, since, &before) {
-                log::error("storage_error", json!({ "op": "replay", "message": e.to_string() }));
-                return reply(&protocol::error_frame(
-                    "internal_error",
-                    "the history could not be read; try again",
-                    frame_id,
-                    &[],
-                ));
+            match self.replay(id, since, &before) {
+                Ok(m) => more = m,
+                Err(e) => {
+                    log::error("storage_error", json!({ "op": "replay", "message": e.to_string() }));
+                    reply(&protocol::error_frame(
+                        "internal_error",
+                        "the history could not be read; try again",
+                        frame_id,
+                        &[],
+                    ));
+                    return false;
+                }
             }
         }
         if skipped.is_empty() {
             if let Some(frame_id) = frame_id {
                 reply(&protocol::ok_frame(frame_id));
             }
-            return;
+            return more;
         }
         skipped.sort_by_key(|s| s.index);
         let message = format!("{} filter(s) skipped; the others were applied", skipped.len());
         reply(&protocol::error_frame("invalid_filter", &message, frame_id, &skipped));
+        more
     }
 
     /// Sends a client's `message` frame to the backend webhook; `ok` (with an `id`) once it is stored.
