@@ -399,8 +399,10 @@ test("F6: a userIds or channel publish to 150 non-acking users takes about one t
   const ch = await publish(w, { channel, type: "slow", timeoutMs: 1000 });
   const chMs = Date.now() - t;
   assert.deepEqual([ch.body.totals.failed, ch.body.totals.pending], [0, 150]);
-  assert.ok(manyMs < 2300, `userIds publish took ${manyMs} ms`);
-  assert.ok(chMs < 2300, `channel publish took ${chMs} ms`);
+  // One deadline: about the 1 s timeout plus overhead on a busy machine. Before the fix, 50 hops at
+  // a time made three waves of 1 s at the very least (5.4 s measured).
+  assert.ok(manyMs < 2900, `userIds publish took ${manyMs} ms`);
+  assert.ok(chMs < 2900, `channel publish took ${chMs} ms`);
   await Promise.all(cs.map((c) => c.close()));
 });
 

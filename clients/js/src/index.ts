@@ -824,8 +824,9 @@ export class SwitchboardClient {
         if (!r.ok) {
           const b = await r.json().catch(() => undefined);
           const err = serverError(b, `POST /ack answered ${r.status}`);
-          // As over a socket: an ack nobody waits for (replayed, timed out) is not an error.
-          if (err.code !== "unknown_envelope") this.#error(err.code, err.message, b);
+          // As over a socket: an ack nobody waits for (replayed, timed out) is not an error, nor is
+          // one for a stream that has ended meanwhile (a replay page ends its stream; a reconnect).
+          if (err.code !== "unknown_envelope" && err.code !== "connection_not_found") this.#error(err.code, err.message, b);
         }
       },
       (e) => this.#error("transport_error", `POST /ack failed: ${(e as Error)?.message ?? e}`, e),
