@@ -51,7 +51,8 @@ test("a slow user does not hold the others; duplicates in userIds are merged", a
   const elapsed = Date.now() - started;
   assert.ok(elapsed < 3000, `bounded by the timeout (${elapsed} ms)`);
   assert.equal(res.body.users.length, 2);
-  assert.deepEqual(res.body.users[0].results, ["fast"]);
+  assert.deepEqual(res.body.users[0].acks.map((x) => x.result), ["fast"], "results once: in the user's acks");
+  assert.deepEqual(res.body.results, ["fast"]);
   assert.deepEqual(res.body.users[1].pending, [b.id]);
   assert.deepEqual(res.body.totals, { users: 2, succeeded: 2, failed: 0, clientCount: 2, acked: 1, pending: 1, closed: 0 });
   await a.close();

@@ -15,12 +15,14 @@ mod relay;
 mod root;
 
 use crate::core::error::Error;
+use crate::core::ratelimit::TokenBucket;
 use crate::hop::channel::{self, Call};
 use crate::runtime::{http, log};
 use serde::Deserialize;
 use serde_json::json;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
+use std::rc::Rc;
 use worker::{durable_object, Env, Request, Response, State};
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS members (user_id TEXT PRIMARY KEY, version INTEGER NOT NULL);";
@@ -31,6 +33,22 @@ pub struct ChannelHub {
     env: Env,
     /// Root role: the members, loaded from SQLite once per construction.
     members: RefCell<Option<BTreeSet<String>>>,
+    /// The members as a list publishes share (made on the first publish after a change), so a
+    /// publish holds a reference, not its own copy of 100,000 ids (review F2).
+    snapshot: RefCell<Option<Rc<[String]>>>,
+    /// Publishes this root is running (`CHANNEL_MAX_CONCURRENT_PUBLISHES`).
+    running: Rc<Cell<usize>>,
+    /// Client publishes to this channel (`CHANNEL_CLIENT_PUBLISH_PER_SECOND`), across publishers.
+    client_bucket: RefCell<Option<TokenBucket>>,
+}
+
+/// Counts a running publish for as long as it lives, however the publish ends.
+struct Running(Rc<Cell<usize>>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
 }
 
 #[derive(Deserialize)]
@@ -41,7 +59,14 @@ struct MemberRow {
 impl worker::DurableObject for ChannelHub {
     fn new(state: State, env: Env) -> Self {
         crate::runtime::js::install_fast_microtasks();
-        ChannelHub { state, env, members: RefCell::new(None) }
+        ChannelHub {
+            state,
+            env,
+            members: RefCell::new(None),
+            snapshot: RefCell::new(None),
+            running: Rc::new(Cell::new(0)),
+            client_bucket: RefCell::new(None),
+        }
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
@@ -74,7 +99,9 @@ impl ChannelHub {
     }
 
     /// Runs `f` on the member set, loading it first if this is the first use since construction.
+    /// Any use may change the set, so the shared snapshot is made again on the next publish.
     fn with_members<T>(&self, f: impl FnOnce(&mut BTreeSet<String>) -> T) -> Result<T, Error> {
+        *self.snapshot.borrow_mut() = None;
         let mut cache = self.members.borrow_mut();
         if cache.is_none() {
             let sql = self.sql();

@@ -6,9 +6,9 @@ use super::ChannelHub;
 use crate::core::channel::{self, Aggregate};
 use crate::core::config::Config;
 use crate::core::error::Error;
-use crate::hop::fanout::{fan_out, MAX_HOPS_IN_FLIGHT};
-use crate::hop::wire::{self, PublishMeta};
-use crate::runtime::{http, log, settings};
+use crate::hop::fanout::fan_out;
+use crate::hop::wire::PublishMeta;
+use crate::runtime::{http, js, log, settings};
 use futures_util::future::{select, Either};
 use futures_util::stream::{self, StreamExt};
 use serde_json::json;
@@ -26,10 +26,10 @@ impl ChannelHub {
         key: Option<&str>,
     ) -> Result<Response, Error> {
         let config = settings::get(&self.env)?;
-        let body = req.text().await?;
-        let (users, payload) =
-            wire::read_relay_body(&body).ok_or_else(|| Error::Internal("a relay hop without readable users".into()))?;
-        let aggregate = step(&self.env, &config, channel, path, &users, meta, payload, key).await;
+        let body = js::body_text(req).await?;
+        let (users, payload) = crate::hop::channel::read_relay_body(&body)
+            .ok_or_else(|| Error::Internal("a relay hop without readable users".into()))?;
+        let aggregate = step(&self.env, &config, channel, path, &users, meta, &payload, key).await;
         let body = serde_json::to_string(&aggregate).map_err(|e| Error::Internal(e.to_string()))?;
         Ok(http::json(200, body, None)?)
     }
@@ -45,16 +45,16 @@ pub(super) async fn step(
     path: &str,
     users: &[String],
     meta: &PublishMeta,
-    payload: &str,
+    payload: &js_sys::JsString,
     key: Option<&str>,
 ) -> Aggregate {
     let timeout_ms = meta.timeout_ms.unwrap_or(config.ack_timeout_ms).min(config.ack_timeout_max_ms);
     let fanout = config.channel_fanout;
-    let mut aggregate = Aggregate::default();
+    let budget = config.publish_results_max_bytes;
+    let mut aggregate = Aggregate::with_budget(budget);
     let Some(chunk) = channel::chunk_size(users.len(), fanout) else {
-        for outcome in
-            fan_out(env, meta, payload, users, timeout_ms + config.hop_grace_ms, key, MAX_HOPS_IN_FLIGHT).await
-        {
+        // A leaf: every hop at once, one deadline for the step (see `fan_out`).
+        for outcome in fan_out(env, meta, payload, users, timeout_ms + config.hop_grace_ms, key, budget).await {
             aggregate.add_user(outcome);
         }
         return aggregate;

@@ -1,12 +1,14 @@
 //! The root's role: the channel's members (joins and leaves from users' hubs, versioned), the members
 //! API, and the start of every publish to the channel.
 
-use super::{relay, ChannelHub, MemberRow};
+use super::{relay, ChannelHub, MemberRow, Running};
 use crate::core::channel;
 use crate::core::error::Error;
+use crate::core::ratelimit::TokenBucket;
 use crate::hop::wire::{MemberUpdate, PublishMeta};
-use crate::runtime::{http, log, settings};
+use crate::runtime::{http, js, log, settings};
 use serde_json::json;
+use std::rc::Rc;
 use worker::{Date, Request, Response};
 
 /// Most members `GET /channels/{channel}/members` lists per page.
@@ -86,8 +88,32 @@ impl ChannelHub {
         cors: Option<&str>,
     ) -> Result<Response, Error> {
         let config = settings::get(&self.env)?;
-        let payload = req.text().await?;
-        let members: Vec<String> = self.with_members(|m| m.iter().cloned().collect())?;
+        // Refused before anything is read or sent, so a refused publish reaches nobody.
+        let limit = config.channel_max_concurrent_publishes;
+        if self.running.get() >= limit {
+            return Err(Error::Limited {
+                code: "channel_busy",
+                message: format!(
+                    "this channel is already running {limit} publishes (CHANNEL_MAX_CONCURRENT_PUBLISHES); nothing was sent: retry in a moment"
+                ),
+            });
+        }
+        if meta.from.is_some() {
+            let rate = config.channel_client_publish_per_second;
+            let now = Date::now().as_millis() as f64;
+            if !self.client_bucket.borrow_mut().get_or_insert_with(|| TokenBucket::new(rate, now)).take(now) {
+                return Err(Error::Limited {
+                    code: "rate_limited",
+                    message: format!(
+                        "this channel takes at most {rate} client publishes per second (CHANNEL_CLIENT_PUBLISH_PER_SECOND); nothing was sent: publish again later"
+                    ),
+                });
+            }
+        }
+        self.running.set(self.running.get() + 1);
+        let _running = Running(self.running.clone());
+        let payload = js::body_text(req).await?;
+        let members = self.members_snapshot()?;
         let started = Date::now().as_millis();
         let aggregate = relay::step(&self.env, &config, channel, "r", &members, meta, &payload, key).await;
         for (user, version) in &aggregate.stale {
@@ -105,6 +131,20 @@ impl ChannelHub {
                 "depth": channel::depth(members.len(), config.channel_fanout),
                 "ms": Date::now().as_millis().saturating_sub(started) }),
         );
+        if meta.from.is_some() {
+            // A client publisher hears the totals only: its hub reads nothing else.
+            return Ok(http::json(200, json!({ "totals": t }).to_string(), cors)?);
+        }
         Ok(http::json(200, aggregate.into_response(channel).to_string(), cors)?)
+    }
+
+    /// The members as a shared list, made once per change of the set.
+    fn members_snapshot(&self) -> Result<Rc<[String]>, Error> {
+        if let Some(s) = self.snapshot.borrow().as_ref() {
+            return Ok(s.clone());
+        }
+        let list: Rc<[String]> = self.with_members(|m| m.iter().cloned().collect())?;
+        *self.snapshot.borrow_mut() = Some(list.clone());
+        Ok(list)
     }
 }

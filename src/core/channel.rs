@@ -3,6 +3,7 @@
 //! runtime side is [`crate::channel_hub`] (the `ChannelHub` Durable Object) and the join/leave
 //! frames in [`crate::ws`]; `docs/channels.md` explains the design and its arithmetic.
 
+pub use super::aggregate::{Aggregate, Totals, DETAIL_LIMIT};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -13,8 +14,6 @@ pub const MAX_CHANNEL_BYTES: usize = 64;
 pub const MAX_CHANNELS_PER_CONNECTION: usize = 16;
 /// Entries a token's `channels` (or `publishChannels`) claim may hold.
 pub const MAX_GRANTS: usize = 32;
-/// Per-user entries (and ack results) a channel publish answers with; totals are always exact.
-pub const DETAIL_LIMIT: usize = 1_000;
 
 /// Letters, digits and `_ - : . @ / = +`: safe in URLs, logs and attachments without escaping.
 pub fn is_name_byte(b: u8) -> bool {
@@ -184,130 +183,6 @@ pub fn relay_name(channel: &str, path: &str) -> String {
     format!("relay/{path}/{channel}")
 }
 
-/// Exact sums over every user a channel publish reached.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Totals {
-    pub users: u64,
-    pub succeeded: u64,
-    pub failed: u64,
-    pub client_count: u64,
-    pub acked: u64,
-    pub pending: u64,
-    pub closed: u64,
-    /// Stale members found (their hub had no connection in the channel) and removed; not in `users`.
-    pub pruned: u64,
-}
-
-/// The answer to a channel publish, built bottom-up: each relay aggregates the users it reached, the
-/// step above merges the relays. Detail is bounded by [`DETAIL_LIMIT`]; failures come first.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Aggregate {
-    pub totals: Totals,
-    pub results: Vec<Value>,
-    pub failures: Vec<Value>,
-    pub successes: Vec<Value>,
-    pub truncated: bool,
-    /// Members found stale at their hub, with the hub's membership version: `(userId, version)`.
-    /// Not capped: the root removes every one of them.
-    pub stale: Vec<(String, u64)>,
-}
-
-fn push_capped(list: &mut Vec<Value>, item: Value, truncated: &mut bool) {
-    if list.len() < DETAIL_LIMIT {
-        list.push(item);
-    } else {
-        *truncated = true;
-    }
-}
-
-impl Aggregate {
-    /// Adds one user's outcome: a hub's publish answer with `userId`, or `{userId, status, error}`.
-    pub fn add_user(&mut self, outcome: Value) {
-        let t = &mut self.totals;
-        // `joined: 0` without `lingering`: the hub has no connection in the channel and is not
-        // keeping its membership for a reconnect.
-        let lingering = outcome.get("lingering").and_then(Value::as_bool) == Some(true);
-        if outcome.get("joined").and_then(Value::as_u64) == Some(0) && !lingering {
-            let user = outcome.get("userId").and_then(Value::as_str).unwrap_or_default().to_string();
-            let version = outcome.get("version").and_then(Value::as_u64).unwrap_or(0);
-            t.pruned += 1;
-            self.stale.push((user, version));
-            return;
-        }
-        t.users += 1;
-        if outcome.get("error").is_some() {
-            t.failed += 1;
-            push_capped(&mut self.failures, outcome, &mut self.truncated);
-            return;
-        }
-        let count = |key: &str| outcome.get(key).and_then(Value::as_array).map_or(0, |a| a.len() as u64);
-        t.succeeded += 1;
-        t.client_count += outcome.get("clientCount").and_then(Value::as_u64).unwrap_or(0);
-        t.acked += count("acks");
-        t.pending += count("pending");
-        t.closed += count("closed");
-        if let Some(results) = outcome.get("results").and_then(Value::as_array) {
-            for r in results {
-                push_capped(&mut self.results, r.clone(), &mut self.truncated);
-            }
-        }
-        push_capped(&mut self.successes, outcome, &mut self.truncated);
-    }
-
-    /// Folds another aggregate (a shard's) into this one.
-    pub fn merge(&mut self, other: Aggregate) {
-        let (a, b) = (&mut self.totals, other.totals);
-        a.users += b.users;
-        a.succeeded += b.succeeded;
-        a.failed += b.failed;
-        a.client_count += b.client_count;
-        a.acked += b.acked;
-        a.pending += b.pending;
-        a.closed += b.closed;
-        a.pruned += b.pruned;
-        self.truncated |= other.truncated;
-        self.stale.extend(other.stale);
-        for (mine, theirs) in [
-            (&mut self.results, other.results),
-            (&mut self.failures, other.failures),
-            (&mut self.successes, other.successes),
-        ] {
-            for item in theirs {
-                push_capped(mine, item, &mut self.truncated);
-            }
-        }
-    }
-
-    /// A relay that did not answer: all `users` below it count as failed, in one entry.
-    pub fn relay_failed(&mut self, relay: &str, users: usize, status: u16, code: &str, message: &str) {
-        self.totals.users += users as u64;
-        self.totals.failed += users as u64;
-        let entry = serde_json::json!({
-            "relay": relay, "users": users, "status": status, "error": code, "message": message,
-        });
-        push_capped(&mut self.failures, entry, &mut self.truncated);
-    }
-
-    /// The backend's answer: `clientCount`, `results`, `totals`, `users` (failures first).
-    pub fn into_response(self, channel: &str) -> Value {
-        let mut users = self.failures;
-        let mut truncated = self.truncated;
-        for s in self.successes {
-            push_capped(&mut users, s, &mut truncated);
-        }
-        serde_json::json!({
-            "channel": channel,
-            "clientCount": self.totals.client_count,
-            "results": self.results,
-            "totals": self.totals,
-            "users": users,
-            "truncated": truncated,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,47 +284,5 @@ mod tests {
             v = n;
         }
         assert!(next_version(0, 8_700_000_000_000) < (1u64 << 53));
-    }
-
-    #[test]
-    fn aggregates_count_exactly_and_cap_detail() {
-        let mut shard = Aggregate::default();
-        for i in 0..(DETAIL_LIMIT + 5) {
-            shard.add_user(json!({ "userId": format!("u{i}"), "clientCount": 2, "results": [1, 2],
-                "acks": [{}, {}], "pending": [], "closed": [] }));
-        }
-        shard.add_user(json!({ "userId": "bad", "status": 504, "error": "timeout" }));
-        assert_eq!(shard.totals.users, DETAIL_LIMIT as u64 + 6);
-        assert_eq!(shard.totals.failed, 1);
-        assert_eq!(shard.totals.client_count, 2 * (DETAIL_LIMIT as u64 + 5));
-        assert_eq!(shard.totals.acked, 2 * (DETAIL_LIMIT as u64 + 5));
-        assert_eq!(shard.results.len(), DETAIL_LIMIT);
-        assert!(shard.truncated);
-
-        let mut root = Aggregate::default();
-        let mut small = Aggregate::default();
-        small.add_user(json!({ "userId": "x", "clientCount": 1, "results": [true], "acks": [{}],
-            "pending": ["c"], "closed": [] }));
-        root.merge(small.clone());
-        root.relay_failed("3", 40, 504, "timeout", "late");
-        let wire: Aggregate = serde_json::from_value(serde_json::to_value(&small).unwrap()).unwrap();
-        root.merge(wire);
-        assert_eq!(root.totals.users, 42);
-        assert_eq!(root.totals.failed, 40);
-        assert_eq!(root.totals.pending, 2);
-        root.add_user(json!({ "userId": "gone", "joined": 0, "version": 7, "clientCount": 0 }));
-        assert_eq!((root.totals.users, root.totals.pruned), (42, 1));
-        assert_eq!(root.stale, vec![("gone".to_string(), 7)]);
-        root.add_user(json!({ "userId": "away", "joined": 0, "lingering": true, "clientCount": 0, "acks": [] }));
-        assert_eq!((root.totals.users, root.totals.succeeded, root.totals.pruned), (43, 3, 1), "lingering is a member");
-        assert!(!root.truncated);
-        root.merge(shard);
-        let response = root.into_response("room:1");
-        assert_eq!(response["totals"]["users"], DETAIL_LIMIT as u64 + 49);
-        // Failures come first in `users`.
-        assert_eq!(response["users"][0]["relay"], "3");
-        assert_eq!(response["users"][1]["userId"], "bad");
-        assert_eq!(response["users"].as_array().unwrap().len(), DETAIL_LIMIT);
-        assert_eq!(response["truncated"], true);
     }
 }

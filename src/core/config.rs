@@ -107,6 +107,27 @@ pub struct Config {
     /// `FAULT_INJECTION=on`: the socket frames `__panic` and `__trap` make the hub panic or trap, for
     /// the test that the Worker recovers from both. Never set it in production.
     pub fault_injection: bool,
+    /// Largest payload of a client `publish` frame (JSON text): each one is a history row at every
+    /// member, so it is far below `MAX_FRAME_BYTES`.
+    pub client_publish_max_bytes: usize,
+    /// Client publishes per user per second, across the user's connections (bursts of twice that).
+    pub client_publish_per_second: u32,
+    /// Client publishes per channel per second, across publishers (bursts of twice that).
+    pub channel_client_publish_per_second: u32,
+    /// Publishes one channel root runs at once; more are refused with 429 `channel_busy`.
+    pub channel_max_concurrent_publishes: usize,
+    /// Joins of channels the user is not yet a member of, per user per minute (each may create a root).
+    pub channel_joins_per_minute: u32,
+    /// Largest ack `result` (JSON text); bigger acks are refused and not recorded.
+    pub ack_result_max_bytes: usize,
+    /// Detail bytes (results and per-user entries) in a `userIds` or channel answer.
+    pub publish_results_max_bytes: usize,
+    /// Envelopes one replay page reads.
+    pub replay_page_envelopes: u64,
+    /// Envelope bytes one replay page sends (at least one envelope).
+    pub replay_page_bytes: usize,
+    /// Bytes queued for an SSE client that is not reading before its stream is closed.
+    pub sse_queue_max_bytes: usize,
 }
 
 /// Faults the end-to-end suite injects to prove recovery paths (never set in production).
@@ -152,6 +173,16 @@ pub const DEFAULT_WEBHOOK_BATCH_MAX: u64 = 1;
 /// <https://developers.cloudflare.com/durable-objects/platform/limits/>
 pub const MAX_STORED_BYTES: u64 = 1_900_000;
 pub const DEFAULT_HOP_GRACE_MS: u64 = 2_000;
+pub const DEFAULT_CLIENT_PUBLISH_MAX_BYTES: u64 = 16 * 1024;
+pub const DEFAULT_CLIENT_PUBLISH_PER_SECOND: u64 = 10;
+pub const DEFAULT_CHANNEL_CLIENT_PUBLISH_PER_SECOND: u64 = 100;
+pub const DEFAULT_CHANNEL_MAX_CONCURRENT_PUBLISHES: u64 = 32;
+pub const DEFAULT_CHANNEL_JOINS_PER_MINUTE: u64 = 60;
+pub const DEFAULT_ACK_RESULT_MAX_BYTES: u64 = 16 * 1024;
+pub const DEFAULT_PUBLISH_RESULTS_MAX_BYTES: u64 = 512 * 1024;
+pub const DEFAULT_REPLAY_PAGE_ENVELOPES: u64 = 200;
+pub const DEFAULT_REPLAY_PAGE_BYTES: u64 = 1024 * 1024;
+pub const DEFAULT_SSE_QUEUE_MAX_BYTES: u64 = 1024 * 1024;
 
 impl Config {
     /// Reads the settings through `lookup` (an environment variable or secret by name). Empty strings
@@ -305,8 +336,40 @@ impl Config {
             ));
         }
 
+        const MIB: u64 = 1024 * 1024;
+        let client_publish_max_bytes =
+            number(&get, "CLIENT_PUBLISH_MAX_BYTES", DEFAULT_CLIENT_PUBLISH_MAX_BYTES, 16, MIB)? as usize;
+        let client_publish_per_second =
+            number(&get, "CLIENT_PUBLISH_PER_SECOND", DEFAULT_CLIENT_PUBLISH_PER_SECOND, 1, 10_000)? as u32;
+        let channel_client_publish_per_second =
+            number(&get, "CHANNEL_CLIENT_PUBLISH_PER_SECOND", DEFAULT_CHANNEL_CLIENT_PUBLISH_PER_SECOND, 1, 100_000)?
+                as u32;
+        let channel_max_concurrent_publishes =
+            number(&get, "CHANNEL_MAX_CONCURRENT_PUBLISHES", DEFAULT_CHANNEL_MAX_CONCURRENT_PUBLISHES, 1, 1_000)?
+                as usize;
+        let channel_joins_per_minute =
+            number(&get, "CHANNEL_JOINS_PER_MINUTE", DEFAULT_CHANNEL_JOINS_PER_MINUTE, 1, 100_000)? as u32;
+        let ack_result_max_bytes =
+            number(&get, "ACK_RESULT_MAX_BYTES", DEFAULT_ACK_RESULT_MAX_BYTES, 16, MIB)? as usize;
+        let publish_results_max_bytes =
+            number(&get, "PUBLISH_RESULTS_MAX_BYTES", DEFAULT_PUBLISH_RESULTS_MAX_BYTES, 1024, 16 * MIB)? as usize;
+        let replay_page_envelopes = number(&get, "REPLAY_PAGE_ENVELOPES", DEFAULT_REPLAY_PAGE_ENVELOPES, 1, 10_000)?;
+        let replay_page_bytes = number(&get, "REPLAY_PAGE_BYTES", DEFAULT_REPLAY_PAGE_BYTES, 1024, 16 * MIB)? as usize;
+        let sse_queue_max_bytes =
+            number(&get, "SSE_QUEUE_MAX_BYTES", DEFAULT_SSE_QUEUE_MAX_BYTES, 64 * 1024, 64 * MIB)? as usize;
+
         Ok(Config {
             fault_injection,
+            client_publish_max_bytes,
+            client_publish_per_second,
+            channel_client_publish_per_second,
+            channel_max_concurrent_publishes,
+            channel_joins_per_minute,
+            ack_result_max_bytes,
+            publish_results_max_bytes,
+            replay_page_envelopes,
+            replay_page_bytes,
+            sse_queue_max_bytes,
             jwt_secrets,
             token_rules,
             ticket_seconds,
@@ -384,6 +447,13 @@ mod tests {
         assert_eq!(c.max_frame_bytes, 1 << 20);
         assert_eq!((c.history_seconds, c.history_limit, c.sse_keepalive_seconds), (3600, 1000, 15));
         assert!(c.history_enabled());
+        assert_eq!(
+            (c.client_publish_max_bytes, c.client_publish_per_second, c.channel_client_publish_per_second),
+            (16384, 10, 100)
+        );
+        assert_eq!((c.channel_max_concurrent_publishes, c.channel_joins_per_minute), (32, 60));
+        assert_eq!((c.ack_result_max_bytes, c.publish_results_max_bytes), (16384, 512 * 1024));
+        assert_eq!((c.replay_page_envelopes, c.replay_page_bytes, c.sse_queue_max_bytes), (200, 1 << 20, 1 << 20));
         assert_eq!(c.hop_grace_ms, 2000);
     }
 
@@ -453,6 +523,16 @@ mod tests {
             ("MAX_CONNECTIONS_PER_USER", "0"),
             ("MAX_CONNECTION_SECONDS", "-5"),
             ("MAX_PUBLISH_USERS", "20000"),
+            ("CLIENT_PUBLISH_MAX_BYTES", "2000000"),
+            ("CLIENT_PUBLISH_PER_SECOND", "0"),
+            ("CHANNEL_CLIENT_PUBLISH_PER_SECOND", "x"),
+            ("CHANNEL_MAX_CONCURRENT_PUBLISHES", "0"),
+            ("CHANNEL_JOINS_PER_MINUTE", "0"),
+            ("ACK_RESULT_MAX_BYTES", "1"),
+            ("PUBLISH_RESULTS_MAX_BYTES", "100"),
+            ("REPLAY_PAGE_ENVELOPES", "0"),
+            ("REPLAY_PAGE_BYTES", "10"),
+            ("SSE_QUEUE_MAX_BYTES", "1000"),
         ] {
             let err = parse(&[("JWT_SECRET", S), (k, v)]).unwrap_err();
             assert!(err.contains(k), "{err}");

@@ -40,6 +40,11 @@ pub enum Error {
     UpgradeRequired,
     #[error("{0}")]
     TooManyRequests(String),
+    /// A limit that protects other users: 429 with its own code (`rate_limited`, `channel_busy`).
+    #[error("{message}")]
+    Limited { code: &'static str, message: String },
+    #[error("the ack's result is larger than {limit} bytes (ACK_RESULT_MAX_BYTES)")]
+    ResultTooLarge { limit: usize },
     #[error("server misconfigured: {0}")]
     Misconfigured(String),
     #[error("internal error: {0}")]
@@ -66,10 +71,10 @@ impl Error {
             Error::NotFound(_) | Error::ConnectionNotFound(_) | Error::UnknownEnvelope => 404,
             Error::MethodNotAllowed { .. } => 405,
             Error::IdempotencyConflict => 409,
-            Error::PayloadTooLarge { .. } => 413,
+            Error::PayloadTooLarge { .. } | Error::ResultTooLarge { .. } => 413,
             Error::UnsupportedMediaType => 415,
             Error::UpgradeRequired => 426,
-            Error::TooManyRequests(_) => 429,
+            Error::TooManyRequests(_) | Error::Limited { .. } => 429,
             Error::Misconfigured(_) | Error::Internal(_) => 500,
             Error::Unavailable(_) => 503,
         }
@@ -94,6 +99,8 @@ impl Error {
             Error::UnsupportedMediaType => "unsupported_media_type",
             Error::UpgradeRequired => "upgrade_required",
             Error::TooManyRequests(_) => "too_many_requests",
+            Error::Limited { code, .. } => code,
+            Error::ResultTooLarge { .. } => "result_too_large",
             Error::Misconfigured(_) => "server_misconfigured",
             Error::Internal(_) => "internal_error",
             Error::Unavailable(_) => "unavailable",

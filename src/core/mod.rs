@@ -2,6 +2,7 @@
 //! Nothing here imports the runtime (a test in `lib.rs` checks it).
 
 pub mod acks;
+pub mod aggregate;
 pub mod auth;
 pub mod channel;
 pub mod config;
@@ -13,3 +14,6 @@ pub mod query;
 pub mod ratelimit;
 pub mod ticket;
 pub mod webhook;
+
+#[cfg(test)]
+mod proptests;

@@ -95,7 +95,8 @@ pub(super) async fn open_sse(req: Request, env: &Env, config: &Config, cors: Opt
     let mut connect = connect_for(user_id, credential, Transport::Sse);
     connect.filters = Some(filters);
     connect.since = since;
-    sse::open(env, &connect, config.sse_keepalive_seconds, cors, Some(req.inner().signal())).await
+    let (keepalive, max_queued) = (config.sse_keepalive_seconds, config.sse_queue_max_bytes);
+    sse::open(env, &connect, keepalive, max_queued, cors, Some(req.inner().signal())).await
 }
 
 /// Reads a JSON body under the size limit, after the content-type check.
@@ -110,7 +111,10 @@ pub(super) async fn ack(mut req: Request, env: &Env, config: &Config, cors: Opti
     let identity = authenticate(&req, config)?;
     let user_id = connecting_user(&identity)?;
     let body = json_body(&mut req, config).await?;
-    protocol::parse_ack(&body)?;
+    let ack = protocol::parse_ack(&body)?;
+    if ack.result.is_some_and(|r| r.get().len() > config.ack_result_max_bytes) {
+        return Err(Error::ResultTooLarge { limit: config.ack_result_max_bytes });
+    }
     user::ack(env, &user_id, body, cors).await
 }
 
@@ -179,7 +183,8 @@ pub(super) async fn publish(
         }
         Recipients::Channel(_) => {
             let meta = PublishMeta::from_request(&p, "", &body, idempotency_key.is_some());
-            channel::publish(env, &meta, p.payload.get(), cors, idempotency_key.as_deref()).await
+            let payload = js_sys::JsString::from(p.payload.get());
+            Ok(channel::publish(env, &meta, &payload, cors, idempotency_key.as_deref()).await?)
         }
     }
 }

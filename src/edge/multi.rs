@@ -5,10 +5,11 @@
 //! Each user is one Durable Object subrequest: `MAX_PUBLISH_USERS` must stay within the account's
 //! subrequest limit (<https://developers.cloudflare.com/workers/platform/limits/#subrequests>).
 
+use crate::core::aggregate;
 use crate::core::config::Config;
 use crate::core::error::Error;
 use crate::core::protocol::PublishRequest;
-use crate::hop::fanout::{self, MAX_HOPS_IN_FLIGHT};
+use crate::hop::fanout;
 use crate::hop::wire::PublishMeta;
 use crate::runtime::{http, log};
 use serde_json::{json, Value};
@@ -34,20 +35,13 @@ pub async fn publish(
     let timeout_ms = p.timeout_ms.unwrap_or(config.ack_timeout_ms).min(config.ack_timeout_max_ms);
     // Checked and fingerprinted once; each hop differs only in its user.
     let base = PublishMeta::from_request(p, "", body, idempotency_key.is_some());
-    let per_user = fanout::fan_out(
-        env,
-        &base,
-        p.payload.get(),
-        users,
-        timeout_ms + config.hop_grace_ms,
-        idempotency_key,
-        MAX_HOPS_IN_FLIGHT,
-    )
-    .await;
+    let payload = js_sys::JsString::from(p.payload.get());
+    let budget = config.publish_results_max_bytes;
+    let mut per_user =
+        fanout::fan_out(env, &base, &payload, users, timeout_ms + config.hop_grace_ms, idempotency_key, budget).await;
     let count = |v: &Value, key: &str| v.get(key).and_then(Value::as_array).map_or(0, Vec::len);
     let ok: Vec<&Value> = per_user.iter().filter(|u| u.get("error").is_none()).collect();
     let client_count: u64 = ok.iter().filter_map(|u| u["clientCount"].as_u64()).sum();
-    let results: Vec<&Value> = ok.iter().flat_map(|u| u["results"].as_array().into_iter().flatten()).collect();
     let totals = json!({
         "users": users.len(),
         "succeeded": ok.len(),
@@ -62,6 +56,10 @@ pub async fn publish(
         json!({ "users": users.len(), "failed": users.len() - ok.len(), "clientCount": client_count,
             "ms": Date::now().as_millis().saturating_sub(started) }),
     );
-    let body = json!({ "clientCount": client_count, "results": results, "totals": totals, "users": per_user });
+    // Each user's results once (in its `acks`), the flat HopeFlow-shaped list, and at most
+    // PUBLISH_RESULTS_MAX_BYTES of both (review F3).
+    let (results, truncated) = aggregate::bound_detail(&mut per_user, budget);
+    let body = json!({ "clientCount": client_count, "results": results, "totals": totals, "users": per_user,
+        "truncated": truncated });
     Ok(http::json(200, body.to_string(), cors)?)
 }

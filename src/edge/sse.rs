@@ -10,7 +10,9 @@ use crate::hop::user;
 use crate::hop::wire::Connect;
 use futures_channel::mpsc::{unbounded, UnboundedReceiver};
 use futures_util::Stream;
+use std::cell::Cell;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use wasm_bindgen::closure::Closure;
@@ -22,15 +24,22 @@ pub const MAX_FILTERS_PARAM_BYTES: usize = 16 * 1024;
 
 enum Event {
     Data(String),
+    /// More than the queue may hold: end the stream with a `slow_consumer` event.
+    Overflow,
     Closed,
     /// The keep-alive interval fired.
     Keepalive,
 }
 
+/// The close code the Worker gives the hub socket of an SSE stream closed for falling behind.
+pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+
 /// The event stream handed to the runtime as the response body.
 struct SseStream {
     ws: WebSocket,
     rx: UnboundedReceiver<Event>,
+    /// Bytes of data events queued and not yet taken by the runtime (see `new`).
+    queued: Rc<Cell<usize>>,
     /// The `setInterval` that sends [`Event::Keepalive`] into the channel, and its id. A timer
     /// future (`worker::Delay`) would not do: it keeps the waker of the poll that started it, and
     /// the runtime polls each pull of the body as a new task, so after the first pull its wake-ups
@@ -46,14 +55,34 @@ struct SseStream {
 }
 
 impl SseStream {
-    fn new(ws: WebSocket, every: Duration, signal: Option<web_sys::AbortSignal>) -> Result<Self, Error> {
+    fn new(
+        ws: WebSocket,
+        every: Duration,
+        max_queued: usize,
+        signal: Option<web_sys::AbortSignal>,
+    ) -> Result<Self, Error> {
         let (tx, rx) = unbounded();
         let tx_close = tx.clone();
         let tx_tick = tx.clone();
+        // The runtime takes events from this stream only as fast as the client reads; the hub
+        // sends as fast as it publishes. A client that stops reading would make the queue grow
+        // without bound in the Worker's isolate (review F4), so past `max_queued` bytes the stream
+        // is ended and the hub told the connection closed; the client resumes from history.
+        let queued = Rc::new(Cell::new(0usize));
+        let (in_queue, overflowed, hub_socket) = (queued.clone(), Rc::new(Cell::new(false)), ws.clone());
         let on_message = Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |e: web_sys::MessageEvent| {
-            if let Some(text) = e.data().as_string() {
-                let _ = tx.unbounded_send(Event::Data(text));
+            let Some(text) = e.data().as_string() else { return };
+            if overflowed.get() {
+                return;
             }
+            if in_queue.get() + text.len() > max_queued {
+                overflowed.set(true);
+                let _ = hub_socket.close(Some(CLOSE_SLOW_CONSUMER), Some("sse client too slow"));
+                let _ = tx.unbounded_send(Event::Overflow);
+                return;
+            }
+            in_queue.set(in_queue.get() + text.len());
+            let _ = tx.unbounded_send(Event::Data(text));
         });
         let on_close = Closure::<dyn FnMut(web_sys::CloseEvent)>::new(move |_e: web_sys::CloseEvent| {
             let _ = tx_close.unbounded_send(Event::Closed);
@@ -68,6 +97,7 @@ impl SseStream {
         listen("message", on_message.as_ref().unchecked_ref())?;
         listen("close", on_close.as_ref().unchecked_ref())?;
         listen("error", on_close.as_ref().unchecked_ref())?;
+        ws.accept()?;
         let tick = Closure::<dyn FnMut()>::new(move || {
             let _ = tx_tick.unbounded_send(Event::Keepalive);
         });
@@ -78,7 +108,6 @@ impl SseStream {
                 every.as_millis().min(i32::MAX as u128) as i32,
             )
             .map_err(|_| Error::Internal("could not start the keep-alive timer".into()))?;
-        ws.accept()?;
         // Without this the runtime notices a vanished client only at the next write (a keep-alive
         // or an envelope), and publishes in between would wait for a dead connection's ack.
         let gone = signal.map(|signal| {
@@ -89,7 +118,17 @@ impl SseStream {
             let _ = signal.add_event_listener_with_callback("abort", closure.as_ref().unchecked_ref());
             (signal, closure)
         });
-        Ok(SseStream { ws, rx, keepalive: (tick, interval), preamble: true, done: false, on_message, on_close, gone })
+        Ok(SseStream {
+            ws,
+            rx,
+            queued,
+            keepalive: (tick, interval),
+            preamble: true,
+            done: false,
+            on_message,
+            on_close,
+            gone,
+        })
     }
 }
 
@@ -107,7 +146,18 @@ impl Stream for SseStream {
             return Poll::Ready(Some(Ok(b": switchboard\nretry: 2000\n\n".to_vec())));
         }
         match Pin::new(&mut this.rx).poll_next(cx) {
-            Poll::Ready(Some(Event::Data(text))) => Poll::Ready(Some(Ok(text.into_bytes()))),
+            Poll::Ready(Some(Event::Data(text))) => {
+                this.queued.set(this.queued.get().saturating_sub(text.len()));
+                Poll::Ready(Some(Ok(text.into_bytes())))
+            }
+            Poll::Ready(Some(Event::Overflow)) => {
+                this.done = true;
+                let last = crate::core::protocol::sse_event(
+                    None,
+                    r#"{"type":"error","code":"slow_consumer","message":"this stream fell more than SSE_QUEUE_MAX_BYTES behind and was closed: reconnect with Last-Event-ID to resume"}"#,
+                );
+                Poll::Ready(Some(Ok(last.into_bytes())))
+            }
             Poll::Ready(Some(Event::Keepalive)) => Poll::Ready(Some(Ok(b": keepalive\n\n".to_vec()))),
             Poll::Ready(Some(Event::Closed)) | Poll::Ready(None) => {
                 this.done = true;
@@ -120,14 +170,15 @@ impl Stream for SseStream {
 
 impl Drop for SseStream {
     fn drop(&mut self) {
-        // Unhook the closures before they are freed, then tell the hub this client is gone.
+        // Stop the keep-alives and unhook the closures before they are freed, then tell the hub
+        // this client is gone.
+        let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
+        global.clear_interval_with_handle(self.keepalive.1);
         let raw: &web_sys::WebSocket = self.ws.as_ref();
         let target: &web_sys::EventTarget = raw.unchecked_ref();
         let _ = target.remove_event_listener_with_callback("message", self.on_message.as_ref().unchecked_ref());
         let _ = target.remove_event_listener_with_callback("close", self.on_close.as_ref().unchecked_ref());
         let _ = target.remove_event_listener_with_callback("error", self.on_close.as_ref().unchecked_ref());
-        let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
-        global.clear_interval_with_handle(self.keepalive.1);
         if let Some((signal, closure)) = &self.gone {
             let _ = signal.remove_event_listener_with_callback("abort", closure.as_ref().unchecked_ref());
         }
@@ -141,6 +192,7 @@ pub async fn open(
     env: &Env,
     connect: &Connect,
     keepalive_seconds: u64,
+    max_queued: usize,
     cors: Option<&str>,
     signal: Option<web_sys::AbortSignal>,
 ) -> Result<web_sys::Response, Error> {
@@ -151,7 +203,7 @@ pub async fn open(
     let ws = Response::from(hop)
         .websocket()
         .ok_or_else(|| Error::Unavailable("the user's hub returned no socket".into()))?;
-    let stream = SseStream::new(ws, Duration::from_secs(keepalive_seconds), signal)?;
+    let stream = SseStream::new(ws, Duration::from_secs(keepalive_seconds), max_queued, signal)?;
     let headers = Headers::new();
     headers.set("content-type", "text/event-stream; charset=utf-8")?;
     // No caching, and no buffering by proxies (nginx honours x-accel-buffering).

@@ -1,45 +1,61 @@
-//! One publish to many users' hubs at once: at most `in_flight` hops in flight, each raced against the
-//! ack timeout plus a grace (`HOP_GRACE_MS`, a setting), so a slow or failing hub becomes an error entry for that user
-//! instead of holding the others. Used by multi-user publish (`userIds`) at the edge and by each leaf
-//! step of a channel's fan-out tree.
+//! One publish to many users' hubs at once, all hops in flight together under one deadline (the ack
+//! timeout plus `HOP_GRACE_MS` from the step's start), so a slow or failing hub becomes an error entry
+//! for that user instead of holding the others. Used by multi-user publish (`userIds`) at the edge and
+//! by each leaf step of a channel's fan-out tree.
 //!
 //! Each user is one Durable Object subrequest: callers keep the number of users per invocation within
 //! the subrequest limit (<https://developers.cloudflare.com/workers/platform/limits/#subrequests>).
 
 use super::wire::PublishMeta;
-use futures_util::future::{select, Either};
-use futures_util::stream::{self, StreamExt};
+use crate::core::aggregate;
+use futures_util::future::{join_all, select, Either, FutureExt};
 use serde_json::{json, Value};
+use std::cell::Cell;
 use std::time::Duration;
+use wasm_bindgen::JsValue;
 use worker::{Delay, Env};
 
-/// Hops to hubs in flight at once.
-pub const MAX_HOPS_IN_FLIGHT: usize = 50;
-
-/// Sends `base` (with each user in turn) to every user's hub, at most `in_flight` at once, and
-/// returns each user's outcome in `users`' order: the hub's answer with `userId`, or
-/// `{userId, status, error, message}`. Each hop is raced against `limit_ms` (the ack timeout plus the
-/// hop grace), after which the user is a 504 `timeout` entry.
+/// Sends `base` (with each user in turn) to every user's hub, all at once, and returns each user's
+/// outcome in `users`' order: the hub's answer with `userId`, or `{userId, status, error, message}`.
+///
+/// The step has one deadline, `limit_ms` from its start, and one timer for it, shared by every hop
+/// (`Shared` polls the timer with one waker of its own, so `worker::Delay` keeping only its first
+/// waker does not matter). Every hop starts at once, so a hub holding a non-acking connection holds
+/// only its own hop; before, 50 hops ran at a time with a timer each, and 51 such users doubled the
+/// step's time (review F6). `payload` is one JS string for every hop: an RPC argument is copied by
+/// the runtime, never through wasm (review F2). `users` is bounded by `MAX_PUBLISH_USERS` or
+/// `CHANNEL_FANOUT`.
+///
+/// Answers are kept within `budget` bytes as they arrive (`PUBLISH_RESULTS_MAX_BYTES`): one that
+/// does not fit keeps its counts and connection ids but not its ack results (review F3).
 pub async fn fan_out(
     env: &Env,
     base: &PublishMeta,
-    payload: &str,
+    payload: &JsValue,
     users: &[String],
     limit_ms: u64,
     idempotency_key: Option<&str>,
-    in_flight: usize,
+    budget: usize,
 ) -> Vec<Value> {
-    // One JS string for every hop (an RPC argument is copied by the runtime, never through wasm).
-    let payload = &wasm_bindgen::JsValue::from_str(payload);
-    let outcomes: Vec<(usize, Value)> = stream::iter(users.iter().enumerate())
-        .map(|(i, user)| async move {
+    let deadline = Delay::from(Duration::from_millis(limit_ms)).shared();
+    let kept = Cell::new(0usize);
+    let kept = &kept;
+    let hops = users.iter().map(|user| {
+        let deadline = deadline.clone();
+        async move {
             let meta = PublishMeta { user_id: user.clone(), ..base.clone() };
             let hop = Box::pin(super::user::publish(env, &meta, payload, idempotency_key));
-            let limit = Delay::from(Duration::from_millis(limit_ms));
-            let outcome = match select(hop, limit).await {
+            let outcome = match select(hop, deadline).await {
                 Either::Left((Ok((status, body)), _)) => match serde_json::from_str::<Value>(&body) {
                     Ok(Value::Object(mut o)) if status == 200 => {
                         o.insert("userId".into(), json!(user));
+                        let size = body.len() + user.len() + 12;
+                        if kept.get().saturating_add(size) <= budget {
+                            kept.set(kept.get() + size);
+                        } else {
+                            o.remove("results");
+                            aggregate::drop_results(&mut o);
+                        }
                         Value::Object(o)
                     }
                     Ok(Value::Object(o)) => json!({
@@ -56,14 +72,8 @@ pub async fn fan_out(
                     "message": format!("the user's hub did not answer within {limit_ms} ms"),
                 }),
             };
-            (i, outcome)
-        })
-        .buffer_unordered(in_flight.max(1))
-        .collect()
-        .await;
-    let mut per_user = vec![Value::Null; users.len()];
-    for (i, outcome) in outcomes {
-        per_user[i] = outcome;
-    }
-    per_user
+            outcome
+        }
+    });
+    join_all(hops).await
 }

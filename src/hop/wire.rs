@@ -308,14 +308,25 @@ impl MemberUpdate {
 /// The body of a hop to a relay: the users it serves (a JSON array), a line break, then the payload's
 /// JSON text (a JSON array never holds a raw line break, so the first one splits them).
 pub fn relay_body(users: &[String], payload: &str) -> String {
+    format!("{}{payload}", relay_head(users))
+}
+
+/// A relay body up to its payload: the users line and its line break. The hop appends the payload
+/// as the JS string it already is, so a relay hop never copies the payload into wasm.
+pub fn relay_head(users: &[String]) -> String {
     let users = serde_json::to_string(users).unwrap_or_else(|_| "[]".into());
-    format!("{users}\n{payload}")
+    format!("{users}\n")
 }
 
 /// Reads a relay hop's body back into its users and payload.
 pub fn read_relay_body(body: &str) -> Option<(Vec<String>, &str)> {
     let (users, payload) = body.split_once('\n')?;
-    Some((serde_json::from_str(users).ok()?, payload))
+    Some((read_relay_users(users)?, payload))
+}
+
+/// Reads the users line of a relay body (without its line break).
+pub fn read_relay_users(line: &str) -> Option<Vec<String>> {
+    serde_json::from_str(line).ok()
 }
 
 /// The value of query parameter `name` among `pairs`.

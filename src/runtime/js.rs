@@ -1,7 +1,8 @@
 //! JS strings made once and handed to the runtime as they are: a payload or an envelope never needs
 //! to be copied into wasm memory and back for each socket or hop.
 
-use worker::WebSocket;
+use crate::core::error::Error;
+use worker::{Request, WebSocket};
 
 #[wasm_bindgen::prelude::wasm_bindgen(inline_js = r#"
 export function installFastMicrotasks() {
@@ -56,4 +57,14 @@ pub fn send_shared(ws: &WebSocket, text: &js_sys::JsString) -> bool {
     use wasm_bindgen::JsCast;
     let raw: &web_sys::WebSocket = ws.as_ref();
     raw.unchecked_ref::<RawSocket>().send_js(text).is_ok()
+}
+
+/// A request body as a JS string, decoded by the runtime, without copying it into wasm.
+pub async fn body_text(req: &Request) -> Result<js_sys::JsString, Error> {
+    use wasm_bindgen::JsCast;
+    let promise = req.inner().text().map_err(|_| Error::Internal("the hop's body could not be read".into()))?;
+    let value = wasm_bindgen_futures::JsFuture::from(promise)
+        .await
+        .map_err(|_| Error::Internal("the hop's body could not be read".into()))?;
+    value.dyn_into::<js_sys::JsString>().map_err(|_| Error::Internal("the hop's body is not text".into()))
 }

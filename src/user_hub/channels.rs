@@ -8,12 +8,14 @@ use super::{OptionalRow, UserHub, ValueRow};
 use crate::core::channel;
 use crate::core::config::Config;
 use crate::core::error::Error;
+use crate::core::ratelimit::TokenBucket;
 use crate::hop::channel as channel_hop;
 use crate::hop::wire::{MemberUpdate, PublishMeta};
 use crate::runtime::log;
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
+use std::cell::RefCell;
 use worker::{Date, Response, WebSocket};
 
 /// A client's `publish` frame, checked.
@@ -47,10 +49,39 @@ impl UserHub {
                 format!("this connection has already joined {} channels", channel::MAX_CHANNELS_PER_CONNECTION);
             return send_error(ws, "too_many_channels", &message, frame_id, &[]);
         }
-        if let Err(e) = self.register(&user_id, &channel).await {
-            let code = if e.status() == 429 { "channel_full" } else { "unavailable" };
+        // Frames that arrive while the root is asked may run meanwhile (the input gate is open
+        // across the fetch): a `leave` of this channel then finds it here and cancels the join
+        // (review F15).
+        if let Some(conn) = self.conns.borrow_mut().as_mut().and_then(|c| c.get_mut(id)) {
+            conn.joining.push(channel.clone());
+        }
+        let registered = self.register(&user_id, &channel).await;
+        let cancelled = {
+            let mut conns = self.conns.borrow_mut();
+            let Some(conn) = conns.as_mut().and_then(|c| c.get_mut(id)) else { return };
+            match conn.joining.iter().position(|c| *c == channel) {
+                Some(i) => {
+                    conn.joining.remove(i);
+                    false
+                }
+                None => true,
+            }
+        };
+        if let Err(e) = registered {
+            let code = match &e {
+                Error::Limited { code, .. } => code,
+                _ if e.status() == 429 => "channel_full",
+                _ => "unavailable",
+            };
             log::error("join_failed", json!({ "userId": user_id, "channel": channel, "message": e.to_string() }));
             return send_error(ws, code, &format!("could not join `{channel}`: {e}"), frame_id, &[]);
+        }
+        if cancelled {
+            // The leave that followed this join has been answered already; the join ends as a no-op.
+            if self.joined_count(&channel) == 0 {
+                self.unregister(&user_id, &channel).await;
+            }
+            return reply_ok(ws, frame_id);
         }
         let joined_at = self.current_seq();
         let stored = {
@@ -84,6 +115,8 @@ impl UserHub {
         let left = {
             let mut conns = self.conns.borrow_mut();
             let Some(conn) = conns.as_mut().and_then(|c| c.get_mut(id)) else { return };
+            // A join of this channel still waiting for the root is cancelled (see `join`).
+            conn.joining.retain(|c| c != channel);
             let before = conn.channels.len();
             conn.channels.retain(|(c, _)| c != channel);
             if conn.channels.len() == before {
@@ -174,6 +207,17 @@ impl UserHub {
             self.sql_exec("UPDATE channels SET left_at = NULL WHERE name = ?", vec![channel.to_string().into()])?;
             return Ok(());
         }
+        // A first join may create the channel's root (an object with storage): limited per user,
+        // so join/leave churn over fresh names cannot create objects without bound (review F12).
+        let per_minute = self.config()?.channel_joins_per_minute;
+        if !self.take_limited(&self.join_bucket, || TokenBucket::per_minute(per_minute, now_ms())) {
+            return Err(Error::Limited {
+                code: "rate_limited",
+                message: format!(
+                    "this user joined {per_minute} new channels within the last minute (CHANNEL_JOINS_PER_MINUTE); try again later"
+                ),
+            });
+        }
         let version = self.next_version();
         let update = MemberUpdate { channel: channel.to_string(), user_id: user_id.to_string(), joined: true, version };
         channel_hop::update_membership(&self.env, &update).await?;
@@ -222,6 +266,24 @@ impl UserHub {
             );
             return send_error(ws, "forbidden", &message, frame_id, &[]);
         }
+        // Each client publish becomes a history row at every member: its size and rate are held far
+        // below what one connection may send, or one client could fill every member's history with
+        // its own traffic (review F1). A refused publish reaches nobody.
+        let size = payload.get().len();
+        if size > config.client_publish_max_bytes {
+            let message = format!(
+                "the payload is {size} bytes; a client publish carries at most {} (CLIENT_PUBLISH_MAX_BYTES); nothing was sent",
+                config.client_publish_max_bytes
+            );
+            return send_error(ws, "payload_too_large", &message, frame_id, &[]);
+        }
+        let rate = config.client_publish_per_second;
+        if !self.take_limited(&self.publish_bucket, || TokenBucket::new(rate, now_ms())) {
+            let message = format!(
+                "this user publishes more than {rate} times per second (CLIENT_PUBLISH_PER_SECOND); nothing was sent: publish again later"
+            );
+            return send_error(ws, "rate_limited", &message, frame_id, &[]);
+        }
         let meta = PublishMeta {
             user_id: String::new(),
             kind,
@@ -232,7 +294,8 @@ impl UserHub {
             from: Some(user_id.clone()),
             except: Some(id.to_string()),
         };
-        match channel_hop::publish(&self.env, &meta, payload.get(), None, None).await {
+        let payload = js_sys::JsString::from(payload.get());
+        match channel_hop::publish(&self.env, &meta, &payload, None, None).await {
             Ok(res) => {
                 let mut res = Response::from(res);
                 let status = res.status_code();
@@ -256,7 +319,17 @@ impl UserHub {
     }
 }
 
+fn now_ms() -> f64 {
+    Date::now().as_millis() as f64
+}
+
 impl UserHub {
+    /// Takes a token from one of the hub's per-user buckets, made on first use. The buckets live in
+    /// memory: a hub evicted while idle starts them full again, which an idle user cannot abuse.
+    fn take_limited(&self, bucket: &RefCell<Option<TokenBucket>>, make: impl FnOnce() -> TokenBucket) -> bool {
+        bucket.borrow_mut().get_or_insert_with(make).take(now_ms())
+    }
+
     /// How many of this user's connections have joined `channel`.
     pub(crate) fn joined_count(&self, channel: &str) -> usize {
         let conns = self.conns.borrow();

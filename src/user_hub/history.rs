@@ -124,33 +124,49 @@ impl UserHub {
     /// `before` is the connection's filter set before this subscribe: envelopes it matched after the
     /// connection opened were delivered live already and are not sent twice. Runs synchronously
     /// (SQLite reads are synchronous), so no publish can interleave with the replay.
-    pub(crate) fn replay(&self, id: &str, since: u64, before: &FilterSet) -> Result<(), Error> {
+    /// Returns whether the page ended with more history to send (`replay_more` was sent).
+    pub(crate) fn replay(&self, id: &str, since: u64, before: &FilterSet) -> Result<bool, Error> {
         let current = self.seq.get();
         if since >= current {
-            return Ok(());
+            return Ok(false);
         }
         let config = self.config()?;
-        let rows = if config.history_enabled() {
+        // One page: at most REPLAY_PAGE_ENVELOPES rows, read one at a time from the cursor, and at
+        // most REPLAY_PAGE_BYTES of them (at least one). The whole history is never in memory at
+        // once (review F4); the page ends with `replay_more` when more may remain.
+        let cursor = if config.history_enabled() {
             let cutoff = Date::now().as_millis() as i64 - (config.history_seconds as i64) * 1000;
             // Rows beyond HISTORY_LIMIT may still be stored until the next batch trim; they don't count.
             let from = since.max(current.saturating_sub(config.history_limit));
-            self.sql()
-                .exec(
-                    "SELECT seq, envelope FROM history WHERE seq > ? AND at >= ? ORDER BY seq",
-                    vec![(from as i64).into(), cutoff.into()],
-                )?
-                .to_array::<HistoryRow>()?
+            Some(self.sql().exec(
+                "SELECT seq, envelope FROM history WHERE seq > ? AND at >= ? ORDER BY seq LIMIT ?",
+                vec![(from as i64).into(), cutoff.into(), (config.replay_page_envelopes as i64).into()],
+            )?)
         } else {
-            Vec::new()
+            None
         };
+        let mut rows = cursor.as_ref().map(|c| c.next::<HistoryRow>()).into_iter().flatten().peekable();
         let conns = self.conns.borrow();
-        let Some(conn) = conns.as_ref().and_then(|c| c.get(id)) else { return Ok(()) };
-        let first_kept = rows.first().map_or(current + 1, |r| r.seq as u64);
+        let Some(conn) = conns.as_ref().and_then(|c| c.get(id)) else { return Ok(false) };
+        let first_kept = match rows.peek() {
+            Some(Ok(r)) => r.seq as u64,
+            Some(Err(_)) => since + 1,
+            None => current + 1,
+        };
         if first_kept > since + 1 {
             conn.send(&protocol::gap_frame(since + 1, first_kept - 1), None);
         }
-        let mut sent = 0;
-        for row in &rows {
+        let (mut sent, mut read, mut bytes, mut last) = (0, 0u64, 0usize, since);
+        let mut full = false;
+        for row in rows {
+            let row = row?;
+            if read > 0 && bytes + row.envelope.len() > config.replay_page_bytes {
+                full = true;
+                break;
+            }
+            read += 1;
+            bytes += row.envelope.len();
+            last = row.seq as u64;
             let Ok(stored) = serde_json::from_str::<StoredEnvelope<'_>>(&row.envelope) else { continue };
             let seq = row.seq as u64;
             let wanted = match &stored.channel {
@@ -168,10 +184,15 @@ impl UserHub {
                 sent += 1;
             }
         }
+        let more = (full || read == config.replay_page_envelopes) && last < current;
+        if more {
+            // Over SSE this event's `id:` is `last`, so a reconnect with Last-Event-ID continues.
+            conn.send(&protocol::replay_more_frame(last), Some(last));
+        }
         log::info(
             "replay",
-            json!({ "connectionId": id, "since": since, "replayed": sent, "gap": first_kept > since + 1 }),
+            json!({ "connectionId": id, "since": since, "replayed": sent, "gap": first_kept > since + 1, "more": more }),
         );
-        Ok(())
+        Ok(more)
     }
 }

@@ -32,6 +32,7 @@ mod tickets;
 use crate::core::acks::AckRegistry;
 use crate::core::config::Config;
 use crate::core::error::Error;
+use crate::core::ratelimit::TokenBucket;
 use crate::hop::wire::PublishMeta;
 use crate::hop::{self, user, user::Call};
 use crate::runtime::{http, js, log, settings};
@@ -92,6 +93,10 @@ pub struct Inner {
     fault_spent: Cell<bool>,
     /// Whether this object made sure an alarm will age out its history (once per construction).
     history_alarm_checked: Cell<bool>,
+    /// This user's client publishes (`CLIENT_PUBLISH_PER_SECOND`), across its connections.
+    pub(crate) publish_bucket: RefCell<Option<TokenBucket>>,
+    /// This user's joins of new channels (`CHANNEL_JOINS_PER_MINUTE`).
+    pub(crate) join_bucket: RefCell<Option<TokenBucket>>,
 }
 
 impl std::ops::Deref for UserHub {
@@ -128,6 +133,8 @@ impl worker::DurableObject for UserHub {
             alarm_failures: Cell::new(0),
             fault_spent: Cell::new(false),
             history_alarm_checked: Cell::new(false),
+            publish_bucket: RefCell::new(None),
+            join_bucket: RefCell::new(None),
         };
         UserHub { inner: Rc::new(inner) }
     }

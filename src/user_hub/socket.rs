@@ -96,6 +96,7 @@ impl UserHub {
             expires_at,
             deadline,
             channels: Vec::new(),
+            joining: Vec::new(),
             grants: std::rc::Rc::new(grants),
         };
         conn.ws.serialize_attachment(Attachment::of(&conn))?;
@@ -103,10 +104,10 @@ impl UserHub {
         if let Some(conns) = self.conns.borrow_mut().as_mut() {
             conns.insert(id.clone(), conn);
         }
-        if let Some(filters) = filters {
-            let list = serde_json::from_str(&filters).unwrap_or(serde_json::Value::Null);
-            self.change_filters(&id, &list, None, true, since);
-        }
+        let more = match filters {
+            Some(filters) => self.change_filters(&id, &filter::FilterList::from_json(&filters), None, true, since),
+            None => false,
+        };
         log::info(
             "connect",
             json!({ "userId": user_id, "connectionId": id, "transport": transport.name(), "open": open + 1, "since": since }),
@@ -123,6 +124,12 @@ impl UserHub {
                 let _ = conn.ws.close(Some(1011), Some("could not be set up; reconnect"));
             }
             return Err(e);
+        }
+        if more && transport == protocol::Transport::Sse {
+            // An SSE client cannot ask for the next replay page, so the stream ends after this one
+            // (whose `replay_more` event carries `id:`): EventSource reconnects with Last-Event-ID and
+            // gets the next page. The frames already sent go out before the close.
+            self.close_by_server(&id, 1000, "replay continues: reconnect", "replay").await;
         }
         Ok(Response::from_websocket(pair.client)?)
     }
@@ -169,16 +176,34 @@ impl UserHub {
         if config.fault_injection {
             inject_fault(&text);
         }
-        let frame = protocol::parse_client_frame(&text);
         // Acks the hub is waiting for are paced by publishes, not by the client: they never count
-        // against the flood limit. Everything else does.
+        // against the flood limit. Everything else does, and pays before it is parsed, so a flood
+        // of large frames is closed before it costs a parse each (security review F16). An ack in
+        // another shape than `{"type":"ack",...}` pays like any frame.
+        let ack_shaped = text.starts_with(protocol::ACK_PREFIX);
+        if !ack_shaped && !self.take_token(&id) {
+            return flood(id);
+        }
+        let frame = protocol::parse_client_frame(&text);
         if let Ok(ClientFrame::Ack { envelope_id, result, id: frame_id }) = &frame {
+            if result.is_some_and(|r| r.get().len() > config.ack_result_max_bytes) {
+                if ack_shaped && !self.take_token(&id) {
+                    return flood(id);
+                }
+                // Said even without an `id`: the client must learn that this ack did not count.
+                let message = format!(
+                    "the ack's result is larger than {} bytes (ACK_RESULT_MAX_BYTES); it was not recorded: ack again with a smaller result",
+                    config.ack_result_max_bytes
+                );
+                send_error(ws, "result_too_large", &message, *frame_id, &[]);
+                return None;
+            }
             let outcome = self.acks.borrow_mut().ack(envelope_id, &id, result.map(ToOwned::to_owned));
             if outcome == AckOutcome::Recorded {
                 reply_ok(ws, *frame_id);
                 return None;
             }
-            if !self.take_token(&id) {
+            if ack_shaped && !self.take_token(&id) {
                 return flood(id);
             }
             // A late or repeated ack is harmless; a HopeFlow client expects silence, so only a frame
@@ -193,17 +218,17 @@ impl UserHub {
             }
             return None;
         }
-        if !self.take_token(&id) {
+        if ack_shaped && !self.take_token(&id) {
             return flood(id);
         }
         match frame {
             Err(e) => send_error(ws, e.code, &e.message, e.id, &[]),
             Ok(ClientFrame::Ping) => send(ws, "pong"),
             Ok(ClientFrame::Subscribe { filters, since, id: frame_id }) => {
-                self.change_filters(&id, &filters, frame_id, true, since)
+                self.change_filters(&id, &filters, frame_id, true, since);
             }
             Ok(ClientFrame::Unsubscribe { filters, id: frame_id }) => {
-                self.change_filters(&id, &filters, frame_id, false, None)
+                self.change_filters(&id, &filters, frame_id, false, None);
             }
             Ok(ClientFrame::Message { .. } | ClientFrame::Join { .. } | ClientFrame::Leave { .. })
             | Ok(ClientFrame::Publish { .. }) => return Some(Deferred::Frame { id, text }),
@@ -243,14 +268,15 @@ impl UserHub {
 
     /// Applies a subscribe (`add`) or unsubscribe, stores the result, replays history after `since`,
     /// then replies: `ok` when the frame had an `id`, an `invalid_filter` error when entries were skipped.
+    /// Returns whether the replay stopped at the end of a page with more history to send.
     fn change_filters(
         &self,
         id: &str,
-        list: &serde_json::Value,
+        list: &filter::FilterList,
         frame_id: Option<&RawValue>,
         add: bool,
         since: Option<u64>,
-    ) {
+    ) -> bool {
         let reply = |text: &str| {
             if let Some(conn) = self.conns.borrow().as_ref().and_then(|c| c.get(id)) {
                 conn.send(text, None);
@@ -258,13 +284,16 @@ impl UserHub {
         };
         let parsed = match filter::parse_list(list) {
             Ok(p) => p,
-            Err(message) => return reply(&protocol::error_frame("invalid_frame", &message, frame_id, &[])),
+            Err(message) => {
+                reply(&protocol::error_frame("invalid_frame", &message, frame_id, &[]));
+                return false;
+            }
         };
         let mut skipped: Vec<Skipped> =
             parsed.skipped.into_iter().map(|(index, reason)| Skipped { index, reason }).collect();
         let (before, updated) = {
             let mut conns = self.conns.borrow_mut();
-            let Some(conn) = conns.as_mut().and_then(|c| c.get_mut(id)) else { return };
+            let Some(conn) = conns.as_mut().and_then(|c| c.get_mut(id)) else { return false };
             let before = conn.filters.clone();
             if add {
                 for index in conn.filters.add(parsed.valid) {
@@ -285,41 +314,57 @@ impl UserHub {
                     conn.filters = before;
                 }
                 log::error("storage_error", json!({ "op": "store_filters", "message": e.to_string() }));
-                return reply(&protocol::error_frame(
+                reply(&protocol::error_frame(
                     "internal_error",
                     "the subscription could not be stored; try again",
                     frame_id,
                     &[],
                 ));
+                return false;
             }
         }
+        let mut more = false;
         if let Some(since) = since {
-            if let Err(e) = self.replay(id, since, &before) {
-                log::error("storage_error", json!({ "op": "replay", "message": e.to_string() }));
-                return reply(&protocol::error_frame(
-                    "internal_error",
-                    "the history could not be read; try again",
-                    frame_id,
-                    &[],
-                ));
+            match self.replay(id, since, &before) {
+                Ok(m) => more = m,
+                Err(e) => {
+                    log::error("storage_error", json!({ "op": "replay", "message": e.to_string() }));
+                    reply(&protocol::error_frame(
+                        "internal_error",
+                        "the history could not be read; try again",
+                        frame_id,
+                        &[],
+                    ));
+                    return false;
+                }
             }
         }
         if skipped.is_empty() {
             if let Some(frame_id) = frame_id {
                 reply(&protocol::ok_frame(frame_id));
             }
-            return;
+            return more;
         }
         skipped.sort_by_key(|s| s.index);
         let message = format!("{} filter(s) skipped; the others were applied", skipped.len());
         reply(&protocol::error_frame("invalid_filter", &message, frame_id, &skipped));
+        more
     }
 
     /// Sends a client's `message` frame to the backend webhook; `ok` (with an `id`) once it is stored.
     async fn upstream(&self, ws: &WebSocket, id: &str, data: Option<&RawValue>, frame_id: Option<&RawValue>) {
         let user_id = self.conns.borrow().as_ref().and_then(|c| c.get(id)).map(|c| c.user_id.clone());
         let Some(user_id) = user_id else { return };
-        let data: serde_json::Value = data.and_then(|d| serde_json::from_str(d.get()).ok()).unwrap_or_default();
+        // `data` was only checked as JSON text; a value nested past serde_json's 128 levels would
+        // become `null` in the event, so it is refused instead of forwarded wrong (review F17).
+        let data: serde_json::Value = match data.map(|d| serde_json::from_str(d.get())) {
+            None => serde_json::Value::Null,
+            Some(Ok(v)) => v,
+            Some(Err(_)) => {
+                let message = "`data` nests deeper than 128 levels; it cannot be forwarded to the backend";
+                return send_error(ws, "invalid_frame", message, frame_id, &[]);
+            }
+        };
         let mut event = json!({ "connectionId": id, "data": data });
         if let Some(frame_id) = frame_id.and_then(|f| serde_json::from_str::<serde_json::Value>(f.get()).ok()) {
             event["messageId"] = frame_id;

@@ -33,6 +33,9 @@ pub(crate) struct Conn {
     pub deadline: Option<f64>,
     /// Channels joined, each with the user's `seq` at the join (later envelopes were sent live).
     pub channels: Vec<(String, u64)>,
+    /// Channels whose `join` is waiting for the root; a `leave` meanwhile removes the name, which
+    /// cancels the join (memory only: a join in flight does not outlive the hub).
+    pub joining: Vec<String>,
     pub grants: Rc<ChannelGrants>,
 }
 
@@ -177,6 +180,7 @@ impl UserHub {
                 id,
                 Conn {
                     channels: a.channels,
+                    joining: Vec::new(),
                     grants: conn_grants,
                     ws,
                     filters,

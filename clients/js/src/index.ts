@@ -258,6 +258,9 @@ export class SwitchboardClient {
   #nextId = 0;
   #seen: Recent<{ result?: unknown; done: boolean }>;
   #cursor: number | undefined;
+  /** While a paged replay is under way, the `since` of its next page: live envelopes then do not move
+   * the cursor past envelopes not yet replayed (a reconnect meanwhile resumes from here). */
+  #paging: number | undefined;
   #welcome: Welcome | undefined;
 
   constructor(options: ClientOptions) {
@@ -760,6 +763,7 @@ export class SwitchboardClient {
     if (typeof f.envelopeId === "string") return void this.#envelope(gen, f as Envelope);
     if (f.type === "welcome") return this.#onWelcome(f as Welcome, sseKeys);
     if (f.type === "gap") return this.#emit("gap", f as Gap);
+    if (f.type === "replay_more" && typeof f.since === "number") return this.#replayMore(f.since, sseKeys !== undefined || this.#conn?.kind === "sse");
     if ((f.type === "ok" || f.type === "error") && typeof f.id === "string" && this.#requests.has(f.id)) {
       const r = this.#requests.get(f.id)!;
       this.#requests.delete(f.id);
@@ -774,6 +778,8 @@ export class SwitchboardClient {
     // The first welcome sets the resume point: from then on nothing matching is missed. A welcome seq
     // below it means the server lost its history (e.g. a local dev server restarted without storage).
     if (this.#cursor === undefined || w.seq < this.#cursor) this.#cursor = w.seq;
+    // A new connection's resume starts from the cursor; its own pages set this again.
+    this.#paging = undefined;
     const since = this.#o.resume ? this.#cursor : undefined;
     const gen = this.#gen;
     this.#later(5000, () => gen === this.#gen && (this.#attempt = 0)); // stable: reset the backoff
@@ -794,8 +800,26 @@ export class SwitchboardClient {
     }
   }
 
+  /**
+   * A replay page ended with more history after `since` (the server bounds each page). Over a socket
+   * the next page is asked for at once; over SSE the server ends the stream and the reconnect resumes
+   * from `since`.
+   */
+  #replayMore(since: number, sse: boolean): void {
+    this.#paging = since;
+    if (this.#cursor === undefined || this.#cursor > since) this.#cursor = since;
+    if (sse) return;
+    this.#request({ type: "subscribe", filters: [], since }).then(
+      () => {
+        if (this.#paging === since) this.#paging = undefined;
+      },
+      () => {},
+    );
+  }
+
   async #envelope(gen: number, env: Envelope): Promise<void> {
-    if (typeof env.seq === "number" && (this.#cursor === undefined || env.seq > this.#cursor)) this.#cursor = env.seq;
+    const moves = this.#paging === undefined || env.replayed === true;
+    if (moves && typeof env.seq === "number" && (this.#cursor === undefined || env.seq > this.#cursor)) this.#cursor = env.seq;
     const connectionId = this.#welcome?.connectionId;
     const prior = this.#seen.get(env.envelopeId);
     if (prior) {
@@ -847,8 +871,9 @@ export class SwitchboardClient {
         if (!r.ok) {
           const b = await r.json().catch(() => undefined);
           const err = serverError(b, `POST /ack answered ${r.status}`);
-          // As over a socket: an ack nobody waits for (replayed, timed out) is not an error.
-          if (err.code !== "unknown_envelope") this.#error(err.code, err.message, b);
+          // As over a socket: an ack nobody waits for (replayed, timed out) is not an error, nor is
+          // one for a stream that has ended meanwhile (a replay page ends its stream; a reconnect).
+          if (err.code !== "unknown_envelope" && err.code !== "connection_not_found") this.#error(err.code, err.message, b);
         }
       },
       (e) => this.#error("transport_error", `POST /ack failed: ${(e as Error)?.message ?? e}`, e),

@@ -322,6 +322,35 @@ test("close() then connect() resumes from the last seq seen, and a gap is report
   }
 });
 
+for (const transport of ["websocket", "sse"]) {
+  test(`a resume longer than a replay page (REPLAY_PAGE_ENVELOPES) continues page by page over ${transport}: every envelope once, in order`, async () => {
+    const w2 = await startWorker({ REPLAY_PAGE_ENVELOPES: "10" });
+    try {
+      const u = user("paged");
+      const c = client({ url: w2.url, token: () => clientToken(u), transport });
+      const seqs = [];
+      const sub = c.subscribe({ type: "t" }, (e) => void seqs.push(e.seq));
+      c.connect();
+      await sub.ready;
+      await publish(w2, { userId: u, type: "t" });
+      await waitFor(() => seqs.length === 1, 8000, "the first envelope");
+      c.close();
+      for (let i = 0; i < 34; i++) await publish(w2, { userId: u, type: "t", timeoutMs: 0 }); // seq 2..35, 4 pages
+      c.connect();
+      await waitFor(() => seqs.length === 35, 20000, `the paged replay (got ${seqs.length})`);
+      assert.deepEqual(seqs, Array.from({ length: 35 }, (_, i) => i + 1));
+      // Live envelopes after the replay still arrive, once.
+      const r = await publish(w2, { userId: u, type: "t" });
+      await waitFor(() => seqs.length === 36, 8000, "a live envelope");
+      assert.equal(seqs.at(-1), r.body.seq);
+      assert.deepEqual(c.errors, []);
+      c.close();
+    } finally {
+      await w2.stop();
+    }
+  });
+}
+
 test("sse transport: welcome, delivery, acks over POST /ack in the publish response, resume after a reconnect", async () => {
   const u = user("sse");
   let calls = 0;

@@ -2,6 +2,7 @@
 //! Acks, the hot path, are read by a borrowed fast path; payloads and results stay raw JSON text.
 
 use super::{null, MAX_ID_BYTES, MAX_TYPE_BYTES};
+use crate::core::filter::FilterList;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -12,12 +13,12 @@ pub enum ClientFrame<'a> {
     /// `ping` in any case, with surrounding whitespace (exactly `ping` never reaches the hub).
     Ping,
     Subscribe {
-        filters: Value,
+        filters: FilterList,
         since: Option<u64>,
         id: Option<&'a RawValue>,
     },
     Unsubscribe {
-        filters: Value,
+        filters: FilterList,
         id: Option<&'a RawValue>,
     },
     Ack {
@@ -69,7 +70,7 @@ struct RawFrame<'a> {
     #[serde(borrow, default)]
     id: Option<&'a RawValue>,
     #[serde(default)]
-    filters: Option<Value>,
+    filters: Option<FilterList>,
     #[serde(default)]
     since: Option<Value>,
     #[serde(rename = "envelopeId", default)]
@@ -102,9 +103,13 @@ struct FastAck<'a> {
     id: Option<&'a RawValue>,
 }
 
+/// How the common ack frame starts (`JSON.stringify({type: "ack", ...})`): frames that start so are
+/// parsed before the flood check, because acks a publish is waiting for never count against it.
+pub const ACK_PREFIX: &str = r#"{"type":"ack""#;
+
 /// Parses one text frame from a client.
 pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, FrameError<'_>> {
-    if text.starts_with(r#"{"type":"ack""#) {
+    if text.starts_with(ACK_PREFIX) {
         if let Ok(ack) = serde_json::from_str::<FastAck<'_>>(text) {
             if ack.kind == "ack" && !ack.envelope_id.is_empty() && ack.id.is_none_or(|i| i.get().len() <= MAX_ID_BYTES)
             {
@@ -244,7 +249,7 @@ mod tests {
         let f = parse_client_frame(r#"{"type":"subscribe","filters":[{"type":"a"}],"since":7,"id":"x1"}"#).unwrap();
         match f {
             ClientFrame::Subscribe { filters, since, id } => {
-                assert_eq!(filters, json!([{"type": "a"}]));
+                assert_eq!((filters.head, filters.total), (vec![json!({"type": "a"})], 1));
                 assert_eq!(since, Some(7));
                 assert_eq!(id.unwrap().get(), r#""x1""#);
             }

@@ -30,6 +30,12 @@ pub fn gap_frame(from: u64, to: u64) -> String {
     format!(r#"{{"type":"gap","from":{from},"to":{to}}}"#)
 }
 
+/// `{"type":"replay_more","since":N}`: a replay page ended with more history after `N`; subscribe
+/// again with `since: N` for the next page.
+pub fn replay_more_frame(since: u64) -> String {
+    format!(r#"{{"type":"replay_more","since":{since}}}"#)
+}
+
 /// An envelope as stored in history, marked for replay: `"replayed": true` is added.
 pub fn replayed(envelope: &str) -> String {
     match envelope.strip_suffix('}') {
