@@ -66,7 +66,7 @@ test("connection and message events arrive signed, as CloudEvents, in order", as
 test("the README's JavaScript verifier accepts Switchboard's requests and refuses tampered ones", async () => {
   // The snippet exactly as the README prints it (the block that defines `verify`), run as a module.
   const readme = fs.readFileSync(path.join(ROOT, "README.md"), "utf8");
-  const block = readme.match(/```js\n(\/\/ Node \/ Workers[\s\S]*?function verify[\s\S]*?)```/)[1];
+  const block = readme.match(/```js\n(\/\/ Node \/ Workers \(JavaScript\)[\s\S]*?function verify[\s\S]*?)```/)[1];
   const mod = await import(`data:text/javascript,${encodeURIComponent(`${block}\nexport { verify };`)}`);
   const u = user();
   const c = await Client.connect(w, clientToken(u));
@@ -115,7 +115,7 @@ test("a backend outage loses nothing: retried with the same webhook-id and growi
   for (const e of receiver.events.filter((e) => e.event.subject === u)) assert.equal(e.webhookId, e.event.id);
   assert.deepEqual(receiver.bad, []);
   assert.ok(attemptsOf(openedId).length >= 5);
-  assert.ok(w.events().some((e) => e.event === "webhook_failed" && e.eventId === openedId), "failures were logged");
+  assert.ok(w.events().some((e) => e.event === "webhook_failed" && e.webhookId === openedId), "failures were logged");
 });
 
 test("a backend that accepts and never answers: each attempt ends at WEBHOOK_TIMEOUT_MS and is retried with the same webhook-id", { timeout: 30000 }, async () => {
@@ -137,7 +137,7 @@ test("a backend that accepts and never answers: each attempt ends at WEBHOOK_TIM
     assert.equal(new Set(tries.map((a) => a.webhookId)).size, 1, "the same event, the same webhook-id");
     // Each wait is the 400 ms timeout plus the backoff (at least 50 ms), less 50 ms for the clocks.
     for (let k = 1; k < 3; k++) assert.ok(tries[k].at - tries[k - 1].at >= 400, `attempt ${k + 1} after ${tries[k].at - tries[k - 1].at} ms`);
-    const failed = w2.events().filter((e) => e.event === "webhook_failed" && e.eventId === tries[0].webhookId);
+    const failed = w2.events().filter((e) => e.event === "webhook_failed" && e.webhookId === tries[0].webhookId);
     assert.ok(failed.length >= 2);
     assert.match(failed[0].reason, /no answer within 400 ms/);
     // Answered at last: delivered, with that same id (at least once).
