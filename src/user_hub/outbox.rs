@@ -113,6 +113,9 @@ impl UserHub {
     /// connection event is merged into the coalesced event at the queue's tail.
     pub(crate) async fn enqueue_event(&self, kind: &str, user_id: &str, data: Value) -> Result<Enqueued, Error> {
         let config = self.config()?;
+        if config.test_faults.connect && kind == webhook::CONNECTION_OPENED && !self.connect_fault_spent.replace(true) {
+            return Err(Error::Internal("injected storage failure (TEST_FAULTS=connect)".into()));
+        }
         let Some(hook) = &config.webhook else { return Ok(Enqueued::Off) };
         let now = Date::now().as_millis() as i64;
         let at = rfc3339(now as u64);
