@@ -4,7 +4,8 @@
 #
 #   bash bench/run.sh                 # full mode, 1 run
 #   bash bench/run.sh --runs 3        # full mode, medians of 3 runs (what BENCHMARKS.md reports)
-#   bash bench/run.sh --quick         # CI smoke: well under a minute after the builds
+#   bash bench/run.sh --quick         # every scenario with small counts (not for figures)
+#   bash bench/run.sh --smoke         # CI smoke (.ci/run): ~650 checked publishes, wasm budget enforced
 #   BENCH_NO_BUILD=1 bash bench/run.sh --quick   # use the existing build/ as it is
 #
 # Any other flag goes to the generator (bench/target/release/switchboard-bench --help).

@@ -3,79 +3,18 @@
 // API, connection lifetime (4001/4003) and the per-user connection cap.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import http from "node:http";
 import crypto from "node:crypto";
-import { startWorker, Client, SseClient, publish, clientToken, publishToken, mint, now } from "./harness.mjs";
+import fs from "node:fs";
+import path from "node:path";
+import { ROOT, startWorker, Client, SseClient, WebhookReceiver, publish, clientToken, publishToken, mint, now } from "./harness.mjs";
 
 const SECRET_BYTES = crypto.randomBytes(24);
 const WEBHOOK_SECRET = `whsec_${SECRET_BYTES.toString("base64")}`;
 
-/** A webhook receiver on 127.0.0.1 that verifies every request the way a backend would. */
-class Receiver {
-  events = []; // verified, in arrival order
-  requests = 0;
-  bad = [];
-  mode = "up"; // "up" | "503" | "down" (not listening)
-  #waiters = [];
-
-  async start(port = 0) {
-    this.server = http.createServer((req, res) => {
-      let body = "";
-      req.on("data", (d) => (body += d));
-      req.on("end", () => {
-        this.requests++;
-        if (this.mode === "503") {
-          res.writeHead(503).end("down for maintenance");
-          return;
-        }
-        const id = req.headers["webhook-id"];
-        const ts = req.headers["webhook-timestamp"];
-        const sig = req.headers["webhook-signature"];
-        const expected = crypto.createHmac("sha256", SECRET_BYTES).update(`${id}.${ts}.${body}`).digest("base64");
-        const fresh = Math.abs(Date.now() / 1000 - Number(ts)) < 300;
-        const valid = typeof sig === "string" && sig.split(" ").some((s) => s === `v1,${expected}`);
-        if (!valid || !fresh || !req.headers["content-type"]?.startsWith("application/cloudevents+json")) {
-          this.bad.push({ id, ts, sig, body });
-          res.writeHead(400).end();
-          return;
-        }
-        const event = JSON.parse(body);
-        this.events.push({ webhookId: id, event });
-        res.writeHead(204).end();
-        this.#waiters.splice(0).forEach((w) => w());
-      });
-    });
-    await new Promise((r) => this.server.listen(port, "127.0.0.1", r));
-    this.port = this.server.address().port;
-    this.mode = "up";
-    return this;
-  }
-
-  async stop() {
-    this.mode = "down";
-    await new Promise((r) => this.server.close(r));
-    this.server.closeAllConnections?.();
-  }
-
-  /** Events with distinct webhook ids, in first-arrival order. */
-  unique() {
-    const seen = new Set();
-    return this.events.filter((e) => !seen.has(e.webhookId) && seen.add(e.webhookId));
-  }
-
-  async until(pred, ms = 15000) {
-    const end = Date.now() + ms;
-    while (!pred(this)) {
-      if (Date.now() > end) throw new Error(`receiver: timed out; got ${JSON.stringify(this.unique().map((e) => e.event.type))}`);
-      await new Promise((r) => (this.#waiters.push(r), setTimeout(r, 100)));
-    }
-  }
-}
-
 let receiver;
 let w;
 before(async () => {
-  receiver = await new Receiver().start();
+  receiver = await new WebhookReceiver(SECRET_BYTES).start();
   w = await startWorker({
     WEBHOOK_URL: `http://127.0.0.1:${receiver.port}/hooks/switchboard`,
     WEBHOOK_SECRET,
@@ -124,18 +63,45 @@ test("connection and message events arrive signed, as CloudEvents, in order", as
   assert.ok(ofUser(u).every((e) => e.webhookId === e.event.id));
 });
 
-test("a backend outage loses nothing: retried with backoff, in order, across a forced eviction", { timeout: 60000 }, async () => {
+test("the README's JavaScript verifier accepts Switchboard's requests and refuses tampered ones", async () => {
+  // The snippet exactly as the README prints it (the block that defines `verify`), run as a module.
+  const readme = fs.readFileSync(path.join(ROOT, "README.md"), "utf8");
+  const block = readme.match(/```js\n(\/\/ Node \/ Workers[\s\S]*?function verify[\s\S]*?)```/)[1];
+  const mod = await import(`data:text/javascript,${encodeURIComponent(`${block}\nexport { verify };`)}`);
+  const u = user();
+  const c = await Client.connect(w, clientToken(u));
+  await c.close();
+  await receiver.until(() => receiver.attempts.filter((a) => a.event?.subject === u && a.status === 204).length === 2);
+  for (const a of receiver.attempts.filter((x) => x.event?.subject === u)) {
+    assert.equal(mod.verify(WEBHOOK_SECRET, a.headers, a.body), true, a.event.type);
+    assert.equal(mod.verify(WEBHOOK_SECRET, a.headers, a.body.replace(u, `${u}x`)), false, "a tampered body");
+    assert.equal(mod.verify("whsec_" + Buffer.from("other").toString("base64"), a.headers, a.body), false, "another secret");
+  }
+});
+
+test("a backend outage loses nothing: retried with the same webhook-id and growing backoff, in order, across a forced eviction", { timeout: 60000 }, async () => {
   const u = user();
   const port = receiver.port;
+  const attemptsOf = (id) => receiver.attempts.filter((a) => a.webhookId === id);
   receiver.mode = "503";
   const c = await Client.connect(w, clientToken(u));
   for (let i = 0; i < 5; i++) assert.equal((await c.request({ type: "message", data: { i }, id: i })).type, "ok");
-  await new Promise((r) => setTimeout(r, 700)); // a few failed attempts
+  // The first event (connection.opened) is retried; the others wait behind it.
+  await receiver.until(() => receiver.attempts.filter((a) => a.event?.subject === u).length >= 4);
   await receiver.stop(); // now connection refused
   await w.evict(u); // the hub leaves memory with its queue in storage
   await c.close(1000, "done");
-  await new Promise((r) => setTimeout(r, 1500));
-  assert.equal(ofUser(u).length, 0, "nothing delivered during the outage");
+  const during = receiver.attempts.filter((a) => a.event?.subject === u);
+  assert.ok(during.every((a) => a.valid && a.status === 503), "every attempt was signed and refused");
+  const openedId = during[0].webhookId;
+  assert.equal(during[0].event.type, "switchboard.connection.opened.v1");
+  assert.deepEqual(new Set(during.map((a) => a.webhookId)), new Set([openedId]), "only the oldest event is tried while it fails: the same webhook-id on every retry");
+  // Backoff (WEBHOOK_RETRY_BASE_MS 200, doubling, max 1000, jitter in [half, full]): the k-th wait is at
+  // least half of 200·2^(k-1) (less 50 ms for the two clocks), and the third wait is longer than the first.
+  const gaps = during.slice(1).map((a, k) => a.at - during[k].at);
+  gaps.forEach((g, k) => assert.ok(g >= Math.min(200 * 2 ** k, 1000) / 2 - 50, `wait ${k + 1} was ${g} ms: ${gaps}`));
+  assert.ok(gaps[2] > gaps[0], `backoff grows: ${gaps}`);
+  await new Promise((r) => setTimeout(r, 1500)); // attempts keep failing while the receiver is down
   await receiver.start(port);
   await receiver.until(() => ofUser(u).length === 7, 30000);
   const events = ofUser(u).map((e) => e.event);
@@ -143,43 +109,87 @@ test("a backend outage loses nothing: retried with backoff, in order, across a f
     "connection.opened", "client.message", "client.message", "client.message", "client.message", "client.message",
     "connection.closed",
   ]);
+  assert.equal(ofUser(u)[0].webhookId, openedId, "the event finally accepted is the one retried");
   assert.deepEqual(events.slice(1, 6).map((e) => e.data.data.i), [0, 1, 2, 3, 4]);
   // Duplicates are allowed only with the same webhook-id, and every request was signed correctly.
-  const all = receiver.events.filter((e) => e.event.subject === u);
-  for (const e of all) assert.equal(e.webhookId, e.event.id);
+  for (const e of receiver.events.filter((e) => e.event.subject === u)) assert.equal(e.webhookId, e.event.id);
   assert.deepEqual(receiver.bad, []);
-  assert.ok(w.events().some((e) => e.event === "webhook_failed"), "failures were logged");
+  assert.ok(attemptsOf(openedId).length >= 5);
+  assert.ok(w.events().some((e) => e.event === "webhook_failed" && e.eventId === openedId), "failures were logged");
 });
 
-test("events older than WEBHOOK_MAX_AGE_SECONDS are dropped with an error log", { timeout: 30000 }, async () => {
-  const dead = await new Receiver().start();
-  dead.mode = "503";
+test("a backend that accepts and never answers: each attempt ends at WEBHOOK_TIMEOUT_MS and is retried with the same webhook-id", { timeout: 30000 }, async () => {
+  const hang = await new WebhookReceiver(SECRET_BYTES).start();
+  hang.mode = "hang";
   const w2 = await startWorker({
-    WEBHOOK_URL: `http://127.0.0.1:${dead.port}/`,
+    WEBHOOK_URL: `http://127.0.0.1:${hang.port}/`,
     WEBHOOK_SECRET,
-    WEBHOOK_RETRY_BASE_MS: "200",
-    WEBHOOK_RETRY_MAX_MS: "400",
-    WEBHOOK_MAX_AGE_SECONDS: "1",
+    WEBHOOK_TIMEOUT_MS: "400",
+    WEBHOOK_RETRY_BASE_MS: "100",
+    WEBHOOK_RETRY_MAX_MS: "200",
   });
   try {
     const u = user();
     const c = await Client.connect(w2, clientToken(u));
-    const end = Date.now() + 15000;
-    while (!w2.events().some((e) => e.event === "webhook_dropped")) {
-      if (Date.now() > end) throw new Error("no webhook_dropped log");
-      await new Promise((r) => setTimeout(r, 200));
-    }
-    assert.ok(dead.requests >= 1);
+    await hang.until(() => hang.attempts.length >= 3);
+    const tries = hang.attempts.slice(0, 3);
+    assert.ok(tries.every((a) => a.valid && a.status === null), "accepted, never answered");
+    assert.equal(new Set(tries.map((a) => a.webhookId)).size, 1, "the same event, the same webhook-id");
+    // Each wait is the 400 ms timeout plus the backoff (at least 50 ms), less 50 ms for the clocks.
+    for (let k = 1; k < 3; k++) assert.ok(tries[k].at - tries[k - 1].at >= 400, `attempt ${k + 1} after ${tries[k].at - tries[k - 1].at} ms`);
+    const failed = w2.events().filter((e) => e.event === "webhook_failed" && e.eventId === tries[0].webhookId);
+    assert.ok(failed.length >= 2);
+    assert.match(failed[0].reason, /no answer within 400 ms/);
+    // Answered at last: delivered, with that same id (at least once).
+    hang.mode = "up";
+    await hang.until(() => hang.events.length >= 1);
+    assert.equal(hang.events[0].webhookId, tries[0].webhookId);
+    assert.equal(hang.events[0].event.type, "switchboard.connection.opened.v1");
     c.ws.terminate();
   } finally {
     await w2.stop();
-    await dead.stop();
+    await hang.stop();
+  }
+});
+
+test("an event older than WEBHOOK_MAX_AGE_SECONDS is dropped, never delivered, and the events behind it then go out in order", { timeout: 30000 }, async () => {
+  // The receiver refuses only connection.opened events, so that one ages out while the messages
+  // queued behind it are young enough to go once it is dropped.
+  const picky = await new WebhookReceiver(SECRET_BYTES).start();
+  picky.refuse = (a) => a.event?.type === "switchboard.connection.opened.v1";
+  const w2 = await startWorker({
+    WEBHOOK_URL: `http://127.0.0.1:${picky.port}/`,
+    WEBHOOK_SECRET,
+    WEBHOOK_RETRY_BASE_MS: "200",
+    WEBHOOK_RETRY_MAX_MS: "400",
+    WEBHOOK_MAX_AGE_SECONDS: "2",
+  });
+  try {
+    const u = user();
+    const c = await Client.connect(w2, clientToken(u));
+    await picky.until(() => picky.attempts.length >= 2);
+    const droppedId = picky.attempts[0].webhookId;
+    // Queued behind the failing event, about 0.8 s younger than it: still fresh when it is dropped
+    // (at its first attempt past 2 s, at most 400 ms later).
+    await new Promise((r) => setTimeout(r, 600));
+    for (const i of [1, 2]) assert.equal((await c.request({ type: "message", data: { i }, id: i })).type, "ok");
+    await picky.until(() => picky.events.length >= 2, 15000);
+    const dropped = w2.events().filter((e) => e.event === "webhook_dropped");
+    assert.deepEqual(dropped.map((e) => e.eventId), [droppedId], "the dropped event, and only it, is named in the log");
+    assert.ok(picky.attempts.filter((a) => a.webhookId === droppedId).every((a) => a.status === 503), "the dropped event was never accepted");
+    assert.deepEqual(picky.events.map((e) => e.event.data.data.i), [1, 2], "the events behind it, in order");
+    assert.deepEqual(picky.bad, []);
+    c.ws.terminate();
+  } finally {
+    await w2.stop();
+    await picky.stop();
   }
 });
 
 test("the connection API lists and closes connections (publish scope)", async () => {
   const u = `api user ${user()} é/🙂`;
-  const a = await Client.connect(w, clientToken(u));
+  const tokenExp = now() + 3600;
+  const a = await Client.connect(w, mint({ userId: u, exp: tokenExp }));
   const b = await Client.connect(w, clientToken(u));
   const s = await SseClient.open(w, clientToken(u), { filters: [{ type: "x" }] });
   await a.subscribe([{ type: "chat", room: "1" }]);
@@ -190,6 +200,7 @@ test("the connection API lists and closes connections (publish scope)", async ()
     const res = await fetch(url, { method, headers: token ? { authorization: `Bearer ${token}` } : {} });
     return { status: res.status, body: await res.json() };
   };
+  const code = (r) => [r.status, r.body.error];
   const list = await call(base);
   assert.equal(list.status, 200);
   const byId = Object.fromEntries(list.body.connections.map((c) => [c.connectionId, c]));
@@ -198,14 +209,16 @@ test("the connection API lists and closes connections (publish scope)", async ()
   assert.equal(byId[a.id].transport, "websocket");
   assert.equal(byId[s.id].transport, "sse");
   assert.ok(!Number.isNaN(Date.parse(byId[a.id].connectedAt)));
-  assert.ok(byId[a.id].expiresAt, "token expiry is shown");
+  // expiresAt is the token's exp; closesAt the earlier of exp and MAX_CONNECTION_SECONDS (unset here).
+  assert.equal(byId[a.id].expiresAt, new Date(tokenExp * 1000).toISOString());
+  assert.equal(byId[a.id].closesAt, byId[a.id].expiresAt);
   assert.ok(byId[a.id].lastPingAt && !Number.isNaN(Date.parse(byId[a.id].lastPingAt)), "auto-answered ping time");
   assert.equal(byId[b.id].lastPingAt, null);
 
-  assert.equal((await call(base, "GET", clientToken(u))).status, 403);
-  assert.equal((await call(base, "GET", null)).status, 401);
-  assert.equal((await call(base, "PUT")).status, 405);
-  assert.equal((await call(`${w.url}/users/${encodeURIComponent(u)}/nope`)).status, 404);
+  assert.deepEqual(code(await call(base, "GET", clientToken(u))), [403, "forbidden"]);
+  assert.deepEqual(code(await call(base, "GET", null)), [401, "missing_token"]);
+  assert.deepEqual(code(await call(base, "PUT")), [405, "method_not_allowed"]);
+  assert.deepEqual(code(await call(`${w.url}/users/${encodeURIComponent(u)}/nope`)), [404, "not_found"]);
   assert.equal((await call(`${base}/not-a-connection`, "DELETE")).body.error, "connection_not_found");
   // Hostile paths: an oversized or empty user id is refused before any hub is touched.
   assert.equal((await call(`${w.url}/users/${"x".repeat(300)}/connections`)).body.error, "invalid_user_id");
@@ -222,27 +235,60 @@ test("the connection API lists and closes connections (publish scope)", async ()
   assert.deepEqual((await call(base)).body.connections, []);
   await receiver.until(() => ofUser(u).filter((e) => e.event.type.endsWith("closed.v1")).length === 3);
   const closes = ofUser(u).filter((e) => e.event.type.endsWith("closed.v1")).map((e) => e.event.data);
-  assert.ok(closes.every((d) => d.code === 4002 && d.by === "backend"));
+  assert.deepEqual(closes.map((d) => [d.connectionId, d.code, d.by]).sort(), [a.id, b.id, s.id].map((id) => [id, 4002, "backend"]).sort());
+  assert.deepEqual(closes.find((d) => d.connectionId === s.id).transport, "sse");
+  const opens = ofUser(u).filter((e) => e.event.type.endsWith("opened.v1")).map((e) => e.event.data);
+  assert.deepEqual(opens.map((d) => [d.connectionId, d.transport]).sort(), [[a.id, "websocket"], [b.id, "websocket"], [s.id, "sse"]].sort());
   assert.equal((await call(base)).body.webhooks.dropped, 0);
 });
 
-test("a connection closes with 4001 when its token expires, and 4003 at MAX_CONNECTION_SECONDS", { timeout: 30000 }, async () => {
+/** The hub's own `close` log line for a connection (userId, connectionId, code, reason, by). */
+const closeLog = (target, id) => target.events().find((e) => e.event === "close" && e.connectionId === id);
+
+test("4001 at the token's exp, driven by the hub's alarm after the hub was evicted; the webhook says by lifetime", { timeout: 30000 }, async () => {
   const u = user();
   const c = await Client.connect(w, mint({ userId: u, exp: now() + 2 }));
   const started = Date.now();
-  await c.closeFrame();
+  // Out of memory with its sockets: only the alarm it armed can close the connection now.
+  assert.equal(await w.evict(u), true, "the hub was running and was evicted");
+  assert.deepEqual(await c.closeFrame(10000, { terminate: true }), { code: 4001, reason: "token expired" });
   assert.ok(Date.now() - started < 3500, `closed at the token's exp (${Date.now() - started} ms)`);
-  assert.deepEqual(await c.closed, { code: 4001, reason: "token expired" });
-  const w2 = await startWorker({ MAX_CONNECTION_SECONDS: "1" });
+  assert.deepEqual(closeLog(w, c.id), { ...closeLog(w, c.id), userId: u, code: 4001, by: "lifetime" });
+  await receiver.until(() => ofUser(u).some((e) => e.event.type.endsWith("closed.v1")));
+  const closed = ofUser(u).find((e) => e.event.type.endsWith("closed.v1")).event.data;
+  assert.deepEqual([closed.connectionId, closed.code, closed.reason, closed.by], [c.id, 4001, "token expired", "lifetime"]);
+});
+
+test("4003 at MAX_CONNECTION_SECONDS for sockets and SSE streams, after an eviction too; closesAt says when", { timeout: 30000 }, async () => {
+  const w2 = await startWorker({ MAX_CONNECTION_SECONDS: "2" });
   try {
-    const d = await Client.connect(w2, clientToken(user()));
+    const u = user();
+    const d = await Client.connect(w2, clientToken(u));
+    const s = await SseClient.open(w2, clientToken(u), { filters: [{ type: "t" }] });
+    const list = await fetch(`${w2.url}/users/${encodeURIComponent(u)}/connections`, { headers: { authorization: `Bearer ${publishToken()}` } });
+    for (const conn of (await list.json()).connections) {
+      assert.equal(Date.parse(conn.closesAt) - Date.parse(conn.connectedAt), 2000, "closesAt: connectedAt + MAX_CONNECTION_SECONDS (earlier than exp)");
+      assert.ok(Date.parse(conn.expiresAt) > Date.parse(conn.closesAt));
+    }
+    assert.equal(await w2.evict(u), true);
     assert.deepEqual(await d.closed, { code: 4003, reason: "connection lifetime reached" });
-    // An SSE stream ends the same way (EventSource then reconnects with a fresh token).
-    const s = await SseClient.open(w2, clientToken(user()));
-    await s.ended;
+    // The stream ends cleanly (EventSource then reconnects), not with an error, and the hub closed
+    // that very connection with 4003.
+    assert.deepEqual(await s.ended, { how: "eof" });
+    for (const id of [d.id, s.id]) assert.deepEqual([closeLog(w2, id)?.code, closeLog(w2, id)?.by], [4003, "lifetime"], id);
   } finally {
     await w2.stop();
   }
+});
+
+test("a frame over MAX_FRAME_BYTES is reported to the webhook as closed by abuse", async () => {
+  const u = user();
+  const c = await Client.connect(w, clientToken(u));
+  c.send("x".repeat(1024 * 1024 + 1));
+  assert.equal((await c.closed).code, 4009);
+  await receiver.until(() => ofUser(u).some((e) => e.event.type.endsWith("closed.v1")));
+  const closed = ofUser(u).find((e) => e.event.type.endsWith("closed.v1")).event.data;
+  assert.deepEqual([closed.connectionId, closed.code, closed.by], [c.id, 4009, "abuse"]);
 });
 
 test("MAX_CONNECTIONS_PER_USER refuses more connections with 429", async () => {
@@ -251,13 +297,13 @@ test("MAX_CONNECTIONS_PER_USER refuses more connections with 429", async () => {
     const u = user();
     const a = await Client.connect(w2, clientToken(u));
     const b = await Client.connect(w2, clientToken(u));
-    await assert.rejects(Client.connect(w2, clientToken(u)), (e) => e.status === 429);
+    await assert.rejects(Client.connect(w2, clientToken(u)), (e) => e.status === 429 && e.body?.error === "too_many_requests");
     const sse = await SseClient.open(w2, clientToken(u));
     assert.equal(sse.status, 429);
     assert.equal(sse.body.error, "too_many_requests");
     const other = await Client.connect(w2, clientToken(user()));
+    // The hub forgets a closed socket in the close handler itself, before its next request.
     await a.close();
-    await new Promise((r) => setTimeout(r, 100));
     const c = await Client.connect(w2, clientToken(u));
     for (const x of [b, c, other]) await x.close();
   } finally {

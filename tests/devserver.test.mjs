@@ -46,16 +46,24 @@ test("make dev: wrangler dev serves the Worker with the printed tokens", { timeo
     const frames = [];
     const waiters = [];
     ws.on("message", (d) => {
-      const f = JSON.parse(d.toString());
+      // Non-JSON frames (a `pong`) are kept as text rather than thrown inside the event handler.
+      let f;
+      try {
+        f = JSON.parse(d.toString());
+      } catch {
+        f = d.toString();
+      }
       if (f.envelopeId) ws.send(JSON.stringify({ type: "ack", envelopeId: f.envelopeId, result: "got it" }));
       frames.push(f);
       waiters.splice(0).forEach((w) => w());
     });
-    const next = async (pred) => {
+    const next = async (pred, timeoutMs = 10000) => {
+      const end = Date.now() + timeoutMs;
       for (;;) {
         const i = frames.findIndex(pred);
         if (i >= 0) return frames.splice(i, 1)[0];
-        await new Promise((r) => waiters.push(r));
+        if (Date.now() > end) throw new Error(`nothing matching within ${timeoutMs} ms; frames: ${JSON.stringify(frames).slice(0, 300)}`);
+        await new Promise((r) => (waiters.push(r), setTimeout(r, 100)));
       }
     };
     await new Promise((r, j) => (ws.once("open", r), ws.once("error", j)));

@@ -2,6 +2,7 @@
 // gives tests real WebSocket and HTTP clients against it. Nothing of the runtime is mocked.
 import { Miniflare } from "miniflare";
 import WebSocket from "ws";
+import http from "node:http";
 import crypto from "node:crypto";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -69,7 +70,21 @@ export async function startWorker(vars = {}, { persist } = {}) {
           return [];
         }
       }),
-    /** Forces the user's hub out of memory, keeping its sockets (hibernation). */
+    /**
+     * Resolves with the first structured log event matching `pred`, waiting for it (workerd's stdout
+     * reaches us asynchronously). Lines of one process arrive in order, so once a later line is here,
+     * every earlier one is too: wait for the last expected line before asserting what is absent.
+     */
+    async event(pred, timeoutMs = 5000) {
+      const end = Date.now() + timeoutMs;
+      for (;;) {
+        const found = this.events().find(pred);
+        if (found) return found;
+        if (Date.now() > end) throw new Error(`no log event matching ${pred} within ${timeoutMs} ms`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    },
+    /** Forces the user's hub out of memory, keeping its sockets (hibernation); see evictIfRunning. */
     evict: (userId) => evictIfRunning(mf, "UserHub", { name: userId, webSockets: "hibernate" }),
     /** Wakes the user's hub, then evicts it dropping its sockets without close events (a crash). */
     crash: async (userId) => {
@@ -82,12 +97,18 @@ export async function startWorker(vars = {}, { persist } = {}) {
   };
 }
 
-/** Evicts a Durable Object; one the runtime has already evicted (idle) is out of memory as asked. */
+/**
+ * Evicts a Durable Object; one the runtime has already evicted (idle) is out of memory as asked.
+ * Resolves true when it was running (and now is not), false when it was not running: a test that
+ * needs the eviction to have happened asserts `true`.
+ */
 async function evictIfRunning(mf, className, options) {
   try {
     await mf.unsafeEvictDurableObject(WORKER, className, options);
+    return true;
   } catch (e) {
     if (!/not currently running/.test(String(e?.message))) throw e;
+    return false;
   }
 }
 
@@ -165,7 +186,19 @@ export class Client {
     c.closed = new Promise((resolve) => c.ws.on("close", (code, reason) => resolve({ code, reason: reason.toString() })));
     await new Promise((resolve, reject) => {
       c.ws.once("open", resolve);
-      c.ws.once("unexpected-response", (_req, res) => reject(Object.assign(new Error(`HTTP ${res.statusCode}`), { status: res.statusCode })));
+      // A refused upgrade: keep the status and the JSON error body, so tests check the code too.
+      c.ws.once("unexpected-response", (_req, res) => {
+        let text = "";
+        res.setEncoding("utf8");
+        res.on("data", (d) => (text += d));
+        res.on("end", () => {
+          let body;
+          try {
+            body = JSON.parse(text);
+          } catch {}
+          reject(Object.assign(new Error(`HTTP ${res.statusCode} ${text.slice(0, 200)}`), { status: res.statusCode, body }));
+        });
+      });
       c.ws.once("error", reject);
     });
     c.welcome = await c.next((f) => f.type === "welcome");
@@ -194,6 +227,7 @@ export class Client {
       this.send({ type: "ack", envelopeId: frame.envelopeId, result });
     }
     this.log.push(frame);
+    this.#logWatchers = this.#logWatchers.filter((watch) => !watch(this.log.length - 1));
     this.#inbox.deliver(frame);
   }
 
@@ -206,21 +240,33 @@ export class Client {
    * Every frame received since `mark`, consumed by `next` or not, once the socket is settled: waits
    * `settleMs`, then makes a sentinel round trip through the hub on the same socket (`Ping` → `pong`;
    * not the exact `ping`, which the runtime answers without the hub, so it could overtake the hub's own
-   * frames). Anything the hub sent before the pong has then arrived. The sentinel's pong is left out.
-   * Use it for "nothing else arrived": `assert.deepEqual(await c.since(m), [expected...])`.
+   * frames). The hub handles its socket's frames in order and sends in order, so anything it sent
+   * before handling the sentinel has arrived once the sentinel's pong has. The sentinel's pong is left
+   * out (of the result and of `frames`). Use it for "nothing else arrived":
+   * `assert.deepEqual(await c.since(m), [expected...])`. On a closed socket it returns what arrived.
    */
   async since(mark, { settleMs = 200 } = {}) {
     if (settleMs > 0) await new Promise((r) => setTimeout(r, settleMs));
-    if (this.ws.readyState === WebSocket.OPEN) {
-      const sentinel = this.log.length;
-      const pong = this.#inbox.next((f) => f === "pong", 5000);
+    if (this.ws.readyState !== WebSocket.OPEN) return this.log.slice(mark);
+    const sentinel = this.log.length;
+    // Only a pong that arrives after the sentinel was sent counts (an older, unconsumed pong in
+    // `frames` would otherwise end the wait before the hub has answered).
+    const at = await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error("since: no pong to the sentinel within 5000 ms")), 5000);
+      this.#logWatchers.push((i) => {
+        if (i < sentinel || this.log[i] !== "pong") return false;
+        clearTimeout(timer);
+        resolve(i);
+        return true;
+      });
       this.send("Ping");
-      await pong;
-      const i = this.log.indexOf("pong", sentinel);
-      return this.log.slice(mark).filter((_, k) => mark + k !== i);
-    }
-    return this.log.slice(mark);
+    });
+    const k = this.frames.lastIndexOf("pong");
+    if (k >= 0) this.frames.splice(k, 1);
+    return this.log.slice(mark).filter((_, j) => mark + j !== at);
   }
+
+  #logWatchers = [];
 
   /** Resolves with the first frame (already received or future) matching `pred`. */
   next(pred = () => true, timeoutMs = 5000) {
@@ -242,39 +288,43 @@ export class Client {
     return this.request({ type: "subscribe", filters, id: `sub-${Math.random()}`, ...extra });
   }
 
-  /** Resolves once nothing has arrived for `ms` (to assert silence). */
-  async quiet(ms = 300) {
-    const before = this.frames.length;
-    await new Promise((r) => setTimeout(r, ms));
-    return this.frames.slice(before);
-  }
-
   close(code = 1000, reason = "") {
     this.ws.close(code, reason);
     return this.closed;
   }
 
   /**
-   * Resolves when the server's close frame has arrived (readyState CLOSING or CLOSED). For closes the
-   * hub starts outside a socket event (kick, expiry), local workerd ends the TCP connection only when
-   * the hub idles out, so `closed` (which waits for TCP) can lag by ~10 s; browsers give up after 2 s.
+   * Resolves with `{ code, reason }` of the server's close frame as soon as it has arrived. For closes
+   * the hub starts outside a socket event (kick, expiry), local workerd ends the TCP connection only
+   * when the hub idles out, so `closed` (which waits for TCP) can lag by ~10 s; browsers give up after
+   * 2 s. With `terminate`, the TCP connection is then dropped instead of waited for. (The code is read
+   * from the ws library's own record of the frame, `_closeFrameReceived`/`_closeCode`, since ws emits
+   * it only with `close`.)
    */
-  async closeFrame(timeoutMs = 10000) {
+  async closeFrame(timeoutMs = 10000, { terminate = false } = {}) {
     const end = Date.now() + timeoutMs;
-    while (this.ws.readyState < 2) {
+    while (!this.ws._closeFrameReceived) {
       if (Date.now() > end) throw new Error("no close frame");
       await new Promise((r) => setTimeout(r, 10));
     }
+    const frame = { code: this.ws._closeCode, reason: this.ws._closeMessage.toString() };
+    if (terminate) this.ws.terminate();
+    return frame;
   }
 }
 
 /**
  * A Server-Sent Events client over fetch streaming, recording every event and comment byte-exactly
- * (EventSource hides comments and headers; tests need them).
+ * (EventSource hides comments and headers; tests need them). `ended` resolves with how the stream
+ * ended: `{ how: "eof" }` (the server ended it), `{ how: "aborted" }` (this client closed it) or
+ * `{ how: "error", error }` (a network or protocol failure): a test of a server-side close asserts
+ * `eof`, so a failure cannot pass for a close.
  */
 export class SseClient {
   static async open(w, token, { filters, lastEventId, query = {}, headers = {} } = {}) {
     const c = new SseClient();
+    c.w = w;
+    c.filters = typeof filters === "string" ? undefined : filters;
     const params = new URLSearchParams({ token, ...query });
     if (filters !== undefined) params.set("filters", typeof filters === "string" ? filters : JSON.stringify(filters));
     c.abort = new AbortController();
@@ -296,6 +346,8 @@ export class SseClient {
   #inbox = new Inbox(() => `raw tail: ${this.raw.slice(-400)}`);
   /** Events received and not consumed by `next`. */
   events = this.#inbox.items;
+  /** Every event ever received, consumed or not, in arrival order (what `mark`/`since` read). */
+  log = [];
   comments = [];
   raw = "";
 
@@ -314,9 +366,13 @@ export class SseClient {
           this.#onBlock(block);
         }
       }
-    } catch {
-      // aborted
+    } catch (error) {
+      // Only this client's own abort is a normal end; anything else is reported, not swallowed.
+      if (this.abort.signal.aborted) return { how: "aborted" };
+      return { how: "error", error };
     }
+    if (buf.trim() !== "") return { how: "error", error: new Error(`stream ended inside an event: ${JSON.stringify(buf.slice(0, 200))}`) };
+    return { how: "eof" };
   }
 
   #onBlock(block) {
@@ -339,11 +395,53 @@ export class SseClient {
     try {
       event.json = JSON.parse(data);
     } catch {}
+    this.log.push(event);
+    this.#logWatchers = this.#logWatchers.filter((watch) => !watch(this.log.length - 1));
     this.#inbox.deliver(event);
   }
 
+  #logWatchers = [];
+
   next(pred = () => true, timeoutMs = 5000) {
     return this.#inbox.next(pred, timeoutMs);
+  }
+
+  /** A position in `log`: take it before the action whose consequences `since` will check. */
+  mark() {
+    return this.log.length;
+  }
+
+  /**
+   * Every event received since `mark`, consumed or not, once the stream is settled. SSE has no
+   * upstream, so the sentinel goes through the backend: after `settleMs`, a publish targeted at this
+   * connection (`connectionId`) whose type and fields satisfy the stream's first filter, carrying a
+   * unique `__sentinel` payload field. The hub sends to a connection in order and the Worker forwards
+   * in order, so everything the hub sent before it has arrived once the sentinel has. The sentinel is
+   * left out (of the result and of `events`). It is a real envelope: it takes the user's next `seq`
+   * and goes into history, so take that into account in seq arithmetic. Needs a stream opened with
+   * filters (a stream without any receives no envelope, and a sentinel could not reach it).
+   */
+  async since(mark, { settleMs = 200 } = {}) {
+    if (settleMs > 0) await new Promise((r) => setTimeout(r, settleMs));
+    const filter = this.filters?.[0];
+    if (!filter || typeof filter.type !== "string") throw new Error("SseClient.since needs a stream opened with a filter");
+    const nonce = crypto.randomUUID();
+    const { type, ...fields } = filter;
+    const arrived = new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error("since: the sentinel envelope did not arrive within 5000 ms")), 5000);
+      this.#logWatchers.push((i) => {
+        if (this.log[i].json?.payload?.__sentinel !== nonce) return false;
+        clearTimeout(timer);
+        resolve(i);
+        return true;
+      });
+    });
+    const res = await publish(this.w, { userId: this.welcome.userId, connectionId: this.id, type, payload: { ...fields, __sentinel: nonce }, timeoutMs: 0 });
+    if (res.status !== 200 || res.body.clientCount !== 1) throw new Error(`since: the sentinel publish failed: ${res.status} ${res.text}`);
+    const at = await arrived;
+    const k = this.events.findIndex((e) => e.json?.payload?.__sentinel === nonce);
+    if (k >= 0) this.events.splice(k, 1);
+    return this.log.slice(mark).filter((_, j) => mark + j !== at);
   }
 
   /** POST /ack with this client's token. */
@@ -359,5 +457,93 @@ export class SseClient {
   close() {
     this.abort.abort();
     return this.ended;
+  }
+}
+
+/**
+ * A webhook receiver on 127.0.0.1 that verifies every request the way a backend would (its own HMAC,
+ * not Switchboard's code) and records every attempt, failed or not: `attempts` holds
+ * `{ webhookId, timestamp, at, status, valid, event }` in arrival order (`at`: this process's clock
+ * in ms when the request arrived; `status`: what it answered, or null while it hangs). `mode` decides
+ * the answer: "up" (204 when valid, 400 when not; 503 where `refuse(attempt)` says so), "503", "hang" (accept and never answer, to test
+ * WEBHOOK_TIMEOUT_MS) or "down" (not listening, after `stop`).
+ */
+export class WebhookReceiver {
+  /** `secretBytes`: the key (what `whsec_<base64>` decodes to). */
+  constructor(secretBytes) {
+    this.key = secretBytes;
+  }
+
+  attempts = [];
+  mode = "up";
+  /** In mode "up", attempts for which this returns true are answered 503 all the same. */
+  refuse = () => false;
+  #waiters = [];
+  #hanging = [];
+
+  /** Verified events the receiver accepted (2xx), in arrival order, retries included. */
+  get events() {
+    return this.attempts.filter((a) => a.valid && a.status === 204).map((a) => ({ webhookId: a.webhookId, event: a.event }));
+  }
+
+  /** Attempts whose signature, timestamp or content type was wrong. */
+  get bad() {
+    return this.attempts.filter((a) => !a.valid);
+  }
+
+  async start(port = 0) {
+    this.server = http.createServer((req, res) => {
+      let body = "";
+      req.on("data", (d) => (body += d));
+      req.on("end", () => {
+        const id = req.headers["webhook-id"];
+        const ts = req.headers["webhook-timestamp"];
+        const sig = req.headers["webhook-signature"];
+        const expected = crypto.createHmac("sha256", this.key).update(`${id}.${ts}.${body}`).digest("base64");
+        const fresh = Math.abs(Date.now() / 1000 - Number(ts)) < 300;
+        const signed = typeof sig === "string" && sig.split(" ").some((s) => s === `v1,${expected}`);
+        const valid = signed && fresh && !!req.headers["content-type"]?.startsWith("application/cloudevents+json");
+        let event;
+        try {
+          event = JSON.parse(body);
+        } catch {}
+        const attempt = { webhookId: id, timestamp: Number(ts), at: Date.now(), status: null, valid, event, headers: req.headers, body };
+        this.attempts.push(attempt);
+        if (this.mode === "hang") {
+          this.#hanging.push(res);
+        } else {
+          attempt.status = !valid ? 400 : this.mode === "503" || this.refuse(attempt) ? 503 : 204;
+          res.writeHead(attempt.status).end();
+        }
+        this.#waiters.splice(0).forEach((w) => w());
+      });
+    });
+    await new Promise((r) => this.server.listen(port, "127.0.0.1", r));
+    this.port = this.server.address().port;
+    this.mode = "up";
+    return this;
+  }
+
+  async stop() {
+    this.mode = "down";
+    for (const res of this.#hanging.splice(0)) res.destroy();
+    const closed = new Promise((r) => this.server.close(r));
+    this.server.closeAllConnections?.();
+    await closed;
+  }
+
+  /** Accepted events with distinct webhook ids, in first-arrival order. */
+  unique() {
+    const seen = new Set();
+    return this.events.filter((e) => !seen.has(e.webhookId) && seen.add(e.webhookId));
+  }
+
+  /** Waits (on arrivals, with a 100 ms poll as a backstop) until `pred(this)` holds. */
+  async until(pred, ms = 15000) {
+    const end = Date.now() + ms;
+    while (!pred(this)) {
+      if (Date.now() > end) throw new Error(`receiver: timed out; attempts ${JSON.stringify(this.attempts.map((a) => [a.event?.type, a.status]))}`);
+      await new Promise((r) => (this.#waiters.push(r), setTimeout(r, 100)));
+    }
   }
 }

@@ -113,18 +113,39 @@ test("a publish racing the replay is neither duplicated nor reordered", async ()
   const u = user();
   for (let i = 0; i < 30; i++) await publish(w, { userId: u, type: "t", timeoutMs: 0 });
   const c = await Client.connect(w, clientToken(u));
-  // Fire 40 publishes without waiting, and subscribe with since in the middle of them.
-  const racing = Array.from({ length: 40 }, () => publish(w, { userId: u, type: "t", timeoutMs: 0 }));
-  c.send({ type: "subscribe", filters: [{ type: "t" }], since: 10, id: "race" });
-  const results = await Promise.all(racing);
-  const last = Math.max(...results.map((r) => r.body.seq));
-  assert.equal(last, 70);
-  const got = await collect(c, 60);
-  assert.deepEqual(got.map((e) => e.seq), Array.from({ length: 60 }, (_, i) => 11 + i), "11..70, each once, in order");
+  const m = c.mark();
+  // Publishes in batches of 5 without pause, from before the subscribe until a batch that started after
+  // its `ok`: some land before the replay reads history, some while it runs, some after it. The first
+  // batch is stored before the subscribe is sent and the last starts after its ok, so the stream is
+  // sure to hold both racing envelopes that were replayed and ones delivered live.
+  let okSeen = false;
+  const seqs = [];
+  const batch = async () => (await Promise.all(Array.from({ length: 5 }, () => publish(w, { userId: u, type: "t", timeoutMs: 0 })))).map((r) => r.body.seq);
+  seqs.push(...(await batch()));
+  const pump = (async () => {
+    for (;;) {
+      const startedAfterOk = okSeen;
+      seqs.push(...(await batch()));
+      if (startedAfterOk) return;
+    }
+  })();
+  const ok = await c.request({ type: "subscribe", filters: [{ type: "t" }], since: 10, id: "race" });
+  okSeen = true;
+  await pump;
+  assert.deepEqual(ok, { type: "ok", id: "race" });
+  const last = Math.max(...seqs);
+  assert.equal(last, 30 + seqs.length);
+  const got = await collect(c, last - 10);
+  assert.deepEqual(got.map((e) => e.seq), Array.from({ length: last - 10 }, (_, i) => 11 + i), `11..${last}, each once, in order`);
   // Replayed ones come first, then live ones; never a replayed one after a live one.
   const firstLive = got.findIndex((e) => !e.replayed);
-  assert.ok(firstLive === -1 || got.slice(firstLive).every((e) => !e.replayed));
-  assert.deepEqual((await c.quiet(200)).filter((f) => f.envelopeId), []);
+  const shape = got.map((e) => (e.replayed ? "r" : "l")).join("");
+  assert.ok(firstLive > 0 && got.slice(firstLive).every((e) => !e.replayed), `replayed then live: ${shape}`);
+  assert.ok(got.some((e) => e.replayed && e.seq > 30), `a publish of the burst landed in the replay: ${shape}`);
+  // Nothing else: the envelopes and the subscribe's ok, exactly once each.
+  const all = await c.since(m);
+  assert.deepEqual(all.filter((f) => f.envelopeId).map((e) => e.seq), got.map((e) => e.seq));
+  assert.deepEqual(all.filter((f) => !f.envelopeId), [ok]);
   await c.close();
 });
 
@@ -145,6 +166,7 @@ test("an Idempotency-Key makes a retried publish safe", async () => {
   const u = user();
   const c = await Client.connect(w, clientToken(u), { autoAck: () => "once" });
   await c.subscribe([{ type: "t" }]);
+  const m = c.mark();
   const headers = { "idempotency-key": `order-${u}` };
   const first = await publish(w, { userId: u, type: "t", payload: { n: 1 } }, { headers });
   assert.equal(first.status, 200);
@@ -160,7 +182,7 @@ test("an Idempotency-Key makes a retried publish safe", async () => {
   const afterEviction = await publish(w, { userId: u, type: "t", payload: { n: 1 } }, { headers });
   assert.equal(afterEviction.body.duplicate, true);
   assert.equal(afterEviction.body.seq, first.body.seq);
-  assert.equal(envelopes(c).length + (await c.quiet(200)).filter((f) => f.envelopeId).length, 1, "delivered once");
+  assert.deepEqual((await c.since(m)).map((f) => f.envelopeId), [first.body.envelopeId], "delivered once, nothing else");
   // The same key with another body is a conflict; another key is a new publish.
   const conflict = await publish(w, { userId: u, type: "t", payload: { n: 2 } }, { headers });
   assert.equal(conflict.status, 409);
@@ -179,6 +201,7 @@ test("a retry while the first publish still waits for acks answers inProgress, d
   const u = user();
   const c = await Client.connect(w, clientToken(u));
   await c.subscribe([{ type: "t" }]);
+  const m = c.mark();
   const headers = { "idempotency-key": `slow-${u}` };
   const first = publish(w, { userId: u, type: "t", timeoutMs: 1500 }, { headers });
   const env = await c.next((f) => f.envelopeId);
@@ -188,7 +211,7 @@ test("a retry while the first publish still waits for acks answers inProgress, d
   assert.equal(retry.body.envelopeId, env.envelopeId);
   c.send({ type: "ack", envelopeId: env.envelopeId, result: 1 });
   assert.deepEqual((await first).body.results, [1]);
-  assert.deepEqual((await c.quiet(200)).filter((f) => f.envelopeId), []);
+  assert.deepEqual(await c.since(m), [env], "the envelope once, and no reply to the ack without id");
   await c.close();
 });
 
@@ -196,4 +219,42 @@ test("publishes to the same user are numbered 1, 2, 3 without holes under concur
   const u = user();
   const all = await Promise.all(Array.from({ length: 50 }, () => publish(w, { userId: u, timeoutMs: 0 })));
   assert.deepEqual(all.map((r) => r.body.seq).sort((a, b) => a - b), Array.from({ length: 50 }, (_, i) => i + 1));
+});
+
+test("an Idempotency-Key is honoured only within HISTORY_SECONDS", async () => {
+  const w2 = await startWorker({ HISTORY_SECONDS: "1" });
+  try {
+    const u = user();
+    const headers = { "idempotency-key": `expiring-${u}` };
+    const first = await publish(w2, { userId: u, type: "t", timeoutMs: 0 }, { headers });
+    const retry = await publish(w2, { userId: u, type: "t", timeoutMs: 0 }, { headers });
+    assert.deepEqual([retry.body.duplicate, retry.body.seq], [true, first.body.seq]);
+    await new Promise((r) => setTimeout(r, 1300)); // the retention itself is what is tested
+    const late = await publish(w2, { userId: u, type: "t", timeoutMs: 0 }, { headers });
+    assert.equal(late.status, 200);
+    assert.equal(late.body.duplicate, undefined, "the key has expired: a new publish");
+    assert.equal(late.body.seq, first.body.seq + 1);
+  } finally {
+    await w2.stop();
+  }
+});
+
+test("HISTORY_SECONDS=0 keeps no history and no idempotency keys; seq still counts", async () => {
+  const w2 = await startWorker({ HISTORY_SECONDS: "0" });
+  try {
+    const u = user();
+    for (let i = 0; i < 3; i++) await publish(w2, { userId: u, type: "t", timeoutMs: 0 });
+    const c = await Client.connect(w2, clientToken(u));
+    assert.equal(c.welcome.seq, 3);
+    const m = c.mark();
+    await c.request({ type: "subscribe", filters: [{ type: "t" }], since: 0, id: 1 });
+    assert.deepEqual(await c.since(m), [{ type: "gap", from: 1, to: 3 }, { type: "ok", id: 1 }], "a gap, nothing replayed");
+    const headers = { "idempotency-key": `no-history-${u}` };
+    const a = await publish(w2, { userId: u, type: "x", timeoutMs: 0 }, { headers });
+    const b = await publish(w2, { userId: u, type: "x", timeoutMs: 0 }, { headers });
+    assert.deepEqual([a.body.seq, b.body.seq, b.body.duplicate], [4, 5, undefined]);
+    await c.close();
+  } finally {
+    await w2.stop();
+  }
 });

@@ -65,9 +65,9 @@ test("a failing hub is reported for its user while the others succeed", async ()
   // Same key, another body: a's hub refuses (409); b's hub has never seen the key.
   const res = await publish(w, { userIds: [a, b], type: "t", payload: 2 }, { headers: key });
   assert.equal(res.status, 200);
-  assert.deepEqual(res.body.users[0], {
-    userId: a, status: 409, error: "idempotency_conflict", message: res.body.users[0].message,
-  });
+  const { message, ...conflict } = res.body.users[0];
+  assert.deepEqual(conflict, { userId: a, status: 409, error: "idempotency_conflict" });
+  assert.match(message, /Idempotency-Key/);
   assert.equal(res.body.users[1].seq, 1);
   assert.deepEqual(res.body.totals.succeeded, 1);
   assert.deepEqual(res.body.totals.failed, 1);
@@ -114,5 +114,44 @@ test("userIds is checked: shape, limit (MAX_PUBLISH_USERS), scope", async () => 
     assert.equal((await publish(w2, { userIds: ["a", "b", "c", "a"] })).body.totals.users, 3);
   } finally {
     await w2.stop();
+  }
+});
+
+test("a hub that does not answer within timeoutMs + HOP_GRACE_MS is a 504 timeout entry, and holds nobody", async () => {
+  // HOP_GRACE_MS=0: the hop's limit is the ack timeout itself. The slow user's client never acks, so
+  // its hub answers only when its own ack timeout ends, which starts later (when the hop arrives):
+  // the hop's limit always passes first.
+  const w2 = await startWorker({ HOP_GRACE_MS: "0" });
+  try {
+    const [fast, slow] = [user(), user()];
+    const a = await Client.connect(w2, clientToken(fast), { autoAck: () => "fast" });
+    const b = await Client.connect(w2, clientToken(slow)); // never acks
+    await a.subscribe([{ type: "t" }]);
+    await b.subscribe([{ type: "t" }]);
+    const started = Date.now();
+    const res = await publish(w2, { userIds: [fast, slow], type: "t", timeoutMs: 500 });
+    const elapsed = Date.now() - started;
+    assert.equal(res.status, 200, res.text);
+    assert.ok(elapsed >= 450 && elapsed < 2000, `answered at the hop limit (${elapsed} ms)`);
+    assert.deepEqual(res.body.users[0].results, ["fast"]);
+    const { message, ...entry } = res.body.users[1];
+    assert.deepEqual(entry, { userId: slow, status: 504, error: "timeout" });
+    assert.match(message, /did not answer within 500 ms/);
+    assert.deepEqual(res.body.totals, { users: 2, succeeded: 1, failed: 1, clientCount: 1, acked: 1, pending: 0, closed: 0 });
+    // The slow user's hub did deliver (its envelope is in its history): the entry is about the answer.
+    assert.equal((await b.next((f) => f.envelopeId)).type, "t");
+    await a.close();
+    await b.close();
+  } finally {
+    await w2.stop();
+  }
+  // The setting is checked like any other.
+  const bad = await startWorker({ HOP_GRACE_MS: "soon" });
+  try {
+    const r = await publish(bad, { userId: "u" });
+    assert.deepEqual([r.status, r.body.error], [500, "server_misconfigured"]);
+    assert.match(r.body.message, /HOP_GRACE_MS/);
+  } finally {
+    await bad.stop();
   }
 });

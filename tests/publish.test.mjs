@@ -18,6 +18,7 @@ test("a publish reaches matching sockets and returns every ack at once", async (
   await a.subscribe([{ type: "chat", room: "r1" }]);
   await b.subscribe([{ type: "chat" }]);
   await c.subscribe([{ type: "other" }]);
+  const mc = c.mark();
 
   const started = Date.now();
   const res = await publish(w, { userId: u, type: "chat", payload: { room: "r1", text: "hi" } });
@@ -37,7 +38,7 @@ test("a publish reaches matching sockets and returns every ack at once", async (
   assert.equal(env.type, "chat");
   assert.deepEqual(env.payload, { room: "r1", text: "hi" });
   assert.ok(!Number.isNaN(Date.parse(env.timestamp)) && env.timestamp.endsWith("Z"));
-  assert.deepEqual(await c.quiet(200), []);
+  assert.deepEqual(await c.since(mc), [], "a connection whose filters do not match gets nothing");
   for (const x of [a, b, c]) await x.close();
 });
 
@@ -105,6 +106,7 @@ test("timeoutMs 0 does not wait; connectionId targets one connection; seq increa
   const b = await Client.connect(w, clientToken(u), { autoAck: () => "b" });
   await a.subscribe([{ type: "t" }]);
   await b.subscribe([{ type: "t" }]);
+  const [ma, mb] = [a.mark(), b.mark()];
   const r0 = await publish(w, { userId: u, type: "t", timeoutMs: 0 });
   assert.equal(r0.body.clientCount, 2);
   assert.deepEqual(r0.body.results, []);
@@ -116,11 +118,10 @@ test("timeoutMs 0 does not wait; connectionId targets one connection; seq increa
   const missing = await publish(w, { userId: u, type: "t", connectionId: "nope" });
   assert.equal(missing.status, 404);
   assert.equal(missing.body.error, "connection_not_found");
-  // b received exactly two envelopes, a exactly one.
-  await b.next((f) => f.seq === r0.body.seq);
-  await b.next((f) => f.seq === r1.body.seq);
-  await a.next((f) => f.seq === r0.body.seq);
-  assert.deepEqual((await a.quiet(200)).filter((f) => f.envelopeId), []);
+  // b received exactly two envelopes, a exactly one (and nothing else: their acks get no reply).
+  const [sinceA, sinceB] = await Promise.all([a.since(ma), b.since(mb)]);
+  assert.deepEqual(sinceA.map((f) => f.envelopeId), [r0.body.envelopeId]);
+  assert.deepEqual(sinceB.map((f) => f.envelopeId), [r0.body.envelopeId, r1.body.envelopeId]);
   await a.close();
   await b.close();
 });
@@ -149,10 +150,11 @@ test("users are isolated: a publish to one user never reaches another", async ()
   const b = await Client.connect(w, clientToken(u2));
   await a.subscribe([{ type: "t" }]);
   await b.subscribe([{ type: "t" }]);
+  const mb = b.mark();
   const res = await publish(w, { userId: u1, type: "t", timeoutMs: 0 });
   assert.equal(res.body.clientCount, 1);
   await a.next((f) => f.envelopeId);
-  assert.deepEqual((await b.quiet(300)).filter((f) => f.envelopeId), []);
+  assert.deepEqual(await b.since(mb), [], "u2's connection got nothing of u1's");
   // Another user's connection id cannot be targeted either.
   const cross = await publish(w, { userId: u1, type: "t", connectionId: b.id });
   assert.equal(cross.status, 404);
@@ -171,16 +173,18 @@ test("a HopeFlow client (no ids, default type) works unchanged", async () => {
   const u = user();
   const ws = await Client.connect(w, clientToken(u));
   // HopeFlow's client: subscribe without an id, expect no reply; ack each envelope with a result.
+  const m0 = ws.mark();
   ws.send({ type: "subscribe", filters: [{ type: "message", questId: "q1" }] });
-  assert.deepEqual(await ws.quiet(300), [], "no reply to a subscribe without id");
+  assert.deepEqual(await ws.since(m0), [], "no reply to a subscribe without id");
   const pending = publish(w, { userId: u, payload: { questId: "q1", body: "x" } }, { token: publishToken() });
   const env = await ws.next((f) => f.envelopeId);
   assert.equal(env.type, "message");
+  const m1 = ws.mark();
   ws.send({ type: "ack", envelopeId: env.envelopeId, result: { seen: true } });
   const res = await pending;
   assert.equal(res.body.clientCount, 1);
   assert.deepEqual(res.body.results, [{ seen: true }]);
-  assert.deepEqual(await ws.quiet(200), [], "no reply to an ack without id");
+  assert.deepEqual(await ws.since(m1), [], "no reply to an ack without id");
   await ws.close();
 });
 
@@ -188,9 +192,7 @@ test("a publish log line carries counts and no token", async () => {
   const u = user();
   const token = publishToken();
   await publish(w, { userId: u, type: "logged" }, { token });
-  await new Promise((r) => setTimeout(r, 100));
-  const ev = w.events().find((e) => e.event === "publish" && e.userId === u);
-  assert.ok(ev, "publish event logged");
+  const ev = await w.event((e) => e.event === "publish" && e.userId === u);
   assert.equal(ev.clientCount, 0);
   assert.equal(typeof ev.ms, "number");
   assert.ok(!w.logs.some((l) => l.includes(token.split(".")[2])), "token never logged");

@@ -17,7 +17,7 @@ let w;
 let browser;
 before(async () => {
   w = await startWorker();
-  browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: CHROMIUM_ARGS });
+  browser = await chromium.launch({ executablePath: process.env.CHROMIUM_PATH || "/usr/bin/chromium", args: CHROMIUM_ARGS });
 });
 after(async () => {
   await browser?.close();

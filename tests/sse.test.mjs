@@ -24,7 +24,7 @@ test("an SSE stream: headers, welcome first, envelopes with id = seq, counted an
   assert.equal(s.headers.get("access-control-allow-origin"), "*");
   assert.equal(s.welcome.userId, u);
   assert.equal(s.retry, 2000);
-  const ws = await Client.connect(w, token, { autoAck: () => "ws" });
+  const ws = await Client.connect(w, token); // acks by hand below, so the publish is still waiting
   await ws.subscribe([{ type: "t" }]);
 
   const pending = publish(w, { userId: u, type: "t", payload: { hello: "sse" }, timeoutMs: 3000 });
@@ -33,17 +33,24 @@ test("an SSE stream: headers, welcome first, envelopes with id = seq, counted an
   assert.deepEqual(ev.json.payload, { hello: "sse" });
   const ack = await s.ack(w, token, ev.json.envelopeId, { via: "http" });
   assert.deepEqual(ack, { status: 200, body: { status: "recorded" } });
+  // A retried ack while the publish still waits (for ws) is a duplicate: recorded once.
+  assert.deepEqual(await s.ack(w, token, ev.json.envelopeId, { via: "retry" }), { status: 200, body: { status: "duplicate" } });
+  const wsEnv = await ws.next((f) => f.envelopeId);
+  ws.send({ type: "ack", envelopeId: wsEnv.envelopeId, result: "ws" });
   const res = await pending;
   assert.equal(res.body.clientCount, 2);
-  assert.deepEqual(new Set(res.body.results.map(JSON.stringify)), new Set(['"ws"', JSON.stringify({ via: "http" })]));
-  assert.ok(res.body.acks.some((a) => a.connectionId === s.id));
-  // A retried ack is harmless.
-  assert.deepEqual(await s.ack(w, token, ev.json.envelopeId, 1), { status: 404, body: { error: "unknown_envelope", message: res.body && (await s.ack(w, token, ev.json.envelopeId, 1)).body.message } });
+  assert.deepEqual(new Set(res.body.results.map(JSON.stringify)), new Set(['"ws"', JSON.stringify({ via: "http" })]), "the first ack's result, not the retry's");
+  assert.deepEqual(res.body.acks.filter((a) => a.connectionId === s.id), [{ connectionId: s.id, result: { via: "http" } }]);
+  // After the publish has answered, a late ack finds nobody waiting.
+  const late = await s.ack(w, token, ev.json.envelopeId, 1);
+  assert.equal(late.status, 404);
+  assert.equal(late.body.error, "unknown_envelope");
+  assert.match(late.body.message, /no publish is waiting/);
 
-  // Not acked: the SSE connection is pending, like a socket.
+  // Not acked: the SSE connection is pending, like a socket (ws does not ack either).
   const r2 = await publish(w, { userId: u, type: "t", timeoutMs: 300 });
-  assert.deepEqual(r2.body.pending, [s.id]);
-  await s.close();
+  assert.deepEqual([...r2.body.pending].sort(), [s.id, ws.id].sort());
+  assert.deepEqual(await s.close(), { how: "aborted" });
   await ws.close();
 });
 
@@ -98,8 +105,7 @@ async function resume({ evictBetween }) {
   const s = await SseClient.open(w, token, { filters: [{ type: "t" }] });
   await publish(w, { userId: u, type: "t", timeoutMs: 0 });
   const first = await s.next((e) => e.json?.envelopeId);
-  await s.close();
-  await new Promise((r) => setTimeout(r, 100));
+  await s.close(); // the hub may still hold it for a while: the replay below covers it either way
   for (let i = 0; i < 100; i++) await publish(w, { userId: u, type: "t", payload: { i }, timeoutMs: 0 });
   if (evictBetween) await w.evict(u);
   const back = await SseClient.open(w, token, { filters: [{ type: "t" }], lastEventId: first.id });
@@ -117,6 +123,32 @@ async function resume({ evictBetween }) {
 test("Last-Event-ID resumes: 100 missed envelopes, each once, in order", () => resume({ evictBetween: false }));
 test("Last-Event-ID resumes across a forced eviction", () => resume({ evictBetween: true }));
 
+test("?lastEventId= and ?since= resume like the header, for clients that cannot set headers", async () => {
+  for (const query of [{ lastEventId: "3" }, { since: "3" }]) {
+    const u = user(); // one user each: the first stream's sentinel (see since) is in history
+    for (let i = 0; i < 5; i++) await publish(w, { userId: u, type: "t", payload: { i }, timeoutMs: 0 });
+    const s = await SseClient.open(w, clientToken(u), { filters: [{ type: "t" }], query });
+    const got = [await s.next((e) => e.json?.envelopeId), await s.next((e) => e.json?.envelopeId)];
+    assert.deepEqual(got.map((e) => [e.id, e.json.replayed]), [["4", true], ["5", true]], JSON.stringify(query));
+    // Everything since the stream opened: the welcome and those two, nothing else replayed.
+    const all = await s.since(0);
+    assert.deepEqual(all.map((e) => e.id ?? e.json.type), ["welcome", "4", "5"]);
+    await s.close();
+  }
+});
+
+test("an SSE stream gets exactly the envelopes its filters match, nothing else (mark/since)", async () => {
+  const u = user();
+  const s = await SseClient.open(w, clientToken(u), { filters: [{ type: "t", room: "1" }] });
+  const m = s.mark();
+  const hit = await publish(w, { userId: u, type: "t", payload: { room: "1" }, timeoutMs: 0 });
+  for (const body of [{ type: "t", payload: { room: "2" } }, { type: "other", payload: { room: "1" } }, { type: "t" }]) {
+    assert.equal((await publish(w, { userId: u, timeoutMs: 0, ...body })).body.clientCount, 0, JSON.stringify(body));
+  }
+  assert.deepEqual((await s.since(m)).map((e) => e.json.envelopeId), [hit.body.envelopeId]);
+  await s.close();
+});
+
 test("SSE clients hibernate with the hub: an eviction loses nothing", async () => {
   const u = user();
   const s = await SseClient.open(w, clientToken(u), { filters: [{ type: "t" }] });
@@ -125,6 +157,25 @@ test("SSE clients hibernate with the hub: an eviction loses nothing", async () =
   assert.equal(r.body.clientCount, 1);
   await s.next((e) => e.json?.seq === r.body.seq);
   await s.close();
+});
+
+test("an SSE client that goes away while a publish waits for it is reported in `closed`, by the next keep-alive at the latest", async () => {
+  const w2 = await startWorker({ SSE_KEEPALIVE_SECONDS: "1" });
+  try {
+    const u = user();
+    const s = await SseClient.open(w2, clientToken(u), { filters: [{ type: "t" }] });
+    const started = Date.now();
+    const pending = publish(w2, { userId: u, type: "t", timeoutMs: 10000 });
+    await s.next((e) => e.json?.envelopeId);
+    assert.deepEqual(await s.close(), { how: "aborted" });
+    const res = await pending;
+    const elapsed = Date.now() - started;
+    assert.ok(elapsed < 3500, `released when the client left, not at the 10 s timeout (${elapsed} ms)`);
+    assert.equal(res.body.clientCount, 1);
+    assert.deepEqual([res.body.results, res.body.pending, res.body.closed], [[], [], [s.id]]);
+  } finally {
+    await w2.stop();
+  }
 });
 
 test("a client that goes away is forgotten by the hub", async () => {
@@ -142,9 +193,18 @@ test("a client that goes away is forgotten by the hub", async () => {
 test("idle streams get keep-alive comments", async () => {
   const w2 = await startWorker({ SSE_KEEPALIVE_SECONDS: "1" });
   try {
-    const s = await SseClient.open(w2, clientToken(user()), { filters: [] });
-    await new Promise((r) => setTimeout(r, 2500));
-    assert.ok(s.comments.filter((c) => c === ": keepalive").length >= 1, s.raw);
+    const u = user();
+    const s = await SseClient.open(w2, clientToken(u), { filters: [{ type: "t" }] });
+    const keepalives = () => s.comments.filter((c) => c === ": keepalive").length;
+    // The time between keep-alives is the feature: these sleeps are the test, not a settle.
+    await new Promise((r) => setTimeout(r, 2600));
+    assert.ok(keepalives() >= 2, `one a second, not just the first: ${JSON.stringify(s.comments)}`);
+    // They keep coming after an envelope (each pull of the stream must re-arm the timer's wake-up).
+    await publish(w2, { userId: u, type: "t", timeoutMs: 0 });
+    await s.next((e) => e.json?.envelopeId);
+    const before = keepalives();
+    await new Promise((r) => setTimeout(r, 2600));
+    assert.ok(keepalives() - before >= 2, `keep-alives after an envelope: ${keepalives() - before}`);
     await s.close();
   } finally {
     await w2.stop();
@@ -204,7 +264,7 @@ test("an EventSource client reconnects by itself with Last-Event-ID and misses n
   };
   try {
     await until(() => opens === 1);
-    await new Promise((r) => setTimeout(r, 200));
+    await w.event((e) => e.event === "connect" && e.userId === u && e.transport === "sse"); // the hub has it
     for (let i = 0; i < 3; i++) await publish(w, { userId: u, type: "t", timeoutMs: 0 });
     await until(() => seen.length === 3);
     // The server drops the stream (the hub's sockets are closed); publish while the client is away.

@@ -49,7 +49,9 @@ pub async fn run(name: &str, server: &Server, c: &Config, run: usize) -> Outcome
         "payload1k" => sequential(server, c, &format!("pl-{tag}"), 1, c.payload_1k_n, 1024).await,
         "payload64k" => sequential(server, c, &format!("pl-{tag}"), 1, c.payload_64k_n, 64 * 1024).await,
         "payload512k" => sequential(server, c, &format!("pl-{tag}"), 1, c.payload_512k_n, 512 * 1024).await,
-        "throughput" => throughput(server, c, &tag).await,
+        "throughput" => throughput(server, c, &tag, c.tp_users).await,
+        // The issue-12 shape: fewer users than publishers' backlog, so publishes to one user overlap.
+        "throughput50" => throughput(server, c, &format!("{tag}-50"), 50).await,
         "idle" => idle(server, c, &tag).await,
         "channel100" => group(server, c, &format!("ch-{tag}"), 100, c.group_small_n, true).await,
         "channel2000" => group(server, c, &format!("ch-{tag}"), 2000, c.group_large_n, true).await,
@@ -253,10 +255,10 @@ async fn sequential(server: &Server, c: &Config, user: &str, sockets: usize, n: 
 }
 
 /// Many users with 1-4 sockets each; `tp_publishers` concurrent publishers, round-robin over users.
-async fn throughput(server: &Server, c: &Config, tag: &str) -> Outcome {
+async fn throughput(server: &Server, c: &Config, tag: &str, n_users: usize) -> Outcome {
     let mut errors = Errors::default();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let users: Vec<(String, usize)> = (0..c.tp_users).map(|u| (format!("tp-{tag}-{u}"), 1 + u % 4)).collect();
+    let users: Vec<(String, usize)> = (0..n_users).map(|u| (format!("tp-{tag}-{u}"), 1 + u % 4)).collect();
     let t_c = Instant::now();
     let socks = match connect_many(server, &users, None, c.connect_concurrency, None, &stop_rx).await {
         Ok(s) => s,
@@ -387,6 +389,13 @@ async fn idle(server: &Server, c: &Config, tag: &str) -> Outcome {
         tokio::time::sleep(Duration::from_millis(1000)).await;
         rss1 = rss_kb(server.pid);
     }
+    // Then leave them alone until workerd has evicted the idle hubs (~10 s without events), and read
+    // again: what an idle, hibernated user costs (the reading above is of hubs still in memory).
+    let mut rss2 = None;
+    if c.idle_hibernate_s > 0 {
+        tokio::time::sleep(Duration::from_secs(c.idle_hibernate_s as u64)).await;
+        rss2 = Some(rss_kb(server.pid));
+    }
     // Still alive and answering? One publish to the first user.
     let expected: HashMap<String, u64> =
         socks.iter().filter(|(u, _)| *u == 0).map(|(_, s)| (s.connection_id.clone(), s.number)).collect();
@@ -411,6 +420,10 @@ async fn idle(server: &Server, c: &Config, tag: &str) -> Outcome {
     m.insert("rss_base_mb".into(), rss0 as f64 / 1024.0);
     m.insert("rss_mb".into(), rss1 as f64 / 1024.0);
     m.insert("mem_kb_per_socket".into(), (rss1 as f64 - rss0 as f64) / sockets.max(1) as f64);
+    if let Some(rss2) = rss2 {
+        m.insert("rss_hibernated_mb".into(), rss2 as f64 / 1024.0);
+        m.insert("mem_kb_per_socket_hibernated".into(), (rss2 as f64 - rss0 as f64) / sockets.max(1) as f64);
+    }
     m.insert("connect_s".into(), connect_s);
     m.insert("connects_per_s".into(), sockets as f64 / connect_s);
     m.insert("cpu_ms_per_connect".into(), cpu as f64 / 1e6 / sockets.max(1) as f64);

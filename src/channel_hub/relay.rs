@@ -6,7 +6,7 @@ use super::ChannelHub;
 use crate::core::channel::{self, Aggregate};
 use crate::core::config::Config;
 use crate::core::error::Error;
-use crate::hop::fanout::{fan_out, HOP_GRACE_MS, MAX_HOPS_IN_FLIGHT};
+use crate::hop::fanout::{fan_out, MAX_HOPS_IN_FLIGHT};
 use crate::hop::wire::{self, PublishMeta};
 use crate::runtime::{http, log, settings};
 use futures_util::future::{select, Either};
@@ -52,7 +52,9 @@ pub(super) async fn step(
     let fanout = config.channel_fanout;
     let mut aggregate = Aggregate::default();
     let Some(chunk) = channel::chunk_size(users.len(), fanout) else {
-        for outcome in fan_out(env, meta, payload, users, timeout_ms, key, MAX_HOPS_IN_FLIGHT).await {
+        for outcome in
+            fan_out(env, meta, payload, users, timeout_ms + config.hop_grace_ms, key, MAX_HOPS_IN_FLIGHT).await
+        {
             aggregate.add_user(outcome);
         }
         return aggregate;
@@ -62,7 +64,7 @@ pub(super) async fn step(
             let relay = format!("{path}.{i}");
             // Each level below gets the grace a user's hop gets, plus one for this hop.
             let levels = u64::from(channel::depth(part.len(), fanout));
-            let limit_ms = timeout_ms + HOP_GRACE_MS * (levels + 1);
+            let limit_ms = timeout_ms + config.hop_grace_ms * (levels + 1);
             let hop = Box::pin(crate::hop::channel::relay(env, channel, &relay, part, meta, payload, key));
             let answered = match select(hop, Delay::from(Duration::from_millis(limit_ms))).await {
                 Either::Left((result, _)) => Some(result),

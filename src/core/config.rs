@@ -101,6 +101,12 @@ pub struct Config {
     /// How long a user stays a channel's member after its last joined connection closed (not left),
     /// so a client that reconnects and resumes gets what the channel published meanwhile.
     pub channel_linger_seconds: u64,
+    /// How long past the ack timeout a user's hub (or a relay, per level below it) may take to answer
+    /// a multi-user or channel hop before it counts as failed (`HOP_GRACE_MS`).
+    pub hop_grace_ms: u64,
+    /// `FAULT_INJECTION=on`: the socket frames `__panic` and `__trap` make the hub panic or trap, for
+    /// the test that the Worker recovers from both. Never set it in production.
+    pub fault_injection: bool,
 }
 
 /// Faults the end-to-end suite injects to prove recovery paths (never set in production).
@@ -148,6 +154,7 @@ pub const DEFAULT_WEBHOOK_BATCH_MAX: u64 = 1;
 /// carries a few hundred bytes around the payload, so payloads stay under this.
 /// <https://developers.cloudflare.com/durable-objects/platform/limits/>
 pub const MAX_STORED_BYTES: u64 = 1_900_000;
+pub const DEFAULT_HOP_GRACE_MS: u64 = 2_000;
 
 impl Config {
     /// Reads the settings through `lookup` (an environment variable or secret by name). Empty strings
@@ -279,6 +286,13 @@ impl Config {
         let max_channel_users = number(&get, "MAX_CHANNEL_USERS", DEFAULT_MAX_CHANNEL_USERS, 1, 10_000_000)? as usize;
 
         let channel_linger_seconds = number(&get, "CHANNEL_LINGER_SECONDS", DEFAULT_CHANNEL_LINGER_SECONDS, 0, 86_400)?;
+        let hop_grace_ms = number(&get, "HOP_GRACE_MS", DEFAULT_HOP_GRACE_MS, 0, 60_000)?;
+
+        let fault_injection = match get("FAULT_INJECTION").as_deref() {
+            None | Some("off") => false,
+            Some("on") => true,
+            Some(other) => return Err(format!("FAULT_INJECTION must be `on` or `off`, not `{other}`")),
+        };
 
         let idempotency_seconds = number(&get, "IDEMPOTENCY_SECONDS", DEFAULT_IDEMPOTENCY_SECONDS, 0, 30 * 86_400)?;
         let idempotency_max_response_bytes = number(
@@ -302,6 +316,7 @@ impl Config {
         }
 
         Ok(Config {
+            fault_injection,
             jwt_secrets,
             token_rules,
             ticket_seconds,
@@ -309,6 +324,7 @@ impl Config {
             idempotency_max_response_bytes,
             test_faults,
             channel_linger_seconds,
+            hop_grace_ms,
             channel_fanout,
             max_channel_users,
             max_publish_users,
@@ -378,6 +394,15 @@ mod tests {
         assert_eq!(c.max_frame_bytes, 1 << 20);
         assert_eq!((c.history_seconds, c.history_limit, c.sse_keepalive_seconds), (3600, 1000, 15));
         assert!(c.history_enabled());
+        assert_eq!(c.hop_grace_ms, 2000);
+    }
+
+    #[test]
+    fn hop_grace_is_a_setting_with_bounds() {
+        assert_eq!(parse(&[("JWT_SECRET", S), ("HOP_GRACE_MS", "0")]).unwrap().hop_grace_ms, 0);
+        let e = parse(&[("JWT_SECRET", S), ("HOP_GRACE_MS", "60001")]).unwrap_err();
+        assert!(e.to_string().contains("HOP_GRACE_MS"), "{e}");
+        assert!(parse(&[("JWT_SECRET", S), ("HOP_GRACE_MS", "soon")]).is_err());
     }
 
     #[test]

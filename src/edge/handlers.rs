@@ -10,7 +10,8 @@ use crate::core::protocol::{self, Recipients, Transport};
 use crate::hop::wire::{Connect, NewTicket, PublishMeta};
 use crate::hop::{channel, user};
 use crate::runtime::http;
-use worker::{Env, Method, Request, Response};
+use web_sys::Response;
+use worker::{Env, Method, Request};
 
 /// A connect's fields for the hop: from the token, or (a ticket) from what the hub stored with it.
 fn connect_for(user_id: String, credential: Credential, transport: Transport) -> Connect {
@@ -65,7 +66,7 @@ pub(super) async fn issue_ticket(
     let body = serde_json::json!({
         "ticket": crate::core::ticket::make(&user_id, &secret), "expiresIn": config.ticket_seconds,
     });
-    Ok(http::json(200, body.to_string(), cors)?)
+    Ok(http::json(200, body.to_string(), cors)?.into())
 }
 
 pub(super) async fn open_sse(req: Request, env: &Env, config: &Config, cors: Option<&str>) -> Result<Response, Error> {
@@ -168,14 +169,16 @@ pub(super) async fn publish(
     }
     match &p.recipients {
         Recipients::One(user_id) => {
-            let meta = PublishMeta::from_request(&p, user_id, &body);
-            user::publish(env, &meta, p.payload.get(), cors, idempotency_key.as_deref()).await
+            let meta = PublishMeta::from_request(&p, user_id, &body, idempotency_key.is_some());
+            let payload = wasm_bindgen::JsValue::from_str(p.payload.get());
+            let (status, answer) = user::publish(env, &meta, &payload, idempotency_key.as_deref()).await?;
+            Ok(http::json(status, answer, cors)?.into())
         }
         Recipients::Many(users) => {
-            multi::publish(env, config, &p, users, &body, cors, idempotency_key.as_deref()).await
+            Ok(multi::publish(env, config, &p, users, &body, cors, idempotency_key.as_deref()).await?.into())
         }
         Recipients::Channel(_) => {
-            let meta = PublishMeta::from_request(&p, "", &body);
+            let meta = PublishMeta::from_request(&p, "", &body, idempotency_key.is_some());
             channel::publish(env, &meta, p.payload.get(), cors, idempotency_key.as_deref()).await
         }
     }

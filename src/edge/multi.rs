@@ -33,9 +33,17 @@ pub async fn publish(
     let started = Date::now().as_millis();
     let timeout_ms = p.timeout_ms.unwrap_or(config.ack_timeout_ms).min(config.ack_timeout_max_ms);
     // Checked and fingerprinted once; each hop differs only in its user.
-    let base = PublishMeta::from_request(p, "", body);
-    let per_user =
-        fanout::fan_out(env, &base, p.payload.get(), users, timeout_ms, idempotency_key, MAX_HOPS_IN_FLIGHT).await;
+    let base = PublishMeta::from_request(p, "", body, idempotency_key.is_some());
+    let per_user = fanout::fan_out(
+        env,
+        &base,
+        p.payload.get(),
+        users,
+        timeout_ms + config.hop_grace_ms,
+        idempotency_key,
+        MAX_HOPS_IN_FLIGHT,
+    )
+    .await;
     let count = |v: &Value, key: &str| v.get(key).and_then(Value::as_array).map_or(0, Vec::len);
     let ok: Vec<&Value> = per_user.iter().filter(|u| u.get("error").is_none()).collect();
     let client_count: u64 = ok.iter().filter_map(|u| u["clientCount"].as_u64()).sum();

@@ -10,13 +10,12 @@ use crate::hop::user;
 use crate::hop::wire::Connect;
 use futures_channel::mpsc::{unbounded, UnboundedReceiver};
 use futures_util::Stream;
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use wasm_bindgen::closure::Closure;
 use wasm_bindgen::JsCast;
-use worker::{Delay, Env, Headers, Response, WebSocket};
+use worker::{Env, Headers, Response, WebSocket};
 
 /// Longest `filters` query parameter read, in bytes.
 pub const MAX_FILTERS_PARAM_BYTES: usize = 16 * 1024;
@@ -24,14 +23,20 @@ pub const MAX_FILTERS_PARAM_BYTES: usize = 16 * 1024;
 enum Event {
     Data(String),
     Closed,
+    /// The keep-alive interval fired.
+    Keepalive,
 }
 
 /// The event stream handed to the runtime as the response body.
 struct SseStream {
     ws: WebSocket,
     rx: UnboundedReceiver<Event>,
-    keepalive: Pin<Box<Delay>>,
-    every: Duration,
+    /// The `setInterval` that sends [`Event::Keepalive`] into the channel, and its id. A timer
+    /// future (`worker::Delay`) would not do: it keeps the waker of the poll that started it, and
+    /// the runtime polls each pull of the body as a new task, so after the first pull its wake-ups
+    /// went nowhere and the keep-alives stopped (and with them the detection of vanished clients).
+    /// The channel's receiver takes the current waker on every poll.
+    keepalive: (Closure<dyn FnMut()>, i32),
     preamble: bool,
     done: bool,
     on_message: Closure<dyn FnMut(web_sys::MessageEvent)>,
@@ -44,6 +49,7 @@ impl SseStream {
     fn new(ws: WebSocket, every: Duration, signal: Option<web_sys::AbortSignal>) -> Result<Self, Error> {
         let (tx, rx) = unbounded();
         let tx_close = tx.clone();
+        let tx_tick = tx.clone();
         let on_message = Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |e: web_sys::MessageEvent| {
             if let Some(text) = e.data().as_string() {
                 let _ = tx.unbounded_send(Event::Data(text));
@@ -62,6 +68,16 @@ impl SseStream {
         listen("message", on_message.as_ref().unchecked_ref())?;
         listen("close", on_close.as_ref().unchecked_ref())?;
         listen("error", on_close.as_ref().unchecked_ref())?;
+        let tick = Closure::<dyn FnMut()>::new(move || {
+            let _ = tx_tick.unbounded_send(Event::Keepalive);
+        });
+        let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
+        let interval = global
+            .set_interval_with_callback_and_timeout_and_arguments_0(
+                tick.as_ref().unchecked_ref(),
+                every.as_millis().min(i32::MAX as u128) as i32,
+            )
+            .map_err(|_| Error::Internal("could not start the keep-alive timer".into()))?;
         ws.accept()?;
         // Without this the runtime notices a vanished client only at the next write (a keep-alive
         // or an envelope), and publishes in between would wait for a dead connection's ack.
@@ -73,17 +89,7 @@ impl SseStream {
             let _ = signal.add_event_listener_with_callback("abort", closure.as_ref().unchecked_ref());
             (signal, closure)
         });
-        Ok(SseStream {
-            ws,
-            rx,
-            keepalive: Box::pin(Delay::from(every)),
-            every,
-            preamble: true,
-            done: false,
-            on_message,
-            on_close,
-            gone,
-        })
+        Ok(SseStream { ws, rx, keepalive: (tick, interval), preamble: true, done: false, on_message, on_close, gone })
     }
 }
 
@@ -101,19 +107,14 @@ impl Stream for SseStream {
             return Poll::Ready(Some(Ok(b": switchboard\nretry: 2000\n\n".to_vec())));
         }
         match Pin::new(&mut this.rx).poll_next(cx) {
-            Poll::Ready(Some(Event::Data(text))) => return Poll::Ready(Some(Ok(text.into_bytes()))),
+            Poll::Ready(Some(Event::Data(text))) => Poll::Ready(Some(Ok(text.into_bytes()))),
+            Poll::Ready(Some(Event::Keepalive)) => Poll::Ready(Some(Ok(b": keepalive\n\n".to_vec()))),
             Poll::Ready(Some(Event::Closed)) | Poll::Ready(None) => {
                 this.done = true;
-                return Poll::Ready(None);
+                Poll::Ready(None)
             }
-            Poll::Pending => {}
+            Poll::Pending => Poll::Pending,
         }
-        if this.keepalive.as_mut().poll(cx).is_ready() {
-            this.keepalive = Box::pin(Delay::from(this.every));
-            let _ = this.keepalive.as_mut().poll(cx); // register the next wake-up
-            return Poll::Ready(Some(Ok(b": keepalive\n\n".to_vec())));
-        }
-        Poll::Pending
     }
 }
 
@@ -125,6 +126,8 @@ impl Drop for SseStream {
         let _ = target.remove_event_listener_with_callback("message", self.on_message.as_ref().unchecked_ref());
         let _ = target.remove_event_listener_with_callback("close", self.on_close.as_ref().unchecked_ref());
         let _ = target.remove_event_listener_with_callback("error", self.on_close.as_ref().unchecked_ref());
+        let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
+        global.clear_interval_with_handle(self.keepalive.1);
         if let Some((signal, closure)) = &self.gone {
             let _ = signal.remove_event_listener_with_callback("abort", closure.as_ref().unchecked_ref());
         }
@@ -140,12 +143,14 @@ pub async fn open(
     keepalive_seconds: u64,
     cors: Option<&str>,
     signal: Option<web_sys::AbortSignal>,
-) -> Result<Response, Error> {
+) -> Result<web_sys::Response, Error> {
     let hop = user::connect(env, connect).await?;
-    if hop.status_code() != 101 {
+    if hop.status() != 101 {
         return Ok(hop); // the hub refused (its JSON error passes through)
     }
-    let ws = hop.websocket().ok_or_else(|| Error::Unavailable("the user's hub returned no socket".into()))?;
+    let ws = Response::from(hop)
+        .websocket()
+        .ok_or_else(|| Error::Unavailable("the user's hub returned no socket".into()))?;
     let stream = SseStream::new(ws, Duration::from_secs(keepalive_seconds), signal)?;
     let headers = Headers::new();
     headers.set("content-type", "text/event-stream; charset=utf-8")?;
@@ -158,7 +163,7 @@ pub async fn open(
             headers.set("vary", "Origin")?;
         }
     }
-    Ok(Response::from_stream(stream)?.with_headers(headers))
+    Ok(Response::from_stream(stream)?.with_headers(headers).into())
 }
 
 /// Reads `since` for an SSE connect: `Last-Event-ID` (sent by EventSource when it reconnects), else

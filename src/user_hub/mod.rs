@@ -32,14 +32,18 @@ mod tickets;
 use crate::core::acks::AckRegistry;
 use crate::core::config::Config;
 use crate::core::error::Error;
+use crate::hop::wire::PublishMeta;
 use crate::hop::{self, user, user::Call};
-use crate::runtime::{http, log, settings};
+use crate::runtime::{http, js, log, settings};
+use js_sys::Promise;
 use serde::Deserialize;
 use serde_json::json;
 use state::Conn;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::future_to_promise;
 use worker::{durable_object, Env, Request, Response, State, WebSocket, WebSocketIncomingMessage};
 
 const SCHEMA: &str = "
@@ -57,8 +61,16 @@ CREATE TABLE IF NOT EXISTS channels (name TEXT PRIMARY KEY, version INTEGER NOT 
 CREATE TABLE IF NOT EXISTS tickets (hash TEXT PRIMARY KEY, expires_at INTEGER NOT NULL, exp INTEGER,
   join_grants TEXT NOT NULL, publish_grants TEXT NOT NULL);";
 
-#[durable_object]
+/// The Durable Object. Its state lives behind an `Rc` so a handler that must wait can own a handle
+/// to it (`'static` futures): the socket handlers are exported by hand below, synchronous where they
+/// can be, instead of through `#[durable_object]`'s always-async exports.
+#[durable_object(alarm)]
 pub struct UserHub {
+    inner: Rc<Inner>,
+}
+
+/// The hub's state (see [`UserHub`]); its methods are `UserHub`'s, through `Deref`.
+pub struct Inner {
     pub(crate) state: State,
     pub(crate) env: Env,
     /// Open connections by id; `None` until rebuilt after construction (or a wake).
@@ -84,13 +96,28 @@ pub struct UserHub {
     history_alarm_checked: Cell<bool>,
 }
 
+impl std::ops::Deref for UserHub {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+impl UserHub {
+    /// Another handle to the same hub, for a future that outlives the call that starts it.
+    fn handle(&self) -> UserHub {
+        UserHub { inner: Rc::clone(&self.inner) }
+    }
+}
+
 impl worker::DurableObject for UserHub {
     fn new(state: State, env: Env) -> Self {
         // Exactly `ping` is answered by the runtime without waking the hub.
         if let Ok(pair) = worker::WebSocketRequestResponsePair::new("ping", "pong") {
             state.set_websocket_auto_response(&pair);
         }
-        UserHub {
+        js::install_fast_microtasks();
+        let inner = Inner {
             state,
             env,
             conns: RefCell::new(None),
@@ -104,7 +131,8 @@ impl worker::DurableObject for UserHub {
             fault_spent: Cell::new(false),
             connect_fault_spent: Cell::new(false),
             history_alarm_checked: Cell::new(false),
-        }
+        };
+        UserHub { inner: Rc::new(inner) }
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
@@ -112,9 +140,6 @@ impl worker::DurableObject for UserHub {
         let result = match user::read(&req) {
             Err(e) => Err(e),
             Ok(Call::Connect(connect)) => self.accept(connect).await,
-            Ok(Call::Publish { meta, idempotency_key }) => {
-                self.publish(&req, meta, idempotency_key, cors.as_deref()).await
-            }
             Ok(Call::Ack) => self.http_ack(&mut req, cors.as_deref()).await,
             Ok(Call::ListConnections) => self.list_connections(cors.as_deref()),
             Ok(Call::Kick { connection_id }) => self.kick(connection_id, cors.as_deref()).await,
@@ -128,21 +153,6 @@ impl worker::DurableObject for UserHub {
         })
     }
 
-    async fn websocket_message(&self, ws: WebSocket, message: WebSocketIncomingMessage) -> worker::Result<()> {
-        self.on_message(&ws, message).await;
-        Ok(())
-    }
-
-    async fn websocket_close(&self, ws: WebSocket, code: usize, reason: String, was_clean: bool) -> worker::Result<()> {
-        self.on_close(&ws, code, &reason, was_clean).await;
-        Ok(())
-    }
-
-    async fn websocket_error(&self, ws: WebSocket, error: worker::Error) -> worker::Result<()> {
-        self.on_error(&ws, &error.to_string()).await;
-        Ok(())
-    }
-
     async fn alarm(&self) -> worker::Result<Response> {
         // The run re-arms itself, after a failure too; only when no alarm could be set does this
         // throw, so the runtime retries the alarm (with its own backoff).
@@ -151,6 +161,72 @@ impl worker::DurableObject for UserHub {
             return Err(worker::Error::RustError(format!("the alarm could not be re-armed: {e}")));
         }
         Response::empty()
+    }
+}
+
+/// The socket handlers, exported by hand (`#[durable_object(alarm)]` leaves them out). An async
+/// export costs a Promise, a `queueMicrotask` and several crossings per event even when nothing
+/// awaits; an ack, the event a fan-out multiplies, needs none of it, so `webSocketMessage` answers
+/// what it can synchronously and only starts a future for what must wait. See BENCHMARKS.md.
+#[wasm_bindgen]
+impl UserHub {
+    #[wasm_bindgen(js_name = webSocketMessage)]
+    pub fn websocket_message(&self, ws: web_sys::WebSocket, message: JsValue) -> JsValue {
+        let ws = WebSocket::from(ws);
+        let message = match message.as_string() {
+            Some(text) => WebSocketIncomingMessage::String(text),
+            None => WebSocketIncomingMessage::Binary(js_sys::Uint8Array::new(&message).to_vec()),
+        };
+        let Some(deferred) = self.on_message_now(&ws, message) else { return JsValue::UNDEFINED };
+        let hub = self.handle();
+        future_to_promise(async move {
+            hub.on_message_later(&ws, deferred).await;
+            Ok(JsValue::UNDEFINED)
+        })
+        .into()
+    }
+
+    /// RPC: a checked publish from the Worker or a fan-out (see `hop::user::publish`): its fields as
+    /// a query string, the payload's JSON text as the JS string it already is. Answers
+    /// `[status, body]`: 200 and the publish answer, or an error's status and JSON body.
+    #[wasm_bindgen(js_name = publish)]
+    pub fn publish_rpc(&self, meta: String, payload: js_sys::JsString, idempotency_key: Option<String>) -> Promise {
+        let hub = self.handle();
+        future_to_promise(async move {
+            let answer = match PublishMeta::from_query_string(&meta) {
+                Some(meta) => hub.publish(payload, meta, idempotency_key).await,
+                None => Err(Error::Internal("the hop to the hub carried no publish".into())),
+            };
+            let (status, body) = match answer {
+                Ok(body) => (200, body),
+                Err(e) => {
+                    if e.status() >= 500 {
+                        log::error("hub_error", json!({ "code": e.code(), "message": e.to_string() }));
+                    }
+                    (e.status(), e.body())
+                }
+            };
+            Ok(js_sys::Array::of2(&JsValue::from(status), &JsValue::from(body)).into())
+        })
+    }
+
+    #[wasm_bindgen(js_name = webSocketClose)]
+    pub fn websocket_close(&self, ws: web_sys::WebSocket, code: usize, reason: String, was_clean: bool) -> Promise {
+        let hub = self.handle();
+        future_to_promise(async move {
+            hub.on_close(&WebSocket::from(ws), code, &reason, was_clean).await;
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
+    #[wasm_bindgen(js_name = webSocketError)]
+    pub fn websocket_error(&self, ws: web_sys::WebSocket, error: JsValue) -> Promise {
+        let hub = self.handle();
+        future_to_promise(async move {
+            let message = worker::Error::from(error).to_string();
+            hub.on_error(&WebSocket::from(ws), &message).await;
+            Ok(JsValue::UNDEFINED)
+        })
     }
 }
 

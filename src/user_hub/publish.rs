@@ -10,7 +10,7 @@ use crate::core::filter::EnvelopeView;
 use crate::core::ids;
 use crate::core::protocol::{self, rfc3339, AckOut, PublishResponse, Transport};
 use crate::hop::wire::PublishMeta;
-use crate::runtime::js::{body_text, send_shared};
+use crate::runtime::js::send_shared;
 use crate::runtime::{http, log};
 use futures_util::future::{select, Either};
 use serde::Deserialize;
@@ -40,13 +40,11 @@ impl UserHub {
     /// large payload never crosses into wasm here — unless a filter needs the payload's fields.
     pub(super) async fn publish(
         &self,
-        req: &Request,
+        payload: js_sys::JsString,
         p: PublishMeta,
         idempotency_key: Option<String>,
-        cors: Option<&str>,
-    ) -> Result<Response, Error> {
+    ) -> Result<String, Error> {
         let config = self.config()?;
-        let payload = body_text(req).await?;
         self.ensure_loaded()?;
         let started = Date::now().as_millis();
         let now_ms = started as i64;
@@ -54,7 +52,7 @@ impl UserHub {
         // has closed or the user has left the channel since.
         let idempotency_key = idempotency_key.filter(|_| config.idempotency_seconds > 0);
         if let Some(key) = &idempotency_key {
-            if let Some(answer) = self.idempotent_replay(&config, key, &p.body_hash, now_ms, cors)? {
+            if let Some(answer) = self.idempotent_replay(&config, key, &p.body_hash, now_ms)? {
                 return Ok(answer);
             }
         }
@@ -63,7 +61,7 @@ impl UserHub {
         let mut lingering = false;
         if let (Some(channel), Some(0)) = (&p.channel, joined) {
             if !self.lingering(&config, channel)? {
-                return self.not_a_member(channel, cors);
+                return self.not_a_member(channel);
             }
             // Nobody is connected, but the user's last connection closed within
             // CHANNEL_LINGER_SECONDS: the envelope goes into history for its resume.
@@ -199,7 +197,7 @@ impl UserHub {
                 log::error("storage_error", json!({ "op": "idempotency_answer", "message": e.to_string() }));
             }
         }
-        Ok(http::json(200, body, cors)?)
+        Ok(body)
     }
 
     /// The answer to a publish whose `Idempotency-Key` was seen within `IDEMPOTENCY_SECONDS`: the
@@ -212,8 +210,7 @@ impl UserHub {
         key: &str,
         body_hash: &str,
         now_ms: i64,
-        cors: Option<&str>,
-    ) -> Result<Option<Response>, Error> {
+    ) -> Result<Option<String>, Error> {
         let sql = self.sql();
         let cutoff = now_ms - (config.idempotency_seconds as i64) * 1000;
         sql.exec("DELETE FROM idempotency WHERE at < ?", vec![cutoff.into()])?;
@@ -243,7 +240,7 @@ impl UserHub {
         };
         answer["duplicate"] = json!(true);
         log::info("publish_duplicate", json!({ "envelopeId": row.envelope_id, "seq": row.seq }));
-        Ok(Some(http::json(200, answer.to_string(), cors)?))
+        Ok(Some(answer.to_string()))
     }
 
     /// `POST /ack` from an SSE client (or any client that prefers HTTP for acks).

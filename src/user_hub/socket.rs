@@ -22,6 +22,32 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use worker::{Date, Response, WebSocket, WebSocketIncomingMessage, WebSocketPair};
 
+/// Test-only (`FAULT_INJECTION=on`): the frame `__panic` panics and `__trap` executes a raw wasm
+/// `unreachable`, inside the hub's synchronous socket handler, for the test that every hub still
+/// works afterwards (tests/recovery.test.mjs).
+fn inject_fault(text: &str) {
+    match text {
+        "__panic" => {
+            log::error("fault_injected", json!({ "kind": "panic" }));
+            panic!("fault injected (FAULT_INJECTION=on)");
+        }
+        "__trap" => {
+            log::error("fault_injected", json!({ "kind": "trap" }));
+            core::arch::wasm32::unreachable()
+        }
+        _ => {}
+    }
+}
+
+/// The part of a client frame that must wait on I/O, handed from the synchronous handler to the
+/// asynchronous one.
+pub(super) enum Deferred {
+    /// Close the connection for abuse.
+    Close { id: String, code: u16, reason: &'static str },
+    /// A `message`, `join`, `leave` or `publish` frame, checked and counted, to be read again.
+    Frame { id: String, text: String },
+}
+
 impl UserHub {
     /// Accepts a socket for the user named in the hop's URL and sends `welcome`. An SSE connection
     /// brings its filters (and `since`) in the URL: they are applied, and the replay sent, before
@@ -101,39 +127,49 @@ impl UserHub {
         Ok(Response::from_websocket(pair.client)?)
     }
 
-    /// One client frame. Nothing here panics or closes the socket on bad input; only abuse
-    /// (an oversized frame, a flood) closes it.
-    pub(crate) async fn on_message(&self, ws: &WebSocket, message: WebSocketIncomingMessage) {
-        let Some(id) = conn_id(self, ws) else { return };
+    /// One client frame, answered at once where nothing needs to wait: acks, subscriptions, pings
+    /// and refusals, the hot path, which so costs no Promise and no microtask (see the exports in
+    /// `mod.rs`). What must wait is handed back ([`Deferred`]) for [`UserHub::on_message_later`].
+    /// Nothing here panics or closes the socket on bad input; only abuse (an oversized frame, a
+    /// flood) closes it.
+    pub(super) fn on_message_now(&self, ws: &WebSocket, message: WebSocketIncomingMessage) -> Option<Deferred> {
+        let id = conn_id(self, ws)?;
         let config = match self.config().and_then(|c| self.ensure_loaded().map(|_| c)) {
             Ok(c) => c,
             Err(e) => {
                 // The details (runtime and SQLite messages) go to the log, not to the client.
                 log::error("hub_error", json!({ "op": "load", "message": e.to_string() }));
                 send_error(ws, "internal_error", "the hub could not load its state; try again", None, &[]);
-                return;
+                return None;
             }
         };
+        let too_large =
+            |id: String| Some(Deferred::Close { id, code: CLOSE_FRAME_TOO_LARGE, reason: "frame too large" });
+        let flood = |id: String| Some(Deferred::Close { id, code: CLOSE_FLOOD, reason: "too many frames" });
         let text = match message {
             WebSocketIncomingMessage::String(text) => text,
             WebSocketIncomingMessage::Binary(bytes) => {
                 if bytes.len() > config.max_frame_bytes {
-                    return self.close_by_server(&id, CLOSE_FRAME_TOO_LARGE, "frame too large", "abuse").await;
+                    return too_large(id);
                 }
                 if !self.take_token(&id) {
-                    return self.close_by_server(&id, CLOSE_FLOOD, "too many frames", "abuse").await;
+                    return flood(id);
                 }
-                return send_error(
+                send_error(
                     ws,
                     "unsupported_frame",
                     "binary frames are not supported: send JSON text frames",
                     None,
                     &[],
                 );
+                return None;
             }
         };
         if text.len() > config.max_frame_bytes {
-            return self.close_by_server(&id, CLOSE_FRAME_TOO_LARGE, "frame too large", "abuse").await;
+            return too_large(id);
+        }
+        if config.fault_injection {
+            inject_fault(&text);
         }
         let frame = protocol::parse_client_frame(&text);
         // Acks the hub is waiting for are paced by publishes, not by the client: they never count
@@ -141,10 +177,11 @@ impl UserHub {
         if let Ok(ClientFrame::Ack { envelope_id, result, id: frame_id }) = &frame {
             let outcome = self.acks.borrow_mut().ack(envelope_id, &id, result.map(ToOwned::to_owned));
             if outcome == AckOutcome::Recorded {
-                return reply_ok(ws, *frame_id);
+                reply_ok(ws, *frame_id);
+                return None;
             }
             if !self.take_token(&id) {
-                return self.close_by_server(&id, CLOSE_FLOOD, "too many frames", "abuse").await;
+                return flood(id);
             }
             // A late or repeated ack is harmless; a HopeFlow client expects silence, so only a frame
             // that asked for a reply (`id`) hears about it.
@@ -156,10 +193,10 @@ impl UserHub {
                 };
                 send_error(ws, "unknown_envelope", message, *frame_id, &[]);
             }
-            return;
+            return None;
         }
         if !self.take_token(&id) {
-            return self.close_by_server(&id, CLOSE_FLOOD, "too many frames", "abuse").await;
+            return flood(id);
         }
         match frame {
             Err(e) => send_error(ws, e.code, &e.message, e.id, &[]),
@@ -170,6 +207,25 @@ impl UserHub {
             Ok(ClientFrame::Unsubscribe { filters, id: frame_id }) => {
                 self.change_filters(&id, &filters, frame_id, false, None)
             }
+            Ok(ClientFrame::Message { .. } | ClientFrame::Join { .. } | ClientFrame::Leave { .. })
+            | Ok(ClientFrame::Publish { .. }) => return Some(Deferred::Frame { id, text }),
+            Ok(ClientFrame::Ack { .. }) => {}
+        }
+        None
+    }
+
+    /// What [`UserHub::on_message_now`] could not finish: a close for abuse (the channels and the
+    /// backend hear of it), or a frame that talks to a channel's root or stores a webhook event.
+    pub(super) async fn on_message_later(&self, ws: &WebSocket, deferred: Deferred) {
+        let (id, text) = match deferred {
+            Deferred::Close { id, code, reason } => return self.close_by_server(&id, code, reason, "abuse").await,
+            Deferred::Frame { id, text } => (id, text),
+        };
+        let config = match self.config() {
+            Ok(c) => c,
+            Err(e) => return send_error(ws, "internal_error", &e.to_string(), None, &[]),
+        };
+        match protocol::parse_client_frame(&text) {
             Ok(ClientFrame::Message { data, id: frame_id }) => self.upstream(ws, &id, data, frame_id).await,
             Ok(ClientFrame::Join { channel, id: frame_id }) => self.join(ws, &id, channel, frame_id).await,
             Ok(ClientFrame::Leave { channel, id: frame_id }) => self.leave(ws, &id, &channel, frame_id).await,
@@ -177,7 +233,8 @@ impl UserHub {
                 let publish = ClientPublish { channel, kind, payload, timeout_ms };
                 self.client_publish(ws, &id, publish, frame_id, &config).await
             }
-            Ok(ClientFrame::Ack { .. }) => {}
+            // Only the frames above are deferred (already checked and counted against the limit).
+            _ => {}
         }
     }
 

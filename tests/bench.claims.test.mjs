@@ -1,0 +1,112 @@
+// The published benchmark figures agree with their machine-readable files: BENCHMARKS.md's tables and
+// README's "Benchmarks" section are checked against bench/results-published/*.json, and every budget
+// line's verdict against its own value. No server runs here; this guards the claims, not the speed.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { ROOT } from "./harness.mjs";
+
+const read = (p) => fs.readFileSync(path.join(ROOT, p), "utf8");
+const json = (p) => JSON.parse(read(p));
+const MD = read("BENCHMARKS.md");
+const README = read("README.md");
+const MULTI = json("bench/results-published/2026-11-23-multi-user.json");
+const CHANGES = json("bench/results-published/what-each-change-bought.json");
+
+/** The rows (arrays of trimmed cells) of the first Markdown table after `heading` in `text`. */
+function table(text, heading) {
+  const at = text.indexOf(heading);
+  assert.ok(at >= 0, `no "${heading}"`);
+  const lines = text.slice(at).split("\n");
+  const start = lines.findIndex((l) => l.startsWith("|"));
+  const rows = [];
+  for (const l of lines.slice(start + 2)) {
+    if (!l.startsWith("|")) break;
+    rows.push(l.replace(/^\||\|$/g, "").split("|").map((c) => c.trim()));
+  }
+  return rows;
+}
+
+test("BENCHMARKS.md's Results table is the published results file, value for value", () => {
+  const rows = table(MD, "\n## Results");
+  assert.equal(rows.length, Object.values(MULTI.scenarios).reduce((n, s) => n + Object.keys(s.switchboard).length, 0));
+  for (const [scenario, metric, sb, ref, ratio] of rows) {
+    const s = MULTI.scenarios[scenario];
+    assert.deepEqual([Number(sb), Number(ref), Number(ratio)], [s.switchboard[metric], s.reference[metric], s.ratio[metric]], `${scenario} ${metric}`);
+    // The ratio column is the ratio of the two columns (to the rounding of the table).
+    assert.ok(Math.abs(Number(sb) / Number(ref) - Number(ratio)) < 0.011, `${scenario} ${metric}: ${sb}/${ref} is not ${ratio}`);
+  }
+});
+
+test("README's Benchmarks figures are the published results file's, and name the build they come from", () => {
+  const section = README.slice(README.indexOf("## Benchmarks"), README.indexOf("## Contributing"));
+  assert.match(section, /before channels/);
+  assert.match(section, /bench\/results-published\/2026-11-23-multi-user\.json/);
+  const s = MULTI.scenarios;
+  const rows = Object.fromEntries(table(section, "| scenario |").map((r) => [r[0].split(":")[0], r.slice(1)]));
+  const nums = (cell) => (cell.match(/[\d.]+/g) || []).map(Number);
+  assert.deepEqual(nums(rows.rtt[0]), [s.rtt.switchboard.p50_ms, s.rtt.switchboard.p99_ms]);
+  assert.deepEqual(nums(rows.rtt[1]), [s.rtt.reference.p50_ms, s.rtt.reference.p99_ms]);
+  assert.deepEqual(nums(rows.rtt[2]), [s.rtt.ratio.p50_ms, s.rtt.ratio.p99_ms]);
+  const cpu = ["rtt", "fanout100", "fanout1000", "throughput"];
+  assert.deepEqual(nums(rows["CPU per publish"][0]), cpu.map((k) => s[k].switchboard.cpu_ms_per_publish));
+  assert.deepEqual(nums(rows["CPU per publish"][1]), cpu.map((k) => s[k].reference.cpu_ms_per_publish));
+  assert.deepEqual(nums(rows["CPU per publish"][2]), cpu.map((k) => s[k].ratio.cpu_ms_per_publish));
+  const fan = rows["fanout to 100 sockets (publish incl. 100 acks), p50"];
+  assert.deepEqual(fan.map(nums).flat(), [s.fanout100.switchboard.p50_ms, s.fanout100.reference.p50_ms, s.fanout100.ratio.p50_ms]);
+  const mem = rows["memory per idle socket (hubs still in memory)"];
+  assert.deepEqual(mem.map(nums).flat(), [s.idle.switchboard.mem_kb_per_socket, s.idle.reference.mem_kb_per_socket, s.idle.ratio.mem_kb_per_socket]);
+});
+
+test("every budget line's verdict follows from its value, and the ratios are the Results table's", () => {
+  const s = MULTI.scenarios;
+  for (const [line, measured, holds] of table(MD, "\n## Budget")) {
+    if (holds === "reported") continue;
+    const values = (measured.match(/[\d.]+(?=x)/g) || []).map(Number);
+    if (/server CPU per publish/.test(line)) {
+      const k = line.split(":")[0];
+      assert.equal(values[0], s[k].ratio.cpu_ms_per_publish, line);
+      assert.equal(holds, values[0] <= 1.1 ? "yes" : "no", line);
+    } else if (/publish p99/.test(line)) {
+      const names = line.split(":")[1].split("/").map((k) => k.trim());
+      const keys = names.map((k) => (/KiB/.test(k) ? `payload${k.match(/\d+/)[0]}k` : k));
+      assert.deepEqual(values, keys.map((k) => s[k.toLowerCase()].ratio.p99_ms), line);
+      assert.equal(holds, values.every((v) => v <= 1.1) ? "yes" : "no", line);
+    } else if (/throughput \(publishes/.test(line)) {
+      assert.equal(values[0], s.throughput.ratio.publishes_per_s);
+      assert.equal(holds, values[0] >= 0.9 ? "yes" : "no");
+    } else if (/memory per idle socket/.test(line)) {
+      assert.equal(values[0], s.idle.ratio.mem_kb_per_socket);
+      assert.equal(holds, values[0] <= 1 ? "yes" : "no");
+    } else if (/release wasm/.test(line)) {
+      const kb = Number(measured.match(/^([\d.]+) KB/)[1]);
+      assert.ok(holds.startsWith(kb <= 300 ? "yes" : "no"), line);
+      assert.match(holds, new RegExp(`${Math.round(300 - kb)} KB headroom`), "the headroom is 300 KB less the size");
+    } else {
+      assert.fail(`a budget line this test does not know: ${line}`);
+    }
+  }
+});
+
+test("the 'What each change bought' table is its published file, and its summary sentence matches it", () => {
+  const rows = table(MD, "### What each change bought");
+  assert.equal(rows.length, CHANGES.builds.length);
+  const cols = ["rtt", "fanout100", "fanout1000", "throughput", "payload512k"];
+  rows.forEach((r, i) => {
+    const b = CHANGES.builds[i];
+    cols.forEach((c, k) => {
+      const cell = r[k + 1];
+      if (b[c] === null) return assert.match(cell, /—/);
+      const [v, ratio] = cell.match(/[\d.]+/g).map(Number);
+      assert.deepEqual([v, ratio], [b[c].cpu_ms_per_publish, b[c].ratio], `${b.build} ${c}`);
+    });
+    assert.equal(Number(r[6].match(/[\d.]+/)[0]), b.wasm_gzip_kb);
+  });
+  // A claim that the current build is at or below the core-only build everywhere must hold in the table.
+  const [core, , , , current] = CHANGES.builds;
+  const atOrBelow = cols.filter((c) => core[c] && current[c] && current[c].cpu_ms_per_publish <= core[c].cpu_ms_per_publish);
+  if (/at or\s+below the core-only build's CPU in every scenario/.test(MD)) assert.deepEqual(atOrBelow, cols);
+  const ratiosAtOrBelow = cols.filter((c) => core[c] && current[c] && current[c].ratio <= core[c].ratio);
+  assert.deepEqual(ratiosAtOrBelow, ["fanout100", "fanout1000", "throughput", "payload512k"], "the sentence after the table names these");
+});
