@@ -291,7 +291,7 @@ impl UserHub {
                     self.sql_exec("DELETE FROM outbox WHERE id >= ? AND id <= ?", vec![head.id.into(), last.into()])?;
                     log::info(
                         "webhook",
-                        json!({ "webhookId": webhook_id, "events": batch.len(), "status": status, "attempt": head.attempts + 1, "ms": ms }),
+                        json!({ "eventId": head.event_id, "webhookId": webhook_id, "events": batch.len(), "status": status, "attempt": head.attempts + 1, "ms": ms }),
                     );
                     sent += batch.len();
                     self.outbox_solo.set(self.outbox_solo.get().saturating_sub(batch.len()));
@@ -323,7 +323,7 @@ impl UserHub {
             )?;
             log::error(
                 "webhook_failed",
-                json!({ "webhookId": webhook_id, "events": batch.len(), "attempt": attempts, "reason": failure.reason, "retryInMs": delay, "ms": ms }),
+                json!({ "eventId": head.event_id, "webhookId": webhook_id, "events": batch.len(), "attempt": attempts, "reason": failure.reason, "retryInMs": delay, "ms": ms }),
             );
             return Ok(());
         }
