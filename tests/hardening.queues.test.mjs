@@ -357,6 +357,27 @@ test("F8d: IDEMPOTENCY_SECONDS is its own window: keys work with HISTORY_SECONDS
   }
 });
 
+// ---- F14: storage faults --------------------------------------------------------------------
+
+test("F14: a connect whose storage fails after the socket was accepted leaves no ghost connection", async () => {
+  // TEST_FAULTS=connect makes each hub's first `connection.opened` event fail to store.
+  const w = await startWorker({ TEST_FAULTS: "connect" });
+  try {
+    const u = uid();
+    await assert.rejects(Client.connect(w, clientToken(u)), (e) => e.status === 500);
+    assert.deepEqual((await connections(w, u)).body.connections, [], "no ghost counts against the user");
+    const c = await Client.connect(w, clientToken(u));
+    assert.deepEqual((await connections(w, u)).body.connections.map((x) => x.connectionId), [c.id]);
+    // The ghost would still receive publishes and count in clientCount.
+    await c.subscribe([{ type: "t" }]);
+    const res = await publish(w, { userId: u, type: "t", payload: 1, timeoutMs: 0 });
+    assert.equal(res.body.clientCount, 1);
+    await c.close();
+  } finally {
+    await w.stop();
+  }
+});
+
 // ---- F13: a kick ends channel membership -----------------------------------------------------
 
 test("F13: a kick by the backend ends the user's channel membership at once (no linger)", async () => {

@@ -56,6 +56,14 @@ test("docs/asyncapi.yaml is a valid AsyncAPI 3.0.0 document (the official schema
   assert.ok(validate(asyncapi), JSON.stringify(validate.errors?.slice(0, 5)));
 });
 
+test("/tickets: a ticket, and the refusals, match openapi.yaml", async () => {
+  const u = uid();
+  const issued = await call("POST", "/tickets", "/tickets", { token: clientToken(u) });
+  assert.equal(issued.status, 200);
+  assert.equal((await call("POST", "/tickets", "/tickets", { token: null })).status, 401);
+  assert.equal((await call("POST", "/tickets", "/tickets", { token: publishToken() })).body.error, "invalid_token");
+});
+
 test("/publish: user, userIds and channel publishes and every error answer match openapi.yaml", async () => {
   const u = uid();
   const c = await connect(clientToken(u, { channels: ["room:*"] }), { autoAck: () => ({ ok: 1 }) });

@@ -71,7 +71,7 @@ pub struct Config {
     /// The largest publish answer stored whole for an `Idempotency-Key` retry; a larger one is stored
     /// trimmed (no ack results), so a delivered publish never fails on that write.
     pub idempotency_max_response_bytes: usize,
-    /// Test-only fault injection (`TEST_FAULTS=alarm`: each hub's first alarm run fails).
+    /// Test-only fault injection (`TEST_FAULTS`: see [`TestFaults`]).
     pub test_faults: TestFaults,
     pub publish_auth: PublishAuth,
     pub ack_timeout_ms: u64,
@@ -133,8 +133,11 @@ pub struct Config {
 /// Faults the end-to-end suite injects to prove recovery paths (never set in production).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TestFaults {
-    /// The first alarm run of each hub object fails before doing anything.
+    /// `alarm`: the first alarm run of each hub object fails before doing anything.
     pub alarm: bool,
+    /// `connect`: storing the first `connection.opened` event of each hub object fails, after the
+    /// socket was accepted (a storage error at the worst moment).
+    pub connect: bool,
 }
 
 impl Config {
@@ -218,11 +221,18 @@ impl Config {
             max_ttl_seconds: number(&get, "JWT_MAX_TTL_SECONDS", 0, 0, 365 * 86_400)?,
         };
         let ticket_seconds = number(&get, "TICKET_SECONDS", DEFAULT_TICKET_SECONDS, 1, 300)?;
-        let test_faults = match get("TEST_FAULTS").as_deref() {
-            None => TestFaults::default(),
-            Some("alarm") => TestFaults { alarm: true },
-            Some(_) => return Err("TEST_FAULTS must be unset (or `alarm`, for the test suite only)".into()),
-        };
+        let mut test_faults = TestFaults::default();
+        for fault in get("TEST_FAULTS").as_deref().unwrap_or("").split(',').map(str::trim).filter(|f| !f.is_empty()) {
+            match fault {
+                "alarm" => test_faults.alarm = true,
+                "connect" => test_faults.connect = true,
+                _ => {
+                    return Err(
+                        "TEST_FAULTS must be unset, or `alarm` and/or `connect` (for the test suite only)".into()
+                    )
+                }
+            }
+        }
 
         let publish_auth = match get("PUBLISH_AUTH").as_deref() {
             None | Some("scope") => PublishAuth::Scope,
@@ -602,7 +612,7 @@ mod tests {
             ("JWT_MAX_TTL_SECONDS", "600"),
             ("TICKET_SECONDS", "5"),
             ("IDEMPOTENCY_SECONDS", "0"),
-            ("TEST_FAULTS", "alarm"),
+            ("TEST_FAULTS", "alarm, connect"),
         ])
         .unwrap();
         assert_eq!(c.token_rules.issuer.as_deref(), Some("https://auth.example"));
@@ -610,7 +620,7 @@ mod tests {
         assert!(c.token_rules.require_exp);
         assert_eq!(c.token_rules.max_ttl_seconds, 600);
         assert_eq!((c.ticket_seconds, c.idempotency_seconds), (5, 0));
-        assert!(c.test_faults.alarm);
+        assert!(c.test_faults.alarm && c.test_faults.connect);
         for (k, v) in
             [("TICKET_SECONDS", "0"), ("IDEMPOTENCY_MAX_RESPONSE_BYTES", "3000000"), ("JWT_MAX_TTL_SECONDS", "x")]
         {

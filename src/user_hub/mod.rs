@@ -91,6 +91,8 @@ pub struct Inner {
     alarm_failures: Cell<u32>,
     /// `TEST_FAULTS=alarm` has failed this object's alarm once already.
     fault_spent: Cell<bool>,
+    /// `TEST_FAULTS=connect` has failed this object's first connection event already.
+    connect_fault_spent: Cell<bool>,
     /// Whether this object made sure an alarm will age out its history (once per construction).
     history_alarm_checked: Cell<bool>,
     /// This user's client publishes (`CLIENT_PUBLISH_PER_SECOND`), across its connections.
@@ -132,6 +134,7 @@ impl worker::DurableObject for UserHub {
             outbox_solo: Cell::new(0),
             alarm_failures: Cell::new(0),
             fault_spent: Cell::new(false),
+            connect_fault_spent: Cell::new(false),
             history_alarm_checked: Cell::new(false),
             publish_bucket: RefCell::new(None),
             join_bucket: RefCell::new(None),

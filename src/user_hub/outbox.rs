@@ -113,6 +113,9 @@ impl UserHub {
     /// connection event is merged into the coalesced event at the queue's tail.
     pub(crate) async fn enqueue_event(&self, kind: &str, user_id: &str, data: Value) -> Result<Enqueued, Error> {
         let config = self.config()?;
+        if config.test_faults.connect && kind == webhook::CONNECTION_OPENED && !self.connect_fault_spent.replace(true) {
+            return Err(Error::Internal("injected storage failure (TEST_FAULTS=connect)".into()));
+        }
         let Some(hook) = &config.webhook else { return Ok(Enqueued::Off) };
         let now = Date::now().as_millis() as i64;
         let at = rfc3339(now as u64);
@@ -288,7 +291,7 @@ impl UserHub {
                     self.sql_exec("DELETE FROM outbox WHERE id >= ? AND id <= ?", vec![head.id.into(), last.into()])?;
                     log::info(
                         "webhook",
-                        json!({ "webhookId": webhook_id, "events": batch.len(), "status": status, "attempt": head.attempts + 1, "ms": ms }),
+                        json!({ "eventId": head.event_id, "webhookId": webhook_id, "events": batch.len(), "status": status, "attempt": head.attempts + 1, "ms": ms }),
                     );
                     sent += batch.len();
                     self.outbox_solo.set(self.outbox_solo.get().saturating_sub(batch.len()));
@@ -320,7 +323,7 @@ impl UserHub {
             )?;
             log::error(
                 "webhook_failed",
-                json!({ "webhookId": webhook_id, "events": batch.len(), "attempt": attempts, "reason": failure.reason, "retryInMs": delay, "ms": ms }),
+                json!({ "eventId": head.event_id, "webhookId": webhook_id, "events": batch.len(), "attempt": attempts, "reason": failure.reason, "retryInMs": delay, "ms": ms }),
             );
             return Ok(());
         }

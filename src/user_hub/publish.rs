@@ -85,7 +85,9 @@ impl UserHub {
             p.from.as_deref(),
         );
         let envelope = js_sys::JsString::from(head.as_str()).concat(&payload).concat(&"}".into());
-        self.record(&config, seq, now_ms, &envelope)?;
+        // The key before the envelope: if storing the key fails nothing is recorded (no envelope in
+        // history that was never sent, and no second copy on the retry); if recording fails the key
+        // goes again, so the retry publishes afresh. Both run with no `await` between them.
         if let Some(key) = &idempotency_key {
             self.sql().exec(
                 "INSERT INTO idempotency (key, seq, envelope_id, at, body_hash) VALUES (?, ?, ?, ?, ?)",
@@ -97,6 +99,12 @@ impl UserHub {
                     p.body_hash.clone().into(),
                 ],
             )?;
+        }
+        if let Err(e) = self.record(&config, seq, now_ms, &envelope) {
+            if let Some(key) = &idempotency_key {
+                let _ = self.sql().exec("DELETE FROM idempotency WHERE key = ?", vec![key.clone().into()]);
+            }
+            return Err(e);
         }
 
         let needs_payload = p.channel.is_none()

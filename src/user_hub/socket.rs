@@ -144,7 +144,9 @@ impl UserHub {
         let config = match self.config().and_then(|c| self.ensure_loaded().map(|_| c)) {
             Ok(c) => c,
             Err(e) => {
-                send_error(ws, "internal_error", &e.to_string(), None, &[]);
+                // The details (runtime and SQLite messages) go to the log, not to the client.
+                log::error("hub_error", json!({ "op": "load", "message": e.to_string() }));
+                send_error(ws, "internal_error", "the hub could not load its state; try again", None, &[]);
                 return None;
             }
         };
