@@ -87,7 +87,8 @@ for (const name of ["switchboard", "reference"]) {
 
 const gz = (buf) => zlib.gzipSync(buf, { level: 9 }).length;
 const wasm = fs.readFileSync(path.join(build, "index_bg.wasm"));
-const js = fs.readFileSync(path.join(build, "index.js"));
+// The entry module and, when the build has one, worker-build's glue behind it.
+const js = Buffer.concat(["index.js", "glue.mjs"].filter((f) => fs.existsSync(path.join(build, f))).map((f) => fs.readFileSync(path.join(build, f))));
 const cpuModel = (fs.readFileSync("/proc/cpuinfo", "utf8").match(/^model name\s*:\s*(.*)$/m) || [])[1] || os.cpus()[0]?.model;
 const out = {
   machine: {

@@ -13,12 +13,22 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { parseEnv } from "node:util";
 import { Miniflare } from "miniflare";
-import { mint, readSecret } from "../scripts/token.mjs";
+import { mintToken } from "../clients/server/dist/index.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, "..");
 const TOKEN_TTL_SECONDS = 15 * 60;
+
+/** JWT_SECRET from the environment, else from .dev.vars (Node's own env-file parser). */
+function readSecret(file = path.join(root, ".dev.vars")) {
+  if (process.env.JWT_SECRET) return process.env.JWT_SECRET;
+  if (!fs.existsSync(file)) throw new Error(`no JWT_SECRET: ${file} does not exist (run \`make dev\` once to create it)`);
+  const secret = parseEnv(fs.readFileSync(file, "utf8")).JWT_SECRET;
+  if (!secret) throw new Error(`no JWT_SECRET in ${file}`);
+  return secret;
+}
 
 const STATIC = {
   "/": ["index.html", "text/html; charset=utf-8", here],
@@ -75,7 +85,7 @@ export async function startDemo({ port = 8080, workerPort = 8787, buildDir, secr
 
   // Tests can hold token requests (a browser that wants to reconnect then waits) — not reachable over HTTP.
   let tokenGate = null;
-  const publishToken = () => mint({ sub: "demo-backend", scope: "publish", exp: Math.floor(Date.now() / 1000) + 300 }, secret);
+  const publishToken = () => mintToken({ secret, publish: true, expiresIn: 300, claims: { sub: "demo-backend" } });
   let restarting = null;
   const restartWorker = async () => {
     restarting ??= (async () => {
@@ -93,15 +103,15 @@ export async function startDemo({ port = 8080, workerPort = 8787, buildDir, secr
       const userId = body?.userId;
       if (typeof userId !== "string" || !userId.trim() || userId.length > 64) return [400, { error: "invalid_user_id", message: "userId must be a non-empty string of at most 64 characters" }];
       if (tokenGate) await tokenGate;
-      const exp = Math.floor(Date.now() / 1000) + TOKEN_TTL_SECONDS;
-      return [200, { token: mint({ userId, sub: userId, exp }, secret), expiresAt: exp }];
+      const token = await mintToken({ secret, userId, expiresIn: TOKEN_TTL_SECONDS, claims: { sub: userId } });
+      return [200, { token, expiresAt: Math.floor(Date.now() / 1000) + TOKEN_TTL_SECONDS }];
     },
     "POST /api/publish": async (body) => {
       if (!body || typeof body !== "object") return [400, { error: "invalid_body", message: "send a JSON object {userId, type, payload, timeoutMs?}" }];
       if (restarting) await restarting;
       const res = await fetch(`${workerUrl}/publish`, {
         method: "POST",
-        headers: { authorization: `Bearer ${publishToken()}`, "content-type": "application/json" },
+        headers: { authorization: `Bearer ${await publishToken()}`, "content-type": "application/json" },
         body: JSON.stringify(body),
       });
       return [res.status, await res.json()];
@@ -218,7 +228,7 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
            ${demo.url}/?user=alice&transport=sse
            ${demo.url}/?user=bob            (a second user)
     Worker ${demo.workerUrl}
-    CLI    node scripts/publish.mjs --url ${demo.workerUrl} --user alice --type chat --payload '{"room":"lobby","text":"hi from the terminal"}'
+    CLI    npx switchboard publish --url ${demo.workerUrl} --user alice --type chat --payload '{"room":"lobby","text":"hi from the terminal"}'
 
   The token endpoint hands out any user's token: a development tool only. Worker logs follow
   (DEMO_QUIET=1 hides them). Ctrl-C stops everything.

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the release Worker (build/index.js + wasm) with worker-build. wrangler runs this as its
+# Builds the release Worker (build/index.js + wasm) with worker-build, then puts src/entry.mjs in
+# front of worker-build's output (renamed build/glue.mjs). wrangler runs this as its
 # build command; the tests run it once before starting workerd.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -17,3 +18,8 @@ if [ "${SWITCHBOARD_KEEP_NAMES:-}" != "1" ]; then
     --enable-multivalue --enable-reference-types --enable-exception-handling \
     build/index_bg.wasm -o build/index_bg.wasm
 fi
+
+# The entry module: worker-build's output becomes build/glue.mjs, and src/entry.mjs (which makes the
+# Durable Object classes RPC-capable) becomes build/index.js, what wrangler.toml and the tests load.
+mv build/index.js build/glue.mjs
+cp src/entry.mjs build/index.js

@@ -23,4 +23,5 @@ if [ -z "${SWITCHBOARD_BUILD_DIR:-}" ]; then
   fi
 fi
 node clients/js/build.mjs >/dev/null
+node clients/server/build.mjs >/dev/null  # the demo backend mints tokens with the server SDK
 exec node demo/server.mjs "$@"

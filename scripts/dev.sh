@@ -14,11 +14,20 @@ if [ ! -f .dev.vars ]; then
   echo "[dev] created .dev.vars with a random JWT_SECRET"
 fi
 
-client_token="$(node scripts/token.mjs --user demo-user --channels '*' --publish-channels '*')"
-publish_token="$(node scripts/token.mjs --publish)"
+# The Worker refuses a JWT_SECRET shorter than JWT_SECRET_MIN_BYTES (default 32), or the example's
+# placeholder, with 500 server_misconfigured on every request: say so now, before wrangler starts.
+node scripts/check-secret.mjs .dev.vars || exit 1
+
+# The server SDK's CLI (clients/server, `npx switchboard`) mints the tokens; build it when its sources changed.
+if [ ! -f clients/server/dist/cli.js ] || [ -n "$(find clients/server/src -newer clients/server/dist/cli.js -print -quit)" ]; then
+  node clients/server/build.mjs >/dev/null
+fi
+switchboard() { node clients/server/bin/switchboard.mjs "$@"; }
+client_token="$(switchboard token --user demo-user --channels '*' --publish-channels '*')"
+publish_token="$(switchboard token --publish)"
 cat <<MSG
 
-  Switchboard dev server: http://127.0.0.1:$PORT   (tokens valid 24 h; mint more: node scripts/token.mjs --help)
+  Switchboard dev server: http://127.0.0.1:$PORT   (tokens valid 24 h; mint more: npx switchboard token --help)
 
   Client token (userId "demo-user"; may join and publish to any channel):
     $client_token
@@ -31,8 +40,10 @@ cat <<MSG
                 -H 'Authorization: Bearer $publish_token' \\
                 -H 'Content-Type: application/json' \\
                 -d '{"userId":"demo-user","type":"message","payload":{"text":"hello"}}'
+              or: npx switchboard publish --user demo-user --payload '{"text":"hello"}'
   Channels:   send {"type":"join","channel":"room:1","id":2}, then
-              node scripts/publish.mjs --channel room:1 --type message --payload '{"text":"hi room"}'
+              npx switchboard publish --channel room:1 --type message --payload '{"text":"hi room"}'
+  Webhooks:   npx switchboard listen   (then WEBHOOK_URL=http://127.0.0.1:8788/ and a WEBHOOK_SECRET in .dev.vars)
 
 MSG
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs, only when missing, everything Switchboard needs to build, run and test:
 # the wasm32 target, worker-build, the wasm-bindgen-cli that matches Cargo.lock, Node 22
-# (from the npm registry, since Debian's Node is too old for wrangler) and the npm packages.
+# (from the npm registry, since Debian's Node is too old for wrangler), the npm packages, and a
+# Python venv with the Python SDK for its tests.
 # Idempotent and quick when everything is present. Source scripts/env.sh afterwards (or let
 # the other scripts do it) to get the tools on PATH and tell worker-build not to download.
 set -euo pipefail
@@ -56,13 +57,14 @@ fi
 node_dir="$(dirname "$node_bin")"
 export PATH="$node_dir:$PATH"
 
-# 5. npm packages at the lockfile's versions, re-run only when package-lock.json changed. `npm install`
-# rather than `npm ci`: npm 11 writes lockfiles without other platforms' nested optional packages
-# (wrangler's own workerd), which `npm ci` then refuses as out of sync; `npm install` honours the lock.
+# 5. npm packages exactly as package-lock.json says, re-run only when it changed. `npm ci` never writes
+# the lockfile, so a test run leaves a clean tree. The lockfile lists every platform's optional packages
+# (wrangler's own nested workerd too); if an update drops them, `npm ci` refuses the lock as out of sync:
+# regenerate it with `npm install` and check that it lists all five @cloudflare/workerd-* twice.
 stamp=node_modules/.switchboard-lock
 if [ ! -f "$stamp" ] || ! cmp -s package-lock.json "$stamp"; then
   log "installing npm packages"
-  npm install --no-audit --no-fund --loglevel=error
+  npm ci --no-audit --no-fund --loglevel=error
   cp package-lock.json "$stamp"
 fi
 
@@ -71,6 +73,24 @@ if [ ! -x /usr/bin/chromium ]; then
   log "installing Debian's chromium for the browser tests"
   if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
   $sudo apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+fi
+
+# 7. Python: a venv in .tools/venv with the Python SDK installed the way users install it
+# (`pip install ./clients/python`, dependencies from PyPI at the pinned test versions), for its end-to-end
+# test. Re-installed only when clients/python changed.
+py_hash="$(cat clients/python/pyproject.toml clients/python/test/requirements.txt $(find clients/python/src -type f -name '*.py' -o -type f -name py.typed | sort) | sha256sum | cut -d' ' -f1)"
+if [ ! -x .tools/venv/bin/python ] || [ "$(cat .tools/venv/.switchboard-python 2>/dev/null)" != "$py_hash" ]; then
+  py=""
+  for c in python3.13 python3.12 python3.11 python3.10 python3; do
+    if command -v "$c" >/dev/null && "$c" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then py="$c"; break; fi
+  done
+  if [ -z "$py" ]; then log "Python 3.10+ is needed for the Python SDK's tests"; exit 1; fi
+  log "installing the Python SDK into .tools/venv ($("$py" --version))"
+  mkdir -p .tools
+  [ -x .tools/venv/bin/python ] || "$py" -m venv .tools/venv
+  .tools/venv/bin/pip install --quiet --disable-pip-version-check --force-reinstall --no-deps ./clients/python
+  .tools/venv/bin/pip install --quiet --disable-pip-version-check -c clients/python/test/requirements.txt ./clients/python
+  printf '%s\n' "$py_hash" > .tools/venv/.switchboard-python
 fi
 
 # Record where node lives for scripts/env.sh.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: installs what is missing, host unit tests, the release wasm build, then the
-# end-to-end suite against that build in workerd (Miniflare) and one smoke test through `wrangler dev`.
+# end-to-end suite against that build in workerd (Miniflare): the API and its specs, the JS client, the
+# server SDKs (Node and Python) and the CLI, and one smoke test through `wrangler dev`.
 # Pass test files to run only those e2e files: scripts/test.sh tests/ws.test.mjs
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -18,9 +19,14 @@ gz=$(node -e 'process.stdout.write(String(require("zlib").gzipSync(require("fs")
 echo "wasm bytes: $(wc -c < build/index_bg.wasm) raw, $gz gzip (budget 300000)"
 if [ "$gz" -gt 300000 ]; then echo "the release wasm is over its 300 KB gzip budget" >&2; exit 1; fi
 
-echo "== JavaScript client build"
+echo "== JavaScript client and server SDK builds"
 node clients/js/build.mjs
+node clients/server/build.mjs
 
-echo "== end-to-end tests (workerd), client SDK tests, real-browser tests (Chromium)"
-if [ $# -gt 0 ]; then files=("$@"); else files=(tests/*.test.mjs clients/js/test/*.test.mjs tests/browser/*.test.mjs); fi
+echo "== end-to-end tests (workerd): the API and its specs, the client SDK, the server SDKs (Node, Python) and CLI, real-browser tests (Chromium)"
+if [ $# -gt 0 ]; then
+  files=("$@")
+else
+  files=(tests/*.test.mjs clients/js/test/*.test.mjs clients/server/test/*.test.mjs clients/python/test/*.test.mjs tests/browser/*.test.mjs)
+fi
 node --test --test-concurrency=1 --test-timeout=180000 "${files[@]}"

@@ -13,7 +13,8 @@
 //!    wire [`core::protocol`] (client frames, server frames and envelopes, the backend's bodies and
 //!    answers, close codes), [`core::filter`], [`core::auth`] (tokens), [`core::channel`] (names,
 //!    grants, the fan-out tree, aggregates), [`core::acks`], [`core::config`] (every setting),
-//!    [`core::error`], [`core::ratelimit`], [`core::ids`], [`core::query`] and [`core::webhook`].
+//!    [`core::error`], [`core::ratelimit`], [`core::ids`], [`core::query`], [`core::webhook`] and
+//!    [`core::ticket`] (one-time connect tickets).
 //! 2. `runtime`: glue to the Workers runtime that every part shares: JSON responses and CORS, log
 //!    lines, the settings parsed once per isolate, JS strings passed without a copy.
 //! 3. [`hop`]: the internal hop, both sides: the Worker to a user's hub or a channel's root, a hub to

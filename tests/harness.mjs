@@ -13,8 +13,12 @@ export const WORKER = "switchboard";
 /** The built Worker to test; SWITCHBOARD_BUILD_DIR points elsewhere (e.g. a private copy). */
 export const BUILD_DIR = process.env.SWITCHBOARD_BUILD_DIR || path.join(ROOT, "build");
 
-/** Starts workerd with the built Worker. `vars` override settings; `JWT_SECRET` defaults to SECRET. */
-export async function startWorker(vars = {}) {
+/**
+ * Starts workerd with the built Worker. `vars` override settings; `JWT_SECRET` defaults to SECRET.
+ * `persist`: a directory that keeps Durable Object storage across a stop and a new start (a restart
+ * with other settings).
+ */
+export async function startWorker(vars = {}, { persist } = {}) {
   const logs = [];
   const bindings = { JWT_SECRET: SECRET, ...vars };
   for (const k of Object.keys(bindings)) if (bindings[k] === undefined) delete bindings[k];
@@ -31,6 +35,7 @@ export async function startWorker(vars = {}) {
       CHANNEL_HUB: { className: "ChannelHub", useSQLite: true },
     },
     bindings,
+    ...(persist ? { durableObjectsPersist: persist } : {}),
     host: "127.0.0.1",
     port: 0,
     handleRuntimeStdio(stdout, stderr) {

@@ -125,10 +125,10 @@ test("the token may come from ?token= for publish too", async () => {
 });
 
 test("JWT_SECRET_PREVIOUS keeps tokens signed with the old secret valid during rotation", async () => {
-  const w2 = await startWorker({ JWT_SECRET: "brand-new-secret", JWT_SECRET_PREVIOUS: SECRET });
+  const w2 = await startWorker({ JWT_SECRET: "brand-new-secret-that-is-32-bytes-long", JWT_SECRET_PREVIOUS: SECRET });
   try {
     assert.equal((await publish(w2, { userId: "u" }, { token: publishToken() })).status, 200);
-    assert.equal((await publish(w2, { userId: "u" }, { token: mint({ scope: "publish" }, { secret: "brand-new-secret" }) })).status, 200);
+    assert.equal((await publish(w2, { userId: "u" }, { token: mint({ scope: "publish" }, { secret: "brand-new-secret-that-is-32-bytes-long" }) })).status, 200);
     assertError(await publish(w2, { userId: "u" }, { token: mint({ scope: "publish" }, { secret: "other" }) }), 401, "invalid_token");
   } finally {
     await w2.stop();

@@ -51,6 +51,7 @@ const ALL_SCENARIOS: &[&str] = &[
     "fanout100",
     "fanout1000",
     "throughput",
+    "throughput50",
     "idle",
     "payload1k",
     "payload64k",
@@ -115,7 +116,7 @@ const HELP: &str = "switchboard-bench [--quick | --smoke] [--runs N] [--scenario
   [--idle-sockets N] [--idle-per-user N] [--idle-hibernate-s N] [--payload-1k-n N] [--payload-64k-n N] [--payload-512k-n N]
   [--connect-concurrency N]
 Every numeric flag can also be set as BENCH_<NAME> (e.g. BENCH_RTT_N=500). Scenarios:
-  rtt fanout100 fanout1000 throughput idle payload1k payload64k payload512k
+  rtt fanout100 fanout1000 throughput throughput50 idle payload1k payload64k payload512k
   users100 channel100 users2000 channel2000 (Switchboard only: a group via `userIds` vs a channel)";
 
 fn parse_args() -> Result<Config, String> {

@@ -49,7 +49,9 @@ pub async fn run(name: &str, server: &Server, c: &Config, run: usize) -> Outcome
         "payload1k" => sequential(server, c, &format!("pl-{tag}"), 1, c.payload_1k_n, 1024).await,
         "payload64k" => sequential(server, c, &format!("pl-{tag}"), 1, c.payload_64k_n, 64 * 1024).await,
         "payload512k" => sequential(server, c, &format!("pl-{tag}"), 1, c.payload_512k_n, 512 * 1024).await,
-        "throughput" => throughput(server, c, &tag).await,
+        "throughput" => throughput(server, c, &tag, c.tp_users).await,
+        // The issue-12 shape: fewer users than publishers' backlog, so publishes to one user overlap.
+        "throughput50" => throughput(server, c, &format!("{tag}-50"), 50).await,
         "idle" => idle(server, c, &tag).await,
         "channel100" => group(server, c, &format!("ch-{tag}"), 100, c.group_small_n, true).await,
         "channel2000" => group(server, c, &format!("ch-{tag}"), 2000, c.group_large_n, true).await,
@@ -253,10 +255,10 @@ async fn sequential(server: &Server, c: &Config, user: &str, sockets: usize, n: 
 }
 
 /// Many users with 1-4 sockets each; `tp_publishers` concurrent publishers, round-robin over users.
-async fn throughput(server: &Server, c: &Config, tag: &str) -> Outcome {
+async fn throughput(server: &Server, c: &Config, tag: &str, n_users: usize) -> Outcome {
     let mut errors = Errors::default();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let users: Vec<(String, usize)> = (0..c.tp_users).map(|u| (format!("tp-{tag}-{u}"), 1 + u % 4)).collect();
+    let users: Vec<(String, usize)> = (0..n_users).map(|u| (format!("tp-{tag}-{u}"), 1 + u % 4)).collect();
     let t_c = Instant::now();
     let socks = match connect_many(server, &users, None, c.connect_concurrency, None, &stop_rx).await {
         Ok(s) => s,

@@ -40,6 +40,7 @@ struct MemberRow {
 
 impl worker::DurableObject for ChannelHub {
     fn new(state: State, env: Env) -> Self {
+        crate::runtime::js::install_fast_microtasks();
         ChannelHub { state, env, members: RefCell::new(None) }
     }
 

@@ -2,6 +2,9 @@
 //!
 //! Only `HS256` is accepted (`alg: none` and every other algorithm fail before any key is tried).
 //! `exp` and `nbf` are enforced when present, with [`LEEWAY_SECONDS`] of clock skew allowed.
+//! [`TokenRules`] add what a deployment may require: `iss` and `aud` on every token (so tokens the
+//! backend signs with the same secret for other purposes are refused), and `exp` with a greatest TTL
+//! on connect tokens.
 //! Tokens are never logged: errors describe what is wrong without echoing the token.
 
 use crate::core::channel::Grants;
@@ -34,6 +37,61 @@ pub struct Identity {
     pub channels: Grants,
     /// The channels the bearer may publish to from a connection (`publishChannels` claim).
     pub publish_channels: Grants,
+    /// The `iss` claim when it is a string.
+    pub issuer: Option<String>,
+    /// The `aud` claim: a string, or the strings of an array (anything else: none).
+    pub audience: Vec<String>,
+}
+
+/// Claims a deployment may require (`JWT_ISSUER`, `JWT_AUDIENCE`, `JWT_REQUIRE_EXP`,
+/// `JWT_MAX_TTL_SECONDS`). The default requires nothing beyond a valid signature and times.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenRules {
+    /// Every token's `iss` must equal this.
+    pub issuer: Option<String>,
+    /// Every token's `aud` must be, or contain, this.
+    pub audience: Option<String>,
+    /// Connect tokens must have `exp`.
+    pub require_exp: bool,
+    /// A connect token's `exp` may be at most this far ahead (0: no limit).
+    pub max_ttl_seconds: u64,
+}
+
+/// `iss` and `aud` against the rules (every token, connect and backend alike).
+pub fn check_rules(identity: &Identity, rules: &TokenRules) -> Result<(), Error> {
+    if let Some(iss) = &rules.issuer {
+        if identity.issuer.as_deref() != Some(iss.as_str()) {
+            return Err(Error::InvalidToken("the token's `iss` claim is not this deployment's JWT_ISSUER".into()));
+        }
+    }
+    if let Some(aud) = &rules.audience {
+        if !identity.audience.iter().any(|a| a == aud) {
+            return Err(Error::InvalidToken(
+                "the token's `aud` claim does not name this deployment's JWT_AUDIENCE".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What a connect token (WebSocket, SSE, ticket) must also satisfy: `exp` when required, and no
+/// further ahead than the greatest TTL, so a leaked token is not a key for months.
+pub fn check_connect(identity: &Identity, rules: &TokenRules, now_ms: i64) -> Result<(), Error> {
+    match identity.expires_at_ms {
+        None if rules.require_exp || rules.max_ttl_seconds > 0 => Err(Error::InvalidToken(
+            "the token has no `exp` claim, and this deployment requires one on connect tokens (JWT_REQUIRE_EXP, JWT_MAX_TTL_SECONDS)".into(),
+        )),
+        Some(exp)
+            if rules.max_ttl_seconds > 0
+                && exp > now_ms + (rules.max_ttl_seconds as i64 + LEEWAY_SECONDS) * 1000 =>
+        {
+            Err(Error::InvalidToken(format!(
+                "the token's `exp` is more than {} s ahead (JWT_MAX_TTL_SECONDS): mint shorter-lived connect tokens",
+                rules.max_ttl_seconds
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 #[derive(Deserialize)]
@@ -46,6 +104,10 @@ struct CustomClaims {
     channels: Option<Value>,
     #[serde(rename = "publishChannels", default)]
     publish_channels: Option<Value>,
+    #[serde(default)]
+    iss: Option<Value>,
+    #[serde(default)]
+    aud: Option<Value>,
 }
 
 /// Picks the token: `Authorization: Bearer <jwt>` first, else the `token` query parameter.
@@ -156,6 +218,15 @@ fn verify_signature(token: &str, secrets: &[Vec<u8>]) -> Result<(Identity, Optio
         expires_at_ms: claims.expiration.map(|e| e.timestamp_millis()),
         channels,
         publish_channels,
+        issuer: match &claims.custom.iss {
+            Some(Value::String(s)) => Some(s.clone()),
+            _ => None,
+        },
+        audience: match &claims.custom.aud {
+            Some(Value::String(s)) => vec![s.clone()],
+            Some(Value::Array(list)) => list.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+            _ => Vec::new(),
+        },
     };
     Ok((identity, claims.not_before.map(|n| n.timestamp_millis())))
 }
@@ -331,5 +402,95 @@ pub(crate) mod tests {
         assert!(check_user_id("u1").is_ok());
         assert!(check_user_id(" ").is_err());
         assert!(check_user_id(&"x".repeat(MAX_USER_ID_BYTES + 1)).is_err());
+    }
+
+    #[test]
+    fn issuer_and_audience_rules() {
+        let s = [b"s".to_vec()];
+        let rules = TokenRules { issuer: Some("i".into()), audience: Some("a".into()), ..TokenRules::default() };
+        for (claims, ok) in [
+            (json!({"userId": "u", "iss": "i", "aud": "a"}), true),
+            (json!({"userId": "u", "iss": "i", "aud": ["x", "a"]}), true),
+            (json!({"userId": "u", "iss": "i", "aud": "x"}), false),
+            (json!({"userId": "u", "iss": "i", "aud": 5}), false),
+            (json!({"userId": "u", "iss": "i"}), false),
+            (json!({"userId": "u", "aud": "a"}), false),
+            (json!({"userId": "u", "iss": "j", "aud": "a"}), false),
+        ] {
+            let id = verify(&mint(b"s", claims.clone()), &s, NOW).unwrap();
+            assert_eq!(check_rules(&id, &rules).is_ok(), ok, "{claims}");
+            assert!(check_rules(&id, &TokenRules::default()).is_ok(), "no rules, no refusal");
+        }
+    }
+
+    #[test]
+    fn connect_rules_require_exp_and_bound_the_ttl() {
+        let s = [b"s".to_vec()];
+        let id = |claims| verify(&mint(b"s", claims), &s, NOW).unwrap();
+        let required = TokenRules { require_exp: true, ..TokenRules::default() };
+        assert!(check_connect(&id(json!({"userId": "u"})), &required, NOW).is_err());
+        assert!(check_connect(&id(json!({"userId": "u", "exp": NOW / 1000 + 99_999})), &required, NOW).is_ok());
+        let ttl = TokenRules { max_ttl_seconds: 600, ..TokenRules::default() };
+        assert!(check_connect(&id(json!({"userId": "u"})), &ttl, NOW).is_err(), "a TTL needs an exp");
+        assert!(check_connect(&id(json!({"userId": "u", "exp": NOW / 1000 + 600})), &ttl, NOW).is_ok());
+        assert!(check_connect(&id(json!({"userId": "u", "exp": NOW / 1000 + 3600})), &ttl, NOW).is_err());
+        assert!(check_connect(&id(json!({"userId": "u"})), &TokenRules::default(), NOW).is_ok());
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn refusal(e: &Error) -> bool {
+            e.status() == 401
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            /// Any text as a token: verified or refused with a 401, never a panic.
+            #[test]
+            fn any_text_is_refused_cleanly(t in ".{0,300}") {
+                if let Err(e) = verify(&t, &[b"s".to_vec()], NOW) {
+                    prop_assert!(refusal(&e), "{e:?}");
+                }
+            }
+
+            /// Three base64url-ish segments of arbitrary bytes (a JWT's shape, hostile contents).
+            #[test]
+            fn jwt_shaped_junk_is_refused_cleanly(h in proptest::collection::vec(any::<u8>(), 0..80),
+                                                  c in proptest::collection::vec(any::<u8>(), 0..200),
+                                                  sig in "[A-Za-z0-9_-]{0,90}") {
+                use base64ct::{Base64UrlUnpadded, Encoding};
+                let t = format!("{}.{}.{sig}", Base64UrlUnpadded::encode_string(&h), Base64UrlUnpadded::encode_string(&c));
+                if let Err(e) = verify(&t, &[b"s".to_vec()], NOW) {
+                    prop_assert!(refusal(&e), "{e:?}");
+                }
+            }
+
+            /// Any claims object signed with the secret: verifies, and what it says comes back.
+            #[test]
+            fn minted_tokens_round_trip(user in "[a-zA-Z0-9 é🙂_.:-]{1,40}", publish in any::<bool>(),
+                                        ttl in 1i64..1_000_000, extra in "[a-z]{1,8}", junk in any::<i64>()) {
+                prop_assume!(!user.trim().is_empty());
+                let scope = if publish { "read publish" } else { "read" };
+                let exp = NOW / 1000 + ttl;
+                let t = mint(b"s", json!({"userId": user, "scope": scope, "exp": exp, extra.clone(): junk}));
+                let id = verify(&t, &[b"other".to_vec(), b"s".to_vec()], NOW).unwrap();
+                prop_assert_eq!(id.user_id.as_deref(), Some(user.as_str()));
+                prop_assert_eq!(id.can_publish, publish);
+                prop_assert_eq!(id.expires_at_ms, Some(exp * 1000));
+                // The same token under a wrong secret, or one byte changed, is a clean 401.
+                prop_assert!(verify(&t, &[b"wrong".to_vec()], NOW).is_err());
+                let mut tampered = t.clone().into_bytes();
+                let i = tampered.len() / 2;
+                tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
+                if let Ok(text) = String::from_utf8(tampered) {
+                    if text != t {
+                        prop_assert!(verify(&text, &[b"s".to_vec()], NOW).is_err());
+                    }
+                }
+            }
+        }
     }
 }

@@ -1,13 +1,18 @@
 //! Settings, parsed once from the Worker's environment. Every setting has a safe default and a bad
 //! value is an error that names the setting (answered as 500 `server_misconfigured`), never a silent
 //! fallback. Pure: the environment is read through a lookup function so this is tested on the host.
+//!
+//! Why one file: it is the code twin of the README's settings table: one parser, read top to bottom,
+//! with the checks between settings (ranges that depend on history or webhooks) next to the settings
+//! they tie together; about half of it is the tests of those rules.
 
 /// Who may call `/publish` and the connection API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PublishAuth {
     /// The token's `scope` claim must contain `publish` (the default).
     Scope,
-    /// Any valid token may publish to any user (HopeFlow Realtime's behaviour).
+    /// Any valid token may `POST /publish` to one user (`userId`), as in HopeFlow Realtime. Everything
+    /// else a backend does (`userIds`, channels, the connection and member APIs) still needs the scope.
     AnyToken,
 }
 
@@ -42,6 +47,13 @@ pub struct WebhookConfig {
     pub max_age_seconds: u64,
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
+    /// Events one user may have waiting (`WEBHOOK_MAX_BACKLOG`): further `message` frames are refused
+    /// with `backlog_full`, and connection events are coalesced into one row.
+    pub max_backlog: u64,
+    /// Events per request (`WEBHOOK_BATCH_MAX`): 1 sends each event as a structured CloudEvent; more
+    /// sends a CloudEvents JSON batch of up to this many, so a backlog drains faster than one per
+    /// round trip.
+    pub batch_max: usize,
 }
 
 /// Every setting Switchboard reads. See the README's "Settings" table.
@@ -49,6 +61,18 @@ pub struct WebhookConfig {
 pub struct Config {
     /// Secrets accepted for HS256: `JWT_SECRET`, then `JWT_SECRET_PREVIOUS` when set.
     pub jwt_secrets: Vec<Vec<u8>>,
+    /// What every token must carry besides a valid signature (`iss`, `aud`), and what a connect
+    /// token must (`exp`, its greatest TTL).
+    pub token_rules: crate::core::auth::TokenRules,
+    /// How long a connect ticket from `POST /tickets` stays valid, in seconds.
+    pub ticket_seconds: u64,
+    /// How long an `Idempotency-Key` is remembered, in seconds; 0 turns keys off.
+    pub idempotency_seconds: u64,
+    /// The largest publish answer stored whole for an `Idempotency-Key` retry; a larger one is stored
+    /// trimmed (no ack results), so a delivered publish never fails on that write.
+    pub idempotency_max_response_bytes: usize,
+    /// Test-only fault injection (`TEST_FAULTS=alarm`: each hub's first alarm run fails).
+    pub test_faults: TestFaults,
     pub publish_auth: PublishAuth,
     pub ack_timeout_ms: u64,
     pub ack_timeout_max_ms: u64,
@@ -80,6 +104,16 @@ pub struct Config {
     /// How long past the ack timeout a user's hub (or a relay, per level below it) may take to answer
     /// a multi-user or channel hop before it counts as failed (`HOP_GRACE_MS`).
     pub hop_grace_ms: u64,
+    /// `FAULT_INJECTION=on`: the socket frames `__panic` and `__trap` make the hub panic or trap, for
+    /// the test that the Worker recovers from both. Never set it in production.
+    pub fault_injection: bool,
+}
+
+/// Faults the end-to-end suite injects to prove recovery paths (never set in production).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TestFaults {
+    /// The first alarm run of each hub object fails before doing anything.
+    pub alarm: bool,
 }
 
 impl Config {
@@ -106,6 +140,18 @@ pub const DEFAULT_CHANNEL_FANOUT: u64 = 500;
 pub const DEFAULT_MAX_CHANNEL_USERS: u64 = 100_000;
 pub const DEFAULT_CHANNEL_LINGER_SECONDS: u64 = 60;
 pub const DEFAULT_HOP_GRACE_MS: u64 = 2_000;
+pub const DEFAULT_JWT_SECRET_MIN_BYTES: u64 = 32;
+/// The secret `.dev.vars.example` shows; it is public, so it is refused whatever its length.
+const PLACEHOLDER_SECRET: &str = "replace-with-a-long-random-string";
+pub const DEFAULT_TICKET_SECONDS: u64 = 30;
+pub const DEFAULT_IDEMPOTENCY_SECONDS: u64 = 3_600;
+pub const DEFAULT_IDEMPOTENCY_MAX_RESPONSE_BYTES: u64 = 1_000_000;
+pub const DEFAULT_WEBHOOK_MAX_BACKLOG: u64 = 1_000;
+pub const DEFAULT_WEBHOOK_BATCH_MAX: u64 = 1;
+/// The largest value a Durable Object's SQLite row holds is 2 MB; a stored envelope or webhook event
+/// carries a few hundred bytes around the payload, so payloads stay under this.
+/// <https://developers.cloudflare.com/durable-objects/platform/limits/>
+pub const MAX_STORED_BYTES: u64 = 1_900_000;
 
 impl Config {
     /// Reads the settings through `lookup` (an environment variable or secret by name). Empty strings
@@ -120,11 +166,37 @@ impl Config {
         if let Some(previous) = get("JWT_SECRET_PREVIOUS") {
             jwt_secrets.push(previous.into_bytes());
         }
+        // A short HS256 secret can be brute-forced offline from one token. The value is never echoed.
+        let min_secret = number(&get, "JWT_SECRET_MIN_BYTES", DEFAULT_JWT_SECRET_MIN_BYTES, 0, 1024)? as usize;
+        for (name, s) in ["JWT_SECRET", "JWT_SECRET_PREVIOUS"].iter().zip(&jwt_secrets) {
+            if s.as_slice() == PLACEHOLDER_SECRET.as_bytes() {
+                return Err(format!(
+                    "{name} is still the placeholder from .dev.vars.example, which is public: set a random secret"
+                ));
+            }
+            if s.len() < min_secret {
+                return Err(format!(
+                    "{name} is shorter than {min_secret} bytes (JWT_SECRET_MIN_BYTES): use a random secret of at least {min_secret} bytes, e.g. `openssl rand -base64 32`"
+                ));
+            }
+        }
+        let token_rules = crate::core::auth::TokenRules {
+            issuer: get("JWT_ISSUER"),
+            audience: get("JWT_AUDIENCE"),
+            require_exp: flag(&get, "JWT_REQUIRE_EXP")?,
+            max_ttl_seconds: number(&get, "JWT_MAX_TTL_SECONDS", 0, 0, 365 * 86_400)?,
+        };
+        let ticket_seconds = number(&get, "TICKET_SECONDS", DEFAULT_TICKET_SECONDS, 1, 300)?;
+        let test_faults = match get("TEST_FAULTS").as_deref() {
+            None => TestFaults::default(),
+            Some("alarm") => TestFaults { alarm: true },
+            Some(_) => return Err("TEST_FAULTS must be unset (or `alarm`, for the test suite only)".into()),
+        };
 
         let publish_auth = match get("PUBLISH_AUTH").as_deref() {
             None | Some("scope") => PublishAuth::Scope,
             Some("any-token") => PublishAuth::AnyToken,
-            Some(other) => return Err(format!("PUBLISH_AUTH must be `scope` or `any-token`, not `{other}`")),
+            Some(_) => return Err("PUBLISH_AUTH must be `scope` or `any-token`".into()),
         };
 
         let ack_timeout_ms = number(&get, "ACK_TIMEOUT_MS", DEFAULT_ACK_TIMEOUT_MS, 0, 300_000)?;
@@ -145,10 +217,11 @@ impl Config {
                     .map(|s| s.trim().trim_end_matches('/').to_string())
                     .filter(|s| !s.is_empty())
                     .collect();
-                if let Some(bad) = list.iter().find(|o| !(o.starts_with("http://") || o.starts_with("https://"))) {
-                    return Err(format!(
-                        "CORS_ORIGINS must be `*` or a comma-separated list of origins like https://app.example.com, not `{bad}`"
-                    ));
+                if list.iter().any(|o| !(o.starts_with("http://") || o.starts_with("https://"))) {
+                    return Err(
+                        "CORS_ORIGINS must be `*` or a comma-separated list of origins like https://app.example.com"
+                            .into(),
+                    );
                 }
                 CorsOrigins::List(list)
             }
@@ -174,7 +247,7 @@ impl Config {
             (None, Some(_)) => return Err("WEBHOOK_SECRET is set but WEBHOOK_URL is not: set both, or neither".into()),
             (Some(url), Some(secret)) => {
                 if !(url.starts_with("https://") || url.starts_with("http://")) || url.contains(char::is_whitespace) {
-                    return Err(format!("WEBHOOK_URL must be an http(s) URL, not `{url}`"));
+                    return Err("WEBHOOK_URL must be an http(s) URL".into());
                 }
                 Some(WebhookConfig {
                     url,
@@ -189,6 +262,8 @@ impl Config {
                     )?,
                     retry_base_ms: number(&get, "WEBHOOK_RETRY_BASE_MS", DEFAULT_WEBHOOK_RETRY_BASE_MS, 10, 3_600_000)?,
                     retry_max_ms: number(&get, "WEBHOOK_RETRY_MAX_MS", DEFAULT_WEBHOOK_RETRY_MAX_MS, 10, 86_400_000)?,
+                    max_backlog: number(&get, "WEBHOOK_MAX_BACKLOG", DEFAULT_WEBHOOK_MAX_BACKLOG, 1, 100_000)?,
+                    batch_max: number(&get, "WEBHOOK_BATCH_MAX", DEFAULT_WEBHOOK_BATCH_MAX, 1, 100)? as usize,
                 })
             }
         };
@@ -203,8 +278,41 @@ impl Config {
         let channel_linger_seconds = number(&get, "CHANNEL_LINGER_SECONDS", DEFAULT_CHANNEL_LINGER_SECONDS, 0, 86_400)?;
         let hop_grace_ms = number(&get, "HOP_GRACE_MS", DEFAULT_HOP_GRACE_MS, 0, 60_000)?;
 
+        let fault_injection = match get("FAULT_INJECTION").as_deref() {
+            None | Some("off") => false,
+            Some("on") => true,
+            Some(other) => return Err(format!("FAULT_INJECTION must be `on` or `off`, not `{other}`")),
+        };
+
+        let idempotency_seconds = number(&get, "IDEMPOTENCY_SECONDS", DEFAULT_IDEMPOTENCY_SECONDS, 0, 30 * 86_400)?;
+        let idempotency_max_response_bytes = number(
+            &get,
+            "IDEMPOTENCY_MAX_RESPONSE_BYTES",
+            DEFAULT_IDEMPOTENCY_MAX_RESPONSE_BYTES,
+            1024,
+            MAX_STORED_BYTES,
+        )? as usize;
+
+        // Sizes the storage cannot hold would fail every such publish or message after the fact.
+        if history_seconds > 0 && history_limit > 0 && max_publish_bytes as u64 > MAX_STORED_BYTES {
+            return Err(format!(
+                "MAX_PUBLISH_BYTES must be at most {MAX_STORED_BYTES} while history is on (a stored envelope is one SQLite value of at most 2 MB); set HISTORY_LIMIT=0 for larger publishes"
+            ));
+        }
+        if webhook.is_some() && max_frame_bytes as u64 > MAX_STORED_BYTES {
+            return Err(format!(
+                "MAX_FRAME_BYTES must be at most {MAX_STORED_BYTES} while webhooks are on (a queued `message` event is one SQLite value of at most 2 MB)"
+            ));
+        }
+
         Ok(Config {
+            fault_injection,
             jwt_secrets,
+            token_rules,
+            ticket_seconds,
+            idempotency_seconds,
+            idempotency_max_response_bytes,
+            test_faults,
             channel_linger_seconds,
             hop_grace_ms,
             channel_fanout,
@@ -227,13 +335,24 @@ impl Config {
     }
 }
 
+/// A whole-number setting. The error names the setting and the range, never the value: it is
+/// answered to unauthenticated callers.
 fn number(get: &impl Fn(&str) -> Option<String>, name: &str, default: u64, min: u64, max: u64) -> Result<u64, String> {
     match get(name) {
         None => Ok(default),
         Some(v) => match v.parse::<u64>() {
             Ok(n) if (min..=max).contains(&n) => Ok(n),
-            _ => Err(format!("{name} must be a whole number from {min} to {max}, not `{v}`")),
+            _ => Err(format!("{name} must be a whole number from {min} to {max}")),
         },
+    }
+}
+
+/// A `true`/`false` setting (unset: false).
+fn flag(get: &impl Fn(&str) -> Option<String>, name: &str) -> Result<bool, String> {
+    match get(name).as_deref() {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") => Ok(true),
+        Some(_) => Err(format!("{name} must be `true` or `false`")),
     }
 }
 
@@ -242,6 +361,9 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    /// A secret long enough for JWT_SECRET_MIN_BYTES.
+    const S: &str = "a-test-secret-that-is-long-enough-0123";
+
     fn parse(pairs: &[(&str, &str)]) -> Result<Config, String> {
         let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_lookup(|k| map.get(k).cloned())
@@ -249,8 +371,11 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let c = parse(&[("JWT_SECRET", "s")]).unwrap();
-        assert_eq!(c.jwt_secrets, vec![b"s".to_vec()]);
+        let c = parse(&[("JWT_SECRET", S)]).unwrap();
+        assert_eq!(c.jwt_secrets, vec![S.as_bytes().to_vec()]);
+        assert_eq!(c.token_rules, crate::core::auth::TokenRules::default());
+        assert_eq!((c.ticket_seconds, c.idempotency_seconds, c.idempotency_max_response_bytes), (30, 3600, 1_000_000));
+        assert_eq!(c.test_faults, TestFaults::default());
         assert_eq!(c.publish_auth, PublishAuth::Scope);
         assert_eq!(c.ack_timeout_ms, 5000);
         assert_eq!(c.ack_timeout_max_ms, 30000);
@@ -264,24 +389,24 @@ mod tests {
 
     #[test]
     fn hop_grace_is_a_setting_with_bounds() {
-        assert_eq!(parse(&[("JWT_SECRET", "s"), ("HOP_GRACE_MS", "0")]).unwrap().hop_grace_ms, 0);
-        let e = parse(&[("JWT_SECRET", "s"), ("HOP_GRACE_MS", "60001")]).unwrap_err();
+        assert_eq!(parse(&[("JWT_SECRET", S), ("HOP_GRACE_MS", "0")]).unwrap().hop_grace_ms, 0);
+        let e = parse(&[("JWT_SECRET", S), ("HOP_GRACE_MS", "60001")]).unwrap_err();
         assert!(e.to_string().contains("HOP_GRACE_MS"), "{e}");
-        assert!(parse(&[("JWT_SECRET", "s"), ("HOP_GRACE_MS", "soon")]).is_err());
+        assert!(parse(&[("JWT_SECRET", S), ("HOP_GRACE_MS", "soon")]).is_err());
     }
 
     #[test]
     fn webhook_needs_url_and_secret_together() {
-        assert!(parse(&[("JWT_SECRET", "s")]).unwrap().webhook.is_none());
-        assert!(parse(&[("JWT_SECRET", "s"), ("WEBHOOK_URL", "https://b.example/hook")])
+        assert!(parse(&[("JWT_SECRET", S)]).unwrap().webhook.is_none());
+        assert!(parse(&[("JWT_SECRET", S), ("WEBHOOK_URL", "https://b.example/hook")])
             .unwrap_err()
             .contains("WEBHOOK_SECRET"));
-        assert!(parse(&[("JWT_SECRET", "s"), ("WEBHOOK_SECRET", "x")]).unwrap_err().contains("WEBHOOK_URL"));
-        assert!(parse(&[("JWT_SECRET", "s"), ("WEBHOOK_URL", "ftp://x"), ("WEBHOOK_SECRET", "x")])
+        assert!(parse(&[("JWT_SECRET", S), ("WEBHOOK_SECRET", "x")]).unwrap_err().contains("WEBHOOK_URL"));
+        assert!(parse(&[("JWT_SECRET", S), ("WEBHOOK_URL", "ftp://x"), ("WEBHOOK_SECRET", "x")])
             .unwrap_err()
             .contains("WEBHOOK_URL"));
         let c = parse(&[
-            ("JWT_SECRET", "s"),
+            ("JWT_SECRET", S),
             ("WEBHOOK_URL", "https://b.example/hook"),
             ("WEBHOOK_SECRET", "whsec_aGVsbG8="),
         ])
@@ -295,8 +420,8 @@ mod tests {
 
     #[test]
     fn zero_turns_history_off() {
-        assert!(!parse(&[("JWT_SECRET", "s"), ("HISTORY_LIMIT", "0")]).unwrap().history_enabled());
-        assert!(!parse(&[("JWT_SECRET", "s"), ("HISTORY_SECONDS", "0")]).unwrap().history_enabled());
+        assert!(!parse(&[("JWT_SECRET", S), ("HISTORY_LIMIT", "0")]).unwrap().history_enabled());
+        assert!(!parse(&[("JWT_SECRET", S), ("HISTORY_SECONDS", "0")]).unwrap().history_enabled());
     }
 
     #[test]
@@ -307,8 +432,9 @@ mod tests {
 
     #[test]
     fn previous_secret_is_accepted_second() {
-        let c = parse(&[("JWT_SECRET", "new"), ("JWT_SECRET_PREVIOUS", "old")]).unwrap();
-        assert_eq!(c.jwt_secrets, vec![b"new".to_vec(), b"old".to_vec()]);
+        let (new, old) = (format!("new-{S}"), format!("old-{S}"));
+        let c = parse(&[("JWT_SECRET", &new), ("JWT_SECRET_PREVIOUS", &old)]).unwrap();
+        assert_eq!(c.jwt_secrets, vec![new.into_bytes(), old.into_bytes()]);
     }
 
     #[test]
@@ -328,17 +454,17 @@ mod tests {
             ("MAX_CONNECTION_SECONDS", "-5"),
             ("MAX_PUBLISH_USERS", "20000"),
         ] {
-            let err = parse(&[("JWT_SECRET", "s"), (k, v)]).unwrap_err();
+            let err = parse(&[("JWT_SECRET", S), (k, v)]).unwrap_err();
             assert!(err.contains(k), "{err}");
         }
-        let err = parse(&[("JWT_SECRET", "s"), ("ACK_TIMEOUT_MS", "9000"), ("ACK_TIMEOUT_MAX_MS", "100")]).unwrap_err();
+        let err = parse(&[("JWT_SECRET", S), ("ACK_TIMEOUT_MS", "9000"), ("ACK_TIMEOUT_MAX_MS", "100")]).unwrap_err();
         assert!(err.contains("ACK_TIMEOUT_MAX_MS"));
     }
 
     #[test]
     fn any_token_and_cors_list() {
         let c = parse(&[
-            ("JWT_SECRET", "s"),
+            ("JWT_SECRET", S),
             ("PUBLISH_AUTH", "any-token"),
             ("CORS_ORIGINS", "https://a.example, http://localhost:5173/"),
         ])
@@ -353,7 +479,88 @@ mod tests {
 
     #[test]
     fn timeout_max_follows_a_larger_default() {
-        let c = parse(&[("JWT_SECRET", "s"), ("ACK_TIMEOUT_MS", "60000")]).unwrap();
+        let c = parse(&[("JWT_SECRET", S), ("ACK_TIMEOUT_MS", "60000")]).unwrap();
         assert_eq!(c.ack_timeout_max_ms, 60000);
+    }
+
+    #[test]
+    fn short_secrets_are_refused_without_echoing_them() {
+        for pairs in
+            [vec![("JWT_SECRET", "abc-short-secret")], vec![("JWT_SECRET", S), ("JWT_SECRET_PREVIOUS", "old-short")]]
+        {
+            let err = parse(&pairs).unwrap_err();
+            assert!(err.contains("32 bytes"), "{err}");
+            assert!(!err.contains("abc-short") && !err.contains("old-short"), "{err}");
+        }
+        assert!(parse(&[("JWT_SECRET", "abc"), ("JWT_SECRET_MIN_BYTES", "0")]).is_ok());
+    }
+
+    #[test]
+    fn misconfiguration_never_echoes_the_value() {
+        for (k, v) in [
+            ("PUBLISH_AUTH", "secret-ish-value"),
+            ("CORS_ORIGINS", "secret-ish-value"),
+            ("ACK_TIMEOUT_MS", "secret-ish-value"),
+            ("JWT_REQUIRE_EXP", "secret-ish-value"),
+            ("TEST_FAULTS", "secret-ish-value"),
+        ] {
+            let err = parse(&[("JWT_SECRET", S), (k, v)]).unwrap_err();
+            assert!(err.contains(k) && !err.contains(v), "{err}");
+        }
+        let err = parse(&[("JWT_SECRET", S), ("WEBHOOK_URL", "ftp://secret-ish-value"), ("WEBHOOK_SECRET", "x")])
+            .unwrap_err();
+        assert!(err.contains("WEBHOOK_URL") && !err.contains("secret-ish-value"), "{err}");
+    }
+
+    #[test]
+    fn token_rules_ticket_and_idempotency_settings() {
+        let c = parse(&[
+            ("JWT_SECRET", S),
+            ("JWT_ISSUER", "https://auth.example"),
+            ("JWT_AUDIENCE", "switchboard"),
+            ("JWT_REQUIRE_EXP", "true"),
+            ("JWT_MAX_TTL_SECONDS", "600"),
+            ("TICKET_SECONDS", "5"),
+            ("IDEMPOTENCY_SECONDS", "0"),
+            ("TEST_FAULTS", "alarm"),
+        ])
+        .unwrap();
+        assert_eq!(c.token_rules.issuer.as_deref(), Some("https://auth.example"));
+        assert_eq!(c.token_rules.audience.as_deref(), Some("switchboard"));
+        assert!(c.token_rules.require_exp);
+        assert_eq!(c.token_rules.max_ttl_seconds, 600);
+        assert_eq!((c.ticket_seconds, c.idempotency_seconds), (5, 0));
+        assert!(c.test_faults.alarm);
+        for (k, v) in
+            [("TICKET_SECONDS", "0"), ("IDEMPOTENCY_MAX_RESPONSE_BYTES", "3000000"), ("JWT_MAX_TTL_SECONDS", "x")]
+        {
+            assert!(parse(&[("JWT_SECRET", S), (k, v)]).unwrap_err().contains(k));
+        }
+    }
+
+    #[test]
+    fn webhook_backlog_and_batch() {
+        let hook = [("JWT_SECRET", S), ("WEBHOOK_URL", "https://b.example/h"), ("WEBHOOK_SECRET", "x")];
+        let w = parse(&hook).unwrap().webhook.unwrap();
+        assert_eq!((w.max_backlog, w.batch_max), (1000, 1));
+        let mut more = hook.to_vec();
+        more.extend([("WEBHOOK_MAX_BACKLOG", "4"), ("WEBHOOK_BATCH_MAX", "50")]);
+        let w = parse(&more).unwrap().webhook.unwrap();
+        assert_eq!((w.max_backlog, w.batch_max), (4, 50));
+        let mut bad = hook.to_vec();
+        bad.push(("WEBHOOK_BATCH_MAX", "101"));
+        assert!(parse(&bad).unwrap_err().contains("WEBHOOK_BATCH_MAX"));
+    }
+
+    #[test]
+    fn sizes_the_storage_cannot_hold_are_refused() {
+        let err = parse(&[("JWT_SECRET", S), ("MAX_PUBLISH_BYTES", "5000000")]).unwrap_err();
+        assert!(err.contains("MAX_PUBLISH_BYTES"), "{err}");
+        assert!(parse(&[("JWT_SECRET", S), ("MAX_PUBLISH_BYTES", "5000000"), ("HISTORY_LIMIT", "0")]).is_ok());
+        let hook = [("JWT_SECRET", S), ("WEBHOOK_URL", "https://b.example/h"), ("WEBHOOK_SECRET", "x")];
+        let mut big = hook.to_vec();
+        big.push(("MAX_FRAME_BYTES", "4000000"));
+        assert!(parse(&big).unwrap_err().contains("MAX_FRAME_BYTES"));
+        assert!(parse(&[("JWT_SECRET", S), ("MAX_FRAME_BYTES", "4000000")]).is_ok());
     }
 }

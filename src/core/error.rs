@@ -17,6 +17,9 @@ pub enum Error {
     TokenExpired,
     #[error("the token is not valid yet (nbf is in the future)")]
     TokenNotYetValid,
+    /// A connect ticket that is malformed, unknown, used already or expired.
+    #[error("{0}")]
+    InvalidTicket(String),
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -54,7 +57,11 @@ impl Error {
     pub fn status(&self) -> u16 {
         match self {
             Error::BadRequest { .. } => 400,
-            Error::MissingToken | Error::InvalidToken(_) | Error::TokenExpired | Error::TokenNotYetValid => 401,
+            Error::MissingToken
+            | Error::InvalidToken(_)
+            | Error::TokenExpired
+            | Error::TokenNotYetValid
+            | Error::InvalidTicket(_) => 401,
             Error::Forbidden(_) => 403,
             Error::NotFound(_) | Error::ConnectionNotFound(_) | Error::UnknownEnvelope => 404,
             Error::MethodNotAllowed { .. } => 405,
@@ -76,6 +83,7 @@ impl Error {
             Error::InvalidToken(_) => "invalid_token",
             Error::TokenExpired => "token_expired",
             Error::TokenNotYetValid => "token_not_yet_valid",
+            Error::InvalidTicket(_) => "invalid_ticket",
             Error::Forbidden(_) => "forbidden",
             Error::NotFound(_) => "not_found",
             Error::ConnectionNotFound(_) => "connection_not_found",
@@ -92,9 +100,14 @@ impl Error {
         }
     }
 
-    /// The JSON body: `{"error": code, "message": sentence}`.
+    /// The JSON body: `{"error": code, "message": sentence}`. An internal error's details (runtime
+    /// and SQLite messages) go to the log, not to the caller.
     pub fn body(&self) -> String {
-        serde_json::json!({ "error": self.code(), "message": self.to_string() }).to_string()
+        let message = match self {
+            Error::Internal(_) => "internal error: the details are in the service's logs; try again".to_string(),
+            other => other.to_string(),
+        };
+        serde_json::json!({ "error": self.code(), "message": message }).to_string()
     }
 }
 
@@ -112,6 +125,7 @@ mod tests {
             Error::InvalidToken("bad".into()),
             Error::TokenExpired,
             Error::TokenNotYetValid,
+            Error::InvalidTicket("used".into()),
             Error::Forbidden("no".into()),
             Error::NotFound("nope".into()),
             Error::ConnectionNotFound("c1".into()),
@@ -132,6 +146,13 @@ mod tests {
             assert!(!body["message"].as_str().unwrap().is_empty());
             assert!((400..600).contains(&e.status()));
         }
+    }
+
+    #[test]
+    fn internal_details_stay_in_the_log() {
+        let e = Error::Internal("SQLITE_FULL: table history".into());
+        assert!(e.to_string().contains("SQLITE_FULL"), "logged");
+        assert!(!e.body().contains("SQLITE"), "not answered");
     }
 
     #[test]

@@ -11,4 +11,5 @@ pub mod ids;
 pub mod protocol;
 pub mod query;
 pub mod ratelimit;
+pub mod ticket;
 pub mod webhook;

@@ -70,4 +70,28 @@ mod tests {
         assert_eq!(param("https://h/p", "token"), None);
         assert_eq!(param("https://h/p?bad=%ZZ%", "bad").as_deref(), Some("%ZZ%"));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any names and values survive build then read, in order (the hop's fields depend on it).
+            #[test]
+            fn build_then_read_round_trips(list in proptest::collection::vec((".{0,12}", ".{0,40}"), 0..8)) {
+                let borrowed: Vec<(&str, &str)> = list.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let url = build("https://hub/x", &borrowed);
+                let back = pairs(&url);
+                // A pair with an empty name and value is written as `=` and read back as ("", "").
+                prop_assert_eq!(back, list);
+            }
+
+            /// Any URL text reads without a panic.
+            #[test]
+            fn any_url_reads(url in ".{0,200}") {
+                let _ = pairs(&url);
+                let _ = param(&url, "token");
+            }
+        }
+    }
 }

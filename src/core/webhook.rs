@@ -1,7 +1,7 @@
 //! Backend webhooks, the pure part: CloudEvents 1.0 structured-mode events
 //! (<https://github.com/cloudevents/spec/blob/v1.0.2/cloudevents/formats/json-format.md>), signed per
 //! the Standard Webhooks scheme (<https://www.standardwebhooks.com/>), and the retry backoff.
-//! The durable queue that sends them lives in [`crate::outbox`].
+//! The durable queue that sends them lives in the user hub's outbox (`user_hub/outbox.rs`).
 
 use base64ct::{Base64, Encoding};
 use hmac::{Hmac, Mac};
@@ -11,6 +11,69 @@ use sha2::Sha256;
 pub const CONNECTION_OPENED: &str = "switchboard.connection.opened.v1";
 pub const CONNECTION_CLOSED: &str = "switchboard.connection.closed.v1";
 pub const CLIENT_MESSAGE: &str = "switchboard.client.message.v1";
+/// Connection events that arrived while the user's outbox was full (`WEBHOOK_MAX_BACKLOG`), merged
+/// into one event: counts, and the connections open after the last of them.
+pub const CONNECTION_COALESCED: &str = "switchboard.connection.coalesced.v1";
+
+/// `content-type` of one event per request (structured mode).
+pub const CONTENT_TYPE: &str = "application/cloudevents+json; charset=utf-8";
+/// `content-type` of a batch (`WEBHOOK_BATCH_MAX` > 1): a JSON array of structured events
+/// (<https://github.com/cloudevents/spec/blob/v1.0.2/cloudevents/formats/json-format.md#4-json-batch-format>).
+pub const BATCH_CONTENT_TYPE: &str = "application/cloudevents-batch+json; charset=utf-8";
+
+/// What an attempt's answer means for the events it carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// 2xx: delivered; forget them.
+    Delivered,
+    /// 408, 429, 5xx, other statuses, network errors and timeouts: try again later, in order.
+    Retry,
+    /// Any other 4xx: the backend will never take it; retrying would block the user's queue.
+    Permanent,
+}
+
+/// Classifies an HTTP status.
+pub fn classify(status: u16) -> Delivery {
+    match status {
+        200..=299 => Delivery::Delivered,
+        408 | 429 => Delivery::Retry,
+        400..=499 => Delivery::Permanent,
+        _ => Delivery::Retry,
+    }
+}
+
+/// A batch's body: the stored events (each already a JSON object) as one JSON array.
+pub fn batch_body<'a>(events: impl IntoIterator<Item = &'a str>) -> String {
+    let mut out = String::from("[");
+    for (i, e) in events.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(e);
+    }
+    out.push(']');
+    out
+}
+
+/// A batch's `webhook-id`: stable across retries of the same batch (same first event, same size).
+pub fn batch_id(first_event_id: &str, count: usize) -> String {
+    format!("{first_event_id}.{count}")
+}
+
+/// The `data` of a coalesced connection event after one more `opened` (or closed) event:
+/// `previous` is the data so far (none for a new one). `connections` are the user's open
+/// connections now; `at` is the RFC 3339 time of this event.
+pub fn coalesce(previous: Option<&Value>, opened: bool, connections: &[String], at: &str) -> Value {
+    let count = |key: &str| previous.and_then(|p| p.get(key)).and_then(Value::as_u64).unwrap_or(0);
+    let first_at = previous.and_then(|p| p.get("firstAt")).and_then(Value::as_str).unwrap_or(at);
+    json!({
+        "opened": count("opened") + u64::from(opened),
+        "closed": count("closed") + u64::from(!opened),
+        "connections": connections,
+        "firstAt": first_at,
+        "lastAt": at,
+    })
+}
 
 /// The CloudEvents `source` of every event.
 pub const SOURCE: &str = "/switchboard";
@@ -109,5 +172,36 @@ mod tests {
         assert_eq!(backoff_ms(3, 1000, 60_000, 1.0), 4000);
         assert_eq!(backoff_ms(20, 1000, 60_000, 1.0), 60_000);
         assert_eq!(backoff_ms(u32::MAX, 1000, 60_000, 0.5), 45_000);
+    }
+
+    #[test]
+    fn statuses_are_delivered_retried_or_permanent() {
+        for (status, want) in [
+            (200, Delivery::Delivered),
+            (204, Delivery::Delivered),
+            (400, Delivery::Permanent),
+            (401, Delivery::Permanent),
+            (404, Delivery::Permanent),
+            (413, Delivery::Permanent),
+            (422, Delivery::Permanent),
+            (408, Delivery::Retry),
+            (429, Delivery::Retry),
+            (500, Delivery::Retry),
+            (503, Delivery::Retry),
+            (302, Delivery::Retry),
+        ] {
+            assert_eq!(classify(status), want, "{status}");
+        }
+    }
+
+    #[test]
+    fn batches_and_coalescing() {
+        assert_eq!(batch_body(["{\"a\":1}", "{\"b\":2}"]), r#"[{"a":1},{"b":2}]"#);
+        assert_eq!(batch_body([]), "[]");
+        assert_eq!(batch_id("evt_1", 3), "evt_1.3");
+        let one = coalesce(None, true, &["c1".into()], "t1");
+        assert_eq!(one, json!({"opened": 1, "closed": 0, "connections": ["c1"], "firstAt": "t1", "lastAt": "t1"}));
+        let two = coalesce(Some(&one), false, &[], "t2");
+        assert_eq!(two, json!({"opened": 1, "closed": 1, "connections": [], "firstAt": "t1", "lastAt": "t2"}));
     }
 }

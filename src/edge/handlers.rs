@@ -1,33 +1,76 @@
 //! The Worker's routes: each checks its caller and its input, then hops to the object that serves it.
 
-use super::auth::{authenticate, authorize_backend, connecting_user};
+use super::auth::{
+    authenticate, authorize_backend, connect_credential, connect_token, connecting_user, scope_needed, Credential,
+};
 use super::{multi, sse};
 use crate::core::config::Config;
 use crate::core::error::Error;
 use crate::core::protocol::{self, Recipients, Transport};
-use crate::hop::wire::{Connect, PublishMeta};
+use crate::hop::wire::{Connect, NewTicket, PublishMeta};
 use crate::hop::{channel, user};
 use crate::runtime::http;
-use worker::{Env, Method, Request, Response};
+use web_sys::Response;
+use worker::{Env, Method, Request};
 
-pub(super) async fn connect(req: Request, env: &Env, config: &Config) -> Result<Response, Error> {
-    let identity = authenticate(&req, config)?;
-    let user_id = connecting_user(&identity)?;
-    let connect = Connect {
+/// A connect's fields for the hop: from the token, or (a ticket) from what the hub stored with it.
+fn connect_for(user_id: String, credential: Credential, transport: Transport) -> Connect {
+    let mut connect = Connect {
         user_id,
-        expires_at_ms: identity.expires_at_ms,
-        transport: Transport::WebSocket,
+        expires_at_ms: None,
+        transport,
         filters: None,
         since: None,
+        channels: Default::default(),
+        publish_channels: Default::default(),
+        ticket: None,
+    };
+    match credential {
+        Credential::Token(identity) => {
+            connect.expires_at_ms = identity.expires_at_ms;
+            // SSE clients cannot join channels (no upstream frames).
+            if transport == Transport::WebSocket {
+                connect.channels = identity.channels;
+                connect.publish_channels = identity.publish_channels;
+            }
+        }
+        Credential::Ticket(hash) => connect.ticket = Some(hash),
+    }
+    connect
+}
+
+pub(super) async fn connect(req: Request, env: &Env, config: &Config) -> Result<Response, Error> {
+    let (credential, user_id) = connect_credential(&req, config)?;
+    user::connect(env, &connect_for(user_id, credential, Transport::WebSocket)).await
+}
+
+/// `POST /tickets`: trades a connect token (in the `Authorization` header) for a one-time ticket valid
+/// for `TICKET_SECONDS`, so the token itself never goes in a URL. The ticket's secret is random; the
+/// user's hub stores only its hash, with the token's checked claims.
+pub(super) async fn issue_ticket(
+    req: Request,
+    env: &Env,
+    config: &Config,
+    cors: Option<&str>,
+) -> Result<Response, Error> {
+    let (identity, user_id) = connect_token(&req, config)?;
+    let mut secret = [0u8; crate::core::ticket::SECRET_BYTES];
+    getrandom::fill(&mut secret).map_err(|e| Error::Internal(format!("no randomness: {e}")))?;
+    let ticket = NewTicket {
+        hash: crate::core::ticket::hash(&secret),
+        expires_at_ms: identity.expires_at_ms,
         channels: identity.channels,
         publish_channels: identity.publish_channels,
     };
-    user::connect(env, &connect).await
+    user::issue_ticket(env, &user_id, &ticket).await?;
+    let body = serde_json::json!({
+        "ticket": crate::core::ticket::make(&user_id, &secret), "expiresIn": config.ticket_seconds,
+    });
+    Ok(http::json(200, body.to_string(), cors)?.into())
 }
 
 pub(super) async fn open_sse(req: Request, env: &Env, config: &Config, cors: Option<&str>) -> Result<Response, Error> {
-    let identity = authenticate(&req, config)?;
-    let user_id = connecting_user(&identity)?;
+    let (credential, user_id) = connect_credential(&req, config)?;
     let url = req.inner().url();
     let param = |name: &str| crate::core::query::param(&url, name);
     let filters = param("filters").unwrap_or_else(|| "[]".into());
@@ -49,15 +92,9 @@ pub(super) async fn open_sse(req: Request, env: &Env, config: &Config, cors: Opt
     let last_event_id = req.headers().get("last-event-id").ok().flatten();
     let query_since = param("lastEventId").or_else(|| param("since"));
     let since = sse::since(last_event_id.as_deref(), query_since.as_deref())?;
-    let connect = Connect {
-        user_id,
-        expires_at_ms: identity.expires_at_ms,
-        transport: Transport::Sse,
-        filters: Some(filters),
-        since,
-        channels: Default::default(),
-        publish_channels: Default::default(),
-    };
+    let mut connect = connect_for(user_id, credential, Transport::Sse);
+    connect.filters = Some(filters);
+    connect.since = since;
     sse::open(env, &connect, config.sse_keepalive_seconds, cors, Some(req.inner().signal())).await
 }
 
@@ -107,7 +144,7 @@ pub(super) async fn connection_api(
         (Method::Get, None) | (Method::Delete, _) => {}
         _ => return Err(Error::MethodNotAllowed { method: method.to_string(), allow }),
     }
-    authorize_backend(&req, config)?;
+    authorize_backend(&req, config, false)?;
     crate::core::auth::check_user_id(&user_id).map_err(|m| Error::bad_request("invalid_user_id", m))?;
     user::connections(env, method, &user_id, connection_id.as_deref(), cors).await
 }
@@ -118,7 +155,7 @@ pub(super) async fn publish(
     config: &Config,
     cors: Option<&str>,
 ) -> Result<Response, Error> {
-    authorize_backend(&req, config)?;
+    let identity = authorize_backend(&req, config, true)?;
     let idempotency_key = req.headers().get("idempotency-key").ok().flatten();
     if let Some(key) = &idempotency_key {
         protocol::check_idempotency_key(key)?;
@@ -127,16 +164,21 @@ pub(super) async fn publish(
     // Checked here, once: the hub trusts this hop (Durable Objects are reachable only through
     // this Worker) and never parses the payload itself.
     let p = protocol::parse_publish(&body)?;
+    if !identity.can_publish && !matches!(p.recipients, Recipients::One(_)) {
+        return Err(scope_needed()); // PUBLISH_AUTH=any-token: one `userId` only
+    }
     match &p.recipients {
         Recipients::One(user_id) => {
-            let meta = PublishMeta::from_request(&p, user_id, &body);
-            user::publish(env, &meta, p.payload.get(), cors, idempotency_key.as_deref()).await
+            let meta = PublishMeta::from_request(&p, user_id, &body, idempotency_key.is_some());
+            let payload = wasm_bindgen::JsValue::from_str(p.payload.get());
+            let (status, answer) = user::publish(env, &meta, &payload, idempotency_key.as_deref()).await?;
+            Ok(http::json(status, answer, cors)?.into())
         }
         Recipients::Many(users) => {
-            multi::publish(env, config, &p, users, &body, cors, idempotency_key.as_deref()).await
+            Ok(multi::publish(env, config, &p, users, &body, cors, idempotency_key.as_deref()).await?.into())
         }
         Recipients::Channel(_) => {
-            let meta = PublishMeta::from_request(&p, "", &body);
+            let meta = PublishMeta::from_request(&p, "", &body, idempotency_key.is_some());
             channel::publish(env, &meta, p.payload.get(), cors, idempotency_key.as_deref()).await
         }
     }
@@ -159,7 +201,7 @@ pub(super) async fn channel_api(
     if method != Method::Get {
         return Err(Error::MethodNotAllowed { method: method.to_string(), allow: "GET, OPTIONS" });
     }
-    authorize_backend(&req, config)?;
+    authorize_backend(&req, config, false)?;
     crate::core::channel::check_name(&channel).map_err(|m| Error::bad_request("invalid_channel", m))?;
     let url = req.inner().url();
     let (limit, cursor) = (crate::core::query::param(&url, "limit"), crate::core::query::param(&url, "cursor"));

@@ -4,10 +4,11 @@
 //!
 //! | route | method | what |
 //! |---|---|---|
-//! | any path with `Upgrade: websocket` | GET | connect (token needs `userId`) |
+//! | any path with `Upgrade: websocket` | GET | connect (token needs `userId`, or `?ticket=`) |
 //! | `/publish` | POST | publish to a user (token needs the `publish` scope) |
 //! | `/sse` | GET | Server-Sent Events stream (token needs `userId`) |
 //! | `/ack` | POST | acknowledge a delivery over HTTP (SSE clients; token needs `userId`) |
+//! | `/tickets` | POST | a one-time connect ticket for `?ticket=` (token needs `userId`) |
 //! | `/users/{userId}/connections` | GET, DELETE | list or close a user's connections (`publish` scope) |
 //! | `/users/{userId}/connections/{connectionId}` | DELETE | close one connection (`publish` scope) |
 //! | `/channels/{channel}/members` | GET | a page of a channel's members (`publish` scope) |
@@ -23,15 +24,16 @@ use crate::core::config::Config;
 use crate::core::error::Error;
 use crate::runtime::{http, log, settings};
 use serde_json::json;
-use worker::{event, Context, Env, Method, Request, Response};
+use worker::{event, Context, Env, Method, Request};
 
 #[event(fetch)]
-pub async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
+pub async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<web_sys::Response> {
+    crate::runtime::js::install_fast_microtasks();
     let config = match settings::get(&env) {
         Ok(c) => c,
         Err(e) => {
             log::error("misconfigured", json!({ "message": e.to_string() }));
-            return http::error(&e, Some("*"));
+            return http::error(&e, Some("*")).map(Into::into);
         }
     };
     let origin = req.headers().get("origin").ok().flatten();
@@ -50,15 +52,15 @@ pub async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Resp
             } else {
                 log::info("request_refused", fields);
             }
-            http::error(&e, cors.as_deref())
+            http::error(&e, cors.as_deref()).map(Into::into)
         }
     }
 }
 
-async fn route(req: Request, env: &Env, config: &Config, cors: Option<&str>) -> Result<Response, Error> {
+async fn route(req: Request, env: &Env, config: &Config, cors: Option<&str>) -> Result<web_sys::Response, Error> {
     let method = req.method();
     if method == Method::Options {
-        return Ok(http::preflight(cors)?);
+        return Ok(http::preflight(cors)?.into());
     }
     if is_upgrade(&req) {
         if method != Method::Get {
@@ -74,7 +76,9 @@ async fn route(req: Request, env: &Env, config: &Config, cors: Option<&str>) -> 
         ("/sse", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "GET, OPTIONS" }),
         ("/ack", Method::Post) => handlers::ack(req, env, config, cors).await,
         ("/ack", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "POST, OPTIONS" }),
-        ("/healthz", Method::Get | Method::Head) => Ok(http::json(200, r#"{"status":"ok"}"#.into(), cors)?),
+        ("/tickets", Method::Post) => handlers::issue_ticket(req, env, config, cors).await,
+        ("/tickets", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "POST, OPTIONS" }),
+        ("/healthz", Method::Get | Method::Head) => Ok(http::json(200, r#"{"status":"ok"}"#.into(), cors)?.into()),
         ("/healthz", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "GET, HEAD" }),
         (p, m) if p.starts_with("/users/") => handlers::connection_api(req, env, config, cors, m).await,
         (p, m) if p.starts_with("/channels/") => handlers::channel_api(req, env, config, cors, m).await,

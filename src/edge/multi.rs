@@ -33,7 +33,7 @@ pub async fn publish(
     let started = Date::now().as_millis();
     let timeout_ms = p.timeout_ms.unwrap_or(config.ack_timeout_ms).min(config.ack_timeout_max_ms);
     // Checked and fingerprinted once; each hop differs only in its user.
-    let base = PublishMeta::from_request(p, "", body);
+    let base = PublishMeta::from_request(p, "", body, idempotency_key.is_some());
     let per_user = fanout::fan_out(
         env,
         &base,

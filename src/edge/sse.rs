@@ -143,12 +143,14 @@ pub async fn open(
     keepalive_seconds: u64,
     cors: Option<&str>,
     signal: Option<web_sys::AbortSignal>,
-) -> Result<Response, Error> {
+) -> Result<web_sys::Response, Error> {
     let hop = user::connect(env, connect).await?;
-    if hop.status_code() != 101 {
+    if hop.status() != 101 {
         return Ok(hop); // the hub refused (its JSON error passes through)
     }
-    let ws = hop.websocket().ok_or_else(|| Error::Unavailable("the user's hub returned no socket".into()))?;
+    let ws = Response::from(hop)
+        .websocket()
+        .ok_or_else(|| Error::Unavailable("the user's hub returned no socket".into()))?;
     let stream = SseStream::new(ws, Duration::from_secs(keepalive_seconds), signal)?;
     let headers = Headers::new();
     headers.set("content-type", "text/event-stream; charset=utf-8")?;
@@ -161,7 +163,7 @@ pub async fn open(
             headers.set("vary", "Origin")?;
         }
     }
-    Ok(Response::from_stream(stream)?.with_headers(headers))
+    Ok(Response::from_stream(stream)?.with_headers(headers).into())
 }
 
 /// Reads `since` for an SSE connect: `Last-Event-ID` (sent by EventSource when it reconnects), else

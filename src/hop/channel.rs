@@ -10,6 +10,9 @@ use crate::core::query;
 use serde_json::Value;
 use worker::{Env, Method, Request, Response};
 
+/// The object's own answer, returned to the client as it is.
+type RawResponse = web_sys::Response;
+
 /// What a hop asks of a channel object.
 pub enum Call {
     /// Root: a user joined or left.
@@ -50,13 +53,14 @@ pub fn read(req: &Request) -> Result<Call, Error> {
     }
 }
 
-async fn send(env: &Env, name: &str, req: Request) -> Result<Response, Error> {
+async fn send(env: &Env, name: &str, req: Request) -> Result<RawResponse, Error> {
     super::send(env, wire::CHANNEL_HUB_BINDING, name, req, "the channel").await
 }
 
 /// A non-200 answer from a channel object becomes the error it describes (429 stays 429: a full
 /// channel; anything else is the channel being unavailable).
-async fn check(mut res: Response) -> Result<Response, Error> {
+async fn check(res: RawResponse) -> Result<Response, Error> {
+    let mut res = Response::from(res);
     let status = res.status_code();
     if status == 200 {
         return Ok(res);
@@ -81,7 +85,7 @@ pub async fn publish(
     payload: &str,
     cors: Option<&str>,
     idempotency_key: Option<&str>,
-) -> Result<Response, Error> {
+) -> Result<RawResponse, Error> {
     let channel =
         meta.channel.as_deref().ok_or_else(|| Error::Internal("a channel publish without a channel".into()))?;
     let url = wire::url("channel", channel_path::PUBLISH, &wire::borrowed(&meta.to_query()));
@@ -96,7 +100,7 @@ pub async fn members(
     limit: Option<&str>,
     cursor: Option<&str>,
     cors: Option<&str>,
-) -> Result<Response, Error> {
+) -> Result<RawResponse, Error> {
     let mut pairs = vec![("channel", channel)];
     pairs.extend(limit.map(|l| ("limit", l)));
     pairs.extend(cursor.map(|c| ("cursor", c)));

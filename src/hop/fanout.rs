@@ -29,26 +29,25 @@ pub async fn fan_out(
     idempotency_key: Option<&str>,
     in_flight: usize,
 ) -> Vec<Value> {
+    // One JS string for every hop (an RPC argument is copied by the runtime, never through wasm).
+    let payload = &wasm_bindgen::JsValue::from_str(payload);
     let outcomes: Vec<(usize, Value)> = stream::iter(users.iter().enumerate())
         .map(|(i, user)| async move {
             let meta = PublishMeta { user_id: user.clone(), ..base.clone() };
-            let hop = Box::pin(super::user::publish(env, &meta, payload, None, idempotency_key));
+            let hop = Box::pin(super::user::publish(env, &meta, payload, idempotency_key));
             let limit = Delay::from(Duration::from_millis(limit_ms));
             let outcome = match select(hop, limit).await {
-                Either::Left((Ok(mut res), _)) => {
-                    let status = res.status_code();
-                    match res.json::<Value>().await {
-                        Ok(Value::Object(mut o)) if status == 200 => {
-                            o.insert("userId".into(), json!(user));
-                            Value::Object(o)
-                        }
-                        Ok(Value::Object(o)) => json!({
-                            "userId": user, "status": status, "error": o.get("error"), "message": o.get("message"),
-                        }),
-                        _ => json!({ "userId": user, "status": status, "error": "unavailable",
-                            "message": "the user's hub answered with something unreadable" }),
+                Either::Left((Ok((status, body)), _)) => match serde_json::from_str::<Value>(&body) {
+                    Ok(Value::Object(mut o)) if status == 200 => {
+                        o.insert("userId".into(), json!(user));
+                        Value::Object(o)
                     }
-                }
+                    Ok(Value::Object(o)) => json!({
+                        "userId": user, "status": status, "error": o.get("error"), "message": o.get("message"),
+                    }),
+                    _ => json!({ "userId": user, "status": status, "error": "unavailable",
+                        "message": "the user's hub answered with something unreadable" }),
+                },
                 Either::Left((Err(e), _)) => {
                     json!({ "userId": user, "status": e.status(), "error": e.code(), "message": e.to_string() })
                 }

@@ -22,17 +22,44 @@ pub mod user;
 #[cfg(target_arch = "wasm32")]
 use crate::core::error::Error;
 #[cfg(target_arch = "wasm32")]
-use worker::{Env, Headers, Method, Request, RequestInit, Response};
+use worker::{Env, Headers, Method, Request, RequestInit};
 
-/// Fetches `req` from the object named `name` in namespace `binding`; a failure to reach it is 503.
 #[cfg(target_arch = "wasm32")]
-async fn send(env: &Env, binding: &str, name: &str, req: Request, what: &str) -> Result<Response, Error> {
-    env.durable_object(binding)?
-        .id_from_name(name)?
-        .get_stub()?
-        .fetch_with_request(req)
-        .await
-        .map_err(|e| Error::Unavailable(format!("{what} did not answer: {e}")))
+#[wasm_bindgen::prelude::wasm_bindgen]
+extern "C" {
+    /// A Durable Object stub as the runtime sees it: its `fetch` answers with the object's own
+    /// `Response`, which the Worker can return as it is. (`worker::Stub::fetch_with_request` wraps it
+    /// in a `worker::Response`, and handing that back builds a new `Response` around its body: a
+    /// runtime object per request for nothing.)
+    type RawStub;
+    #[wasm_bindgen(method, catch, js_name = fetch)]
+    fn fetch_raw(this: &RawStub, req: &web_sys::Request) -> Result<js_sys::Promise, wasm_bindgen::JsValue>;
+    /// `UserHub::publish_rpc`, over workerd's RPC.
+    #[wasm_bindgen(method, catch)]
+    fn publish(
+        this: &RawStub,
+        meta: &str,
+        payload: &wasm_bindgen::JsValue,
+        idempotency_key: Option<&str>,
+    ) -> Result<js_sys::Promise, wasm_bindgen::JsValue>;
+}
+
+/// The stub of the object named `name` in namespace `binding`.
+#[cfg(target_arch = "wasm32")]
+fn stub(env: &Env, binding: &str, name: &str) -> Result<RawStub, Error> {
+    Ok(env.durable_object(binding)?.id_from_name(name)?.get_stub()?.into_rpc())
+}
+
+/// Fetches `req` from the object named `name` in namespace `binding`, and returns the object's
+/// `Response` as it is; a failure to reach it is 503.
+#[cfg(target_arch = "wasm32")]
+async fn send(env: &Env, binding: &str, name: &str, req: Request, what: &str) -> Result<web_sys::Response, Error> {
+    use wasm_bindgen::JsCast;
+    let unavailable =
+        |e: wasm_bindgen::JsValue| Error::Unavailable(format!("{what} did not answer: {}", worker::Error::from(e)));
+    let promise = stub(env, binding, name)?.fetch_raw(req.inner()).map_err(unavailable)?;
+    let res = wasm_bindgen_futures::JsFuture::from(promise).await.map_err(unavailable)?;
+    Ok(res.unchecked_into())
 }
 
 /// A hop request; `cors` and `idempotency_key` ride in their headers (see [`wire`]).

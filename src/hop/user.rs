@@ -1,20 +1,17 @@
 //! Calls to a user's hub (`UserHub`): from the Worker (connect, publish, ack, the connection API) and
 //! from the fan-out of multi-user and channel publishes, and the hub's reading of them ([`read`]).
 
-use super::wire::{self, user_path, Connect, PublishMeta};
+use super::wire::{self, user_path, Connect, NewTicket, PublishMeta};
 use crate::core::error::Error;
 use crate::core::query;
-use worker::{Env, Headers, Method, Request, RequestInit, Response};
+use wasm_bindgen::{JsCast, JsValue};
+use web_sys::Response;
+use worker::{Env, Headers, Method, Request, RequestInit};
 
 /// What a hop asks of a user's hub.
 pub enum Call {
     /// A WebSocket upgrade (a browser's socket, or the Worker's bridge for an SSE client).
     Connect(Connect),
-    /// A checked publish; the payload's JSON text is the request body.
-    Publish {
-        meta: PublishMeta,
-        idempotency_key: Option<String>,
-    },
     /// A `POST /ack` body, checked by the Worker.
     Ack,
     ListConnections,
@@ -22,6 +19,8 @@ pub enum Call {
     Kick {
         connection_id: Option<String>,
     },
+    /// Store a connect ticket (`POST /tickets` at the Worker).
+    IssueTicket(NewTicket),
 }
 
 /// The hub's side: which call a hop is.
@@ -32,16 +31,14 @@ pub fn read(req: &Request) -> Result<Call, Error> {
         (user_path::CONNECT, _) => Connect::from_query(pairs())
             .map(Call::Connect)
             .ok_or_else(|| Error::Internal("the hop to the hub carried no user".into())),
-        (user_path::PUBLISH, _) => {
-            let meta = PublishMeta::from_query(pairs())
-                .ok_or_else(|| Error::Internal("the hop to the hub carried no publish".into()))?;
-            Ok(Call::Publish { meta, idempotency_key: super::idempotency_key(req) })
-        }
         (user_path::ACK, _) => Ok(Call::Ack),
         (user_path::CONNECTIONS, Method::Get) => Ok(Call::ListConnections),
         (user_path::CONNECTIONS, Method::Delete) => {
             Ok(Call::Kick { connection_id: wire::param(&pairs(), "id").map(str::to_string) })
         }
+        (user_path::TICKETS, Method::Post) => NewTicket::from_query(pairs())
+            .map(Call::IssueTicket)
+            .ok_or_else(|| Error::Internal("a ticket hop without a ticket".into())),
         (other, _) => Err(Error::NotFound(format!("the hub has no route {other}"))),
     }
 }
@@ -60,6 +57,23 @@ pub async fn connect(env: &Env, c: &Connect) -> Result<Response, Error> {
     send(env, &c.user_id, Request::new_with_init(&url, &init)?).await
 }
 
+/// Stores a connect ticket in the user's hub. A refusal (429: too many unused tickets) comes back
+/// as the error it is.
+pub async fn issue_ticket(env: &Env, user_id: &str, ticket: &NewTicket) -> Result<(), Error> {
+    let url = wire::url("hub", user_path::TICKETS, &wire::borrowed(&ticket.to_query()));
+    let mut res =
+        worker::Response::from(send(env, user_id, super::request(Method::Post, &url, None, None, None)?).await?);
+    if res.status_code() == 200 {
+        return Ok(());
+    }
+    let body: serde_json::Value = res.json().await.unwrap_or_default();
+    let message = body["message"].as_str().unwrap_or("the user's hub refused the ticket").to_string();
+    Err(match res.status_code() {
+        429 => Error::TooManyRequests(message),
+        _ => Error::Unavailable(message),
+    })
+}
+
 /// `GET` or `DELETE` the user's connections (`connection_id` narrows a DELETE to one).
 pub async fn connections(
     env: &Env,
@@ -73,18 +87,25 @@ pub async fn connections(
     send(env, user_id, super::request(method, &url, cors, None, None)?).await
 }
 
-/// Hands a checked publish to the user's hub: its fields in the URL, the payload's JSON text as the
-/// body, and returns the hub's answer as it is.
+/// Hands a checked publish to the user's hub over RPC (its `publish` method: no Request, no
+/// Response, no Headers for the hop) and returns the hub's answer as `(status, JSON body)`.
+/// `payload` is the payload's JSON text as a JS string, made once however many hubs get it.
 pub async fn publish(
     env: &Env,
     meta: &PublishMeta,
-    payload: &str,
-    cors: Option<&str>,
+    payload: &JsValue,
     idempotency_key: Option<&str>,
-) -> Result<Response, Error> {
-    let url = wire::url("hub", user_path::PUBLISH, &wire::borrowed(&meta.to_query()));
-    let req = super::request(Method::Post, &url, cors, idempotency_key, Some(payload.into()))?;
-    send(env, &meta.user_id, req).await
+) -> Result<(u16, String), Error> {
+    let unavailable =
+        |e: JsValue| Error::Unavailable(format!("the user's hub did not answer: {}", worker::Error::from(e)));
+    let stub: super::RawStub = super::stub(env, wire::USER_HUB_BINDING, &meta.user_id)?;
+    let promise = stub.publish(&meta.to_query_string(), payload, idempotency_key).map_err(unavailable)?;
+    let answer: js_sys::Array =
+        wasm_bindgen_futures::JsFuture::from(promise).await.map_err(unavailable)?.unchecked_into();
+    match (answer.get(0).as_f64(), answer.get(1).as_string()) {
+        (Some(status), Some(body)) => Ok((status as u16, body)),
+        _ => Err(Error::Unavailable("the user's hub answered with something unreadable".into())),
+    }
 }
 
 /// Hands a checked `POST /ack` body to the user's hub and returns its answer as it is.

@@ -24,9 +24,9 @@ pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 /// A user hub's routes.
 pub mod user_path {
     pub const CONNECT: &str = "/connect";
-    pub const PUBLISH: &str = "/publish";
     pub const ACK: &str = "/ack";
     pub const CONNECTIONS: &str = "/connections";
+    pub const TICKETS: &str = "/tickets";
 }
 
 /// A channel object's routes.
@@ -67,6 +67,56 @@ pub struct Connect {
     /// The token's channel grants (the `channels` and `publishChannels` claims).
     pub channels: Grants,
     pub publish_channels: Grants,
+    /// A connect ticket's hash instead of a token: the hub takes the ticket (once) and uses the
+    /// `exp` and grants stored with it.
+    pub ticket: Option<String>,
+}
+
+/// A new connect ticket for a user's hub to store: its secret's hash and the checked claims of the
+/// token it was traded for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTicket {
+    pub hash: String,
+    /// The token's `exp`, in ms since the epoch.
+    pub expires_at_ms: Option<i64>,
+    pub channels: Grants,
+    pub publish_channels: Grants,
+}
+
+impl NewTicket {
+    pub fn to_query(&self) -> Vec<(&'static str, String)> {
+        let mut q = vec![
+            ("hash", self.hash.clone()),
+            ("channels", self.channels.to_text()),
+            ("publishChannels", self.publish_channels.to_text()),
+        ];
+        if let Some(exp) = self.expires_at_ms {
+            q.push(("exp", exp.to_string()));
+        }
+        q
+    }
+
+    /// Reads the hop's query pairs back; `None` without a hash.
+    pub fn from_query(pairs: Vec<(String, String)>) -> Option<NewTicket> {
+        let mut t = NewTicket {
+            hash: String::new(),
+            expires_at_ms: None,
+            channels: Grants::default(),
+            publish_channels: Grants::default(),
+        };
+        let mut hash = None;
+        for (k, v) in pairs {
+            match k.as_str() {
+                "hash" => hash = Some(v),
+                "exp" => t.expires_at_ms = v.parse::<i64>().ok(),
+                "channels" => t.channels = Grants::from_text(&v),
+                "publishChannels" => t.publish_channels = Grants::from_text(&v),
+                _ => {}
+            }
+        }
+        t.hash = hash?;
+        Some(t)
+    }
 }
 
 impl Connect {
@@ -87,6 +137,9 @@ impl Connect {
         if !self.publish_channels.is_empty() {
             q.push(("publishChannels", self.publish_channels.to_text()));
         }
+        if let Some(ticket) = &self.ticket {
+            q.push(("ticket", ticket.clone()));
+        }
         q
     }
 
@@ -100,6 +153,7 @@ impl Connect {
             since: None,
             channels: Grants::default(),
             publish_channels: Grants::default(),
+            ticket: None,
         };
         let mut user = None;
         for (k, v) in pairs {
@@ -111,6 +165,7 @@ impl Connect {
                 "since" => c.since = v.parse::<u64>().ok(),
                 "channels" => c.channels = Grants::from_text(&v),
                 "publishChannels" => c.publish_channels = Grants::from_text(&v),
+                "ticket" => c.ticket = Some(v),
                 _ => {}
             }
         }
@@ -127,7 +182,8 @@ pub struct PublishMeta {
     pub kind: String,
     pub connection_id: Option<String>,
     pub timeout_ms: Option<u64>,
-    /// A fingerprint of the whole request body, for `Idempotency-Key` conflicts.
+    /// A fingerprint of the whole request body, for `Idempotency-Key` conflicts; empty without a key
+    /// (hashing a large body costs as much as reading it, and nothing else uses it).
     pub body_hash: String,
     /// A channel publish: only connections that joined it receive the envelope.
     pub channel: Option<String>,
@@ -137,13 +193,13 @@ pub struct PublishMeta {
 }
 
 impl PublishMeta {
-    pub fn from_request(p: &PublishRequest<'_>, user_id: &str, body: &[u8]) -> PublishMeta {
+    pub fn from_request(p: &PublishRequest<'_>, user_id: &str, body: &[u8], idempotent: bool) -> PublishMeta {
         PublishMeta {
             user_id: user_id.to_string(),
             kind: p.kind.clone(),
             connection_id: p.connection_id.clone(),
             timeout_ms: p.timeout_ms,
-            body_hash: fingerprint(body),
+            body_hash: if idempotent { fingerprint(body) } else { String::new() },
             channel: match &p.recipients {
                 Recipients::Channel(c) => Some(c.clone()),
                 _ => None,
@@ -155,7 +211,10 @@ impl PublishMeta {
 
     /// `(name, value)` query pairs for the hop.
     pub fn to_query(&self) -> Vec<(&'static str, String)> {
-        let mut q = vec![("user", self.user_id.clone()), ("type", self.kind.clone()), ("hash", self.body_hash.clone())];
+        let mut q = vec![("user", self.user_id.clone()), ("type", self.kind.clone())];
+        if !self.body_hash.is_empty() {
+            q.push(("hash", self.body_hash.clone()));
+        }
         if let Some(c) = &self.connection_id {
             q.push(("conn", c.clone()));
         }
@@ -168,6 +227,16 @@ impl PublishMeta {
             }
         }
         q
+    }
+
+    /// The fields as one query string (`user=…&type=…`), the form an RPC hop carries them in.
+    pub fn to_query_string(&self) -> String {
+        query::build("", &borrowed(&self.to_query())).split_off(1)
+    }
+
+    /// Reads [`PublishMeta::to_query_string`] back.
+    pub fn from_query_string(text: &str) -> Option<PublishMeta> {
+        PublishMeta::from_query(query::pairs(&format!("?{text}")))
     }
 
     /// Reads the hop's query pairs back.
@@ -192,7 +261,7 @@ impl PublishMeta {
             kind: kind?,
             connection_id,
             timeout_ms,
-            body_hash: body_hash?,
+            body_hash: body_hash.unwrap_or_default(),
             channel,
             from,
             except,
@@ -263,19 +332,32 @@ mod tests {
     fn publish_meta_round_trips_through_the_query() {
         let body = r#"{"userId":"u é","type":"t&x=1","connectionId":"c","timeoutMs":0}"#.as_bytes();
         let p = parse_publish(body).unwrap();
-        let meta = PublishMeta::from_request(&p, "u é", body);
+        let meta = PublishMeta::from_request(&p, "u é", body, true);
         let query = meta.to_query();
         let pairs: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let url = query::build("https://hub/publish", &pairs);
         assert_eq!(PublishMeta::from_query(query::pairs(&url)), Some(meta));
-        assert_eq!(PublishMeta::from_query(query::pairs("https://hub/p?user=u")), None);
+        assert_eq!(PublishMeta::from_query(query::pairs("https://hub/p?type=t")), None);
+        let unhashed = PublishMeta::from_request(&p, "u é", body, false);
+        assert_eq!(unhashed.body_hash, "", "no key, no hash");
+        assert_eq!(PublishMeta::from_query_string(&unhashed.to_query_string()), Some(unhashed));
         assert_ne!(fingerprint(b"{}"), fingerprint(b"{ }"));
+    }
+
+    #[test]
+    fn publish_meta_round_trips_through_a_query_string() {
+        let body = r#"{"userId":"u &=?#é","type":"t","timeoutMs":5}"#.as_bytes();
+        let meta = PublishMeta::from_request(&parse_publish(body).unwrap(), "u &=?#é", body, true);
+        let text = meta.to_query_string();
+        assert!(!text.starts_with('?'), "{text}");
+        assert_eq!(PublishMeta::from_query_string(&text), Some(meta));
+        assert_eq!(PublishMeta::from_query_string("type=t"), None);
     }
 
     #[test]
     fn channel_publish_meta_round_trips() {
         let p = parse_publish(br#"{"channel":"room:1","type":"t","payload":[1]}"#).unwrap();
-        let meta = PublishMeta::from_request(&p, "", b"x");
+        let meta = PublishMeta::from_request(&p, "", b"x", true);
         assert_eq!(meta.channel.as_deref(), Some("room:1"));
         let mut meta = meta;
         meta.from = Some("alice".into());
@@ -294,9 +376,19 @@ mod tests {
             since: Some(7),
             channels: Grants::from_text("room:*"),
             publish_channels: Grants::from_text("room:1"),
+            ticket: Some("ab12".into()),
         };
         let url = url("hub", user_path::CONNECT, &borrowed(&c.to_query()));
         assert_eq!(Connect::from_query(query::pairs(&url)), Some(c));
+        let t = NewTicket {
+            hash: "ab12".into(),
+            expires_at_ms: Some(1_800_000_000_000),
+            channels: Grants::from_text("room:*"),
+            publish_channels: Grants::default(),
+        };
+        let ticket_url = super::url("hub", user_path::TICKETS, &borrowed(&t.to_query()));
+        assert_eq!(NewTicket::from_query(query::pairs(&ticket_url)), Some(t));
+        assert_eq!(NewTicket::from_query(query::pairs("https://hub/tickets?exp=1")), None);
         assert_eq!(Connect::from_query(query::pairs("https://hub/connect?transport=sse")), None);
     }
 

@@ -1,8 +1,45 @@
 //! JS strings made once and handed to the runtime as they are: a payload or an envelope never needs
 //! to be copied into wasm memory and back for each socket or hop.
 
-use crate::core::error::Error;
-use worker::{Request, WebSocket};
+use worker::WebSocket;
+
+#[wasm_bindgen::prelude::wasm_bindgen(inline_js = r#"
+export function installFastMicrotasks() {
+  if (globalThis.__switchboardFastMicrotasks) return;
+  globalThis.__switchboardFastMicrotasks = true;
+  const native = globalThis.queueMicrotask;
+  const resolved = Promise.resolve();
+  globalThis.queueMicrotask = (task) => {
+    resolved.then(() => {
+      try {
+        task();
+      } catch (e) {
+        native(() => { throw e; });
+      }
+    });
+  };
+}
+"#)]
+extern "C" {
+    /// Makes `queueMicrotask` a reaction on a resolved Promise, for the whole isolate (once). Every
+    /// async export of the wasm schedules its future with `queueMicrotask`, which in workerd costs
+    /// 3.2-3.7 µs a call against 0.27 µs for a Promise reaction (the native one also wraps the task
+    /// in the current AsyncContextFrame, which Rust code never uses). An error a task throws is
+    /// rethrown through the native `queueMicrotask`, so it is reported as before.
+    #[wasm_bindgen(js_name = installFastMicrotasks)]
+    fn install_fast_microtasks_js();
+}
+
+thread_local! {
+    static FAST_MICROTASKS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// See `installFastMicrotasks` above; cheap after the first call.
+pub fn install_fast_microtasks() {
+    if !FAST_MICROTASKS.with(|f| f.replace(true)) {
+        install_fast_microtasks_js();
+    }
+}
 
 #[wasm_bindgen::prelude::wasm_bindgen]
 extern "C" {
@@ -19,14 +56,4 @@ pub fn send_shared(ws: &WebSocket, text: &js_sys::JsString) -> bool {
     use wasm_bindgen::JsCast;
     let raw: &web_sys::WebSocket = ws.as_ref();
     raw.unchecked_ref::<RawSocket>().send_js(text).is_ok()
-}
-
-/// A request body as a JS string, decoded by the runtime, without copying it into wasm.
-pub async fn body_text(req: &Request) -> Result<js_sys::JsString, Error> {
-    use wasm_bindgen::JsCast;
-    let promise = req.inner().text().map_err(|_| Error::Internal("the hop's body could not be read".into()))?;
-    let value = wasm_bindgen_futures::JsFuture::from(promise)
-        .await
-        .map_err(|_| Error::Internal("the hop's body could not be read".into()))?;
-    value.dyn_into::<js_sys::JsString>().map_err(|_| Error::Internal("the hop's body is not text".into()))
 }

@@ -8,10 +8,9 @@ use super::{OptionalRow, UserHub, ValueRow};
 use crate::core::channel;
 use crate::core::config::Config;
 use crate::core::error::Error;
-use crate::core::protocol;
 use crate::hop::channel as channel_hop;
 use crate::hop::wire::{MemberUpdate, PublishMeta};
-use crate::runtime::{http, log};
+use crate::runtime::log;
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
@@ -65,7 +64,16 @@ impl UserHub {
             conn.ws.serialize_attachment(Attachment::of(conn))
         };
         if let Err(e) = stored {
+            // Without the attachment the membership would vanish at the next hibernation, silently:
+            // undo it and say so, so the client joins again.
             log::error("storage_error", json!({ "op": "join", "message": e.to_string() }));
+            if let Some(conn) = self.conns.borrow_mut().as_mut().and_then(|c| c.get_mut(id)) {
+                conn.channels.retain(|(c, _)| *c != channel);
+            }
+            if self.joined_count(&channel) == 0 {
+                self.unregister(&user_id, &channel).await;
+            }
+            return send_error(ws, "unavailable", &format!("could not join `{channel}`: try again"), frame_id, &[]);
         }
         log::info("join", json!({ "userId": user_id, "connectionId": id, "channel": channel }));
         reply_ok(ws, frame_id);
@@ -99,8 +107,9 @@ impl UserHub {
     /// A closed connection's channels, in those no other connection holds: the user stays a member
     /// for `CHANNEL_LINGER_SECONDS` (its history keeps the channel's envelopes, so a client that
     /// reconnects, joins again and resumes misses nothing); then the alarm tells the root it left.
-    pub(crate) async fn left_channels(&self, conn: &Conn) {
-        let linger = self.config().map_or(0, |c| c.channel_linger_seconds);
+    /// Without `linger` (a backend's kick) the user leaves at once.
+    pub(crate) async fn left_channels(&self, conn: &Conn, linger: bool) {
+        let linger = if linger { self.config().map_or(0, |c| c.channel_linger_seconds) } else { 0 };
         let now = Date::now().as_millis() as i64;
         let mut lingering = false;
         for (channel, _) in &conn.channels {
@@ -218,13 +227,14 @@ impl UserHub {
             kind,
             connection_id: None,
             timeout_ms: Some(timeout_ms.unwrap_or(config.ack_timeout_ms).min(config.ack_timeout_max_ms)),
-            body_hash: protocol::fingerprint(payload.get().as_bytes()),
+            body_hash: String::new(), // no Idempotency-Key on a client publish
             channel: Some(channel.clone()),
             from: Some(user_id.clone()),
             except: Some(id.to_string()),
         };
         match channel_hop::publish(&self.env, &meta, payload.get(), None, None).await {
-            Ok(mut res) => {
+            Ok(res) => {
+                let mut res = Response::from(res);
                 let status = res.status_code();
                 let body: serde_json::Value = res.json().await.unwrap_or_default();
                 if status != 200 {
@@ -285,12 +295,12 @@ impl UserHub {
     /// The answer to a channel publish for a user none of whose connections is in the channel: the
     /// root removes the user (if this version is newer than the user's join), and this hub forgets
     /// it told the root otherwise. Nothing is recorded: the user's `seq` does not move.
-    pub(super) fn not_a_member(&self, channel: &str, cors: Option<&str>) -> Result<Response, Error> {
+    pub(super) fn not_a_member(&self, channel: &str) -> Result<String, Error> {
         self.sql().exec("DELETE FROM channels WHERE name = ?", vec![channel.to_string().into()])?;
         let body = json!({
             "joined": 0, "version": self.next_version(), "clientCount": 0, "results": [], "acks": [],
             "pending": [], "closed": [],
         });
-        Ok(http::json(200, body.to_string(), cors)?)
+        Ok(body.to_string())
     }
 }

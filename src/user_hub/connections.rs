@@ -56,7 +56,9 @@ impl UserHub {
             })
             .collect();
         list.sort_by(|a, b| a["connectedAt"].as_str().cmp(&b["connectedAt"].as_str()));
-        Ok(http::json(200, json!({ "connections": list }).to_string(), cors)?)
+        // The user's webhook queue: events waiting, and events dropped for good.
+        let webhooks = json!({ "backlog": self.outbox_len()?, "dropped": self.webhooks_dropped()? });
+        Ok(http::json(200, json!({ "connections": list, "webhooks": webhooks }).to_string(), cors)?)
     }
 
     /// When the runtime last answered this socket's `ping` by itself, if ever

@@ -74,6 +74,51 @@ impl UserHub {
         Ok(())
     }
 
+    /// When the alarm should next delete expired history: the oldest row's expiry plus a slack of a
+    /// tenth of the window (at least 1 s, at most 10 min), so a steady stream of publishes costs one
+    /// alarm per slack, not one per envelope.
+    pub(super) fn next_history_expiry(&self, config: &Config) -> Option<i64> {
+        if !config.history_enabled() {
+            return None;
+        }
+        let window = (config.history_seconds as i64) * 1000;
+        let slack = (window / 10).clamp(1_000, 600_000);
+        self.oldest.get().map(|(_, at)| at + window + slack)
+    }
+
+    /// The alarm's part: history past `HISTORY_SECONDS` is deleted even when no publish comes to
+    /// trim it (a user who stops receiving would otherwise keep it stored forever).
+    pub(super) fn trim_history_by_age(&self, config: &Config) -> Result<(), Error> {
+        let Some((_, oldest_at)) = self.oldest.get() else { return Ok(()) };
+        let cutoff = Date::now().as_millis() as i64 - (config.history_seconds as i64) * 1000;
+        if config.history_enabled() && oldest_at >= cutoff {
+            return Ok(());
+        }
+        let sql = self.sql();
+        // The newest row may go: its seq is kept in meta first (see `record`).
+        sql.exec(
+            "INSERT INTO meta (key, value) VALUES ('seq', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            vec![(self.seq.get() as i64).into()],
+        )?;
+        let deleted = if config.history_enabled() {
+            sql.exec("DELETE FROM history WHERE at < ?", vec![cutoff.into()])?.rows_written()
+        } else {
+            sql.exec("DELETE FROM history", None)?.rows_written()
+        };
+        let oldest = sql
+            .exec("SELECT seq, at FROM history ORDER BY seq LIMIT 1", None)?
+            .to_array::<OldestRow>()?
+            .first()
+            .map(|r| (r.seq as u64, r.at));
+        self.oldest.set(oldest);
+        let remaining = sql.exec("SELECT count(*) AS value FROM history", None)?.to_array::<super::ValueRow>()?;
+        log::info(
+            "history_trimmed",
+            json!({ "deleted": deleted, "remaining": remaining.first().map_or(0, |r| r.value) }),
+        );
+        Ok(())
+    }
+
     /// Replays to connection `id` the stored envelopes after `since` that match its filters, oldest
     /// first, marked `replayed`, after a `gap` frame when history no longer reaches back that far.
     /// `before` is the connection's filter set before this subscribe: envelopes it matched after the

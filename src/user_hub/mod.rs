@@ -16,8 +16,8 @@
 //! By role: [`state`] (the connection cache and its rebuilding after a wake), [`socket`] (accepting
 //! sockets, client frames, closes), [`publish`] (fan-out, acks, idempotency), [`history`] (the
 //! record of envelopes and replay), [`channels`] (joins, leaves, lingering, client publishes),
-//! [`connections`] (the connection API and lifetimes), [`outbox`] (webhooks and the alarm), and
-//! [`reply`] (answers to a client's frame).
+//! [`connections`] (the connection API and lifetimes), [`outbox`] (webhooks and the alarm),
+//! [`tickets`] (one-time connect tickets) and [`reply`] (answers to a client's frame).
 
 mod channels;
 mod connections;
@@ -27,18 +27,23 @@ mod publish;
 mod reply;
 mod socket;
 mod state;
+mod tickets;
 
 use crate::core::acks::AckRegistry;
 use crate::core::config::Config;
 use crate::core::error::Error;
+use crate::hop::wire::PublishMeta;
 use crate::hop::{self, user, user::Call};
-use crate::runtime::{http, log, settings};
+use crate::runtime::{http, js, log, settings};
+use js_sys::Promise;
 use serde::Deserialize;
 use serde_json::json;
 use state::Conn;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::future_to_promise;
 use worker::{durable_object, Env, Request, Response, State, WebSocket, WebSocketIncomingMessage};
 
 const SCHEMA: &str = "
@@ -52,10 +57,20 @@ CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, event_i
   created INTEGER NOT NULL, attempts INTEGER NOT NULL, next_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS grants (conn_id TEXT PRIMARY KEY, join_grants TEXT NOT NULL, publish_grants TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS channels (name TEXT PRIMARY KEY, version INTEGER NOT NULL, user_id TEXT NOT NULL,
-  left_at INTEGER);";
+  left_at INTEGER);
+CREATE TABLE IF NOT EXISTS tickets (hash TEXT PRIMARY KEY, expires_at INTEGER NOT NULL, exp INTEGER,
+  join_grants TEXT NOT NULL, publish_grants TEXT NOT NULL);";
 
-#[durable_object]
+/// The Durable Object. Its state lives behind an `Rc` so a handler that must wait can own a handle
+/// to it (`'static` futures): the socket handlers are exported by hand below, synchronous where they
+/// can be, instead of through `#[durable_object]`'s always-async exports.
+#[durable_object(alarm)]
 pub struct UserHub {
+    inner: Rc<Inner>,
+}
+
+/// The hub's state (see [`UserHub`]); its methods are `UserHub`'s, through `Deref`.
+pub struct Inner {
     pub(crate) state: State,
     pub(crate) env: Env,
     /// Open connections by id; `None` until rebuilt after construction (or a wake).
@@ -67,6 +82,30 @@ pub struct UserHub {
     oldest: Cell<Option<(u64, i64)>>,
     /// The last version number given to a channel membership update (see [`crate::core::channel::next_version`]).
     pub(crate) version: Cell<u64>,
+    /// The newest outbox row an attempt in flight carries (0: none), so it is not changed under it.
+    outbox_sending: Cell<i64>,
+    /// Events still to send one at a time after the backend refused a batch (to find the culprit).
+    outbox_solo: Cell<usize>,
+    /// Alarm runs that failed in a row (their retry backs off).
+    alarm_failures: Cell<u32>,
+    /// `TEST_FAULTS=alarm` has failed this object's alarm once already.
+    fault_spent: Cell<bool>,
+    /// Whether this object made sure an alarm will age out its history (once per construction).
+    history_alarm_checked: Cell<bool>,
+}
+
+impl std::ops::Deref for UserHub {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+impl UserHub {
+    /// Another handle to the same hub, for a future that outlives the call that starts it.
+    fn handle(&self) -> UserHub {
+        UserHub { inner: Rc::clone(&self.inner) }
+    }
 }
 
 impl worker::DurableObject for UserHub {
@@ -75,7 +114,8 @@ impl worker::DurableObject for UserHub {
         if let Ok(pair) = worker::WebSocketRequestResponsePair::new("ping", "pong") {
             state.set_websocket_auto_response(&pair);
         }
-        UserHub {
+        js::install_fast_microtasks();
+        let inner = Inner {
             state,
             env,
             conns: RefCell::new(None),
@@ -83,7 +123,13 @@ impl worker::DurableObject for UserHub {
             seq: Cell::new(0),
             oldest: Cell::new(None),
             version: Cell::new(0),
-        }
+            outbox_sending: Cell::new(0),
+            outbox_solo: Cell::new(0),
+            alarm_failures: Cell::new(0),
+            fault_spent: Cell::new(false),
+            history_alarm_checked: Cell::new(false),
+        };
+        UserHub { inner: Rc::new(inner) }
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
@@ -91,12 +137,10 @@ impl worker::DurableObject for UserHub {
         let result = match user::read(&req) {
             Err(e) => Err(e),
             Ok(Call::Connect(connect)) => self.accept(connect).await,
-            Ok(Call::Publish { meta, idempotency_key }) => {
-                self.publish(&req, meta, idempotency_key, cors.as_deref()).await
-            }
             Ok(Call::Ack) => self.http_ack(&mut req, cors.as_deref()).await,
             Ok(Call::ListConnections) => self.list_connections(cors.as_deref()),
             Ok(Call::Kick { connection_id }) => self.kick(connection_id, cors.as_deref()).await,
+            Ok(Call::IssueTicket(ticket)) => self.issue_ticket(ticket),
         };
         result.or_else(|e| {
             if e.status() >= 500 {
@@ -106,27 +150,80 @@ impl worker::DurableObject for UserHub {
         })
     }
 
-    async fn websocket_message(&self, ws: WebSocket, message: WebSocketIncomingMessage) -> worker::Result<()> {
-        self.on_message(&ws, message).await;
-        Ok(())
-    }
-
-    async fn websocket_close(&self, ws: WebSocket, code: usize, reason: String, was_clean: bool) -> worker::Result<()> {
-        self.on_close(&ws, code, &reason, was_clean).await;
-        Ok(())
-    }
-
-    async fn websocket_error(&self, ws: WebSocket, error: worker::Error) -> worker::Result<()> {
-        self.on_error(&ws, &error.to_string()).await;
-        Ok(())
-    }
-
     async fn alarm(&self) -> worker::Result<Response> {
-        if let Err(e) = self.on_alarm().await {
-            // Throwing would make the runtime retry the alarm; the outbox re-arms itself instead.
-            log::error("alarm_error", json!({ "message": e.to_string() }));
+        // The run re-arms itself, after a failure too; only when no alarm could be set does this
+        // throw, so the runtime retries the alarm (with its own backoff).
+        if let Err(e) = self.run_alarm().await {
+            log::error("alarm_error", json!({ "op": "rearm", "message": e.to_string() }));
+            return Err(worker::Error::RustError(format!("the alarm could not be re-armed: {e}")));
         }
         Response::empty()
+    }
+}
+
+/// The socket handlers, exported by hand (`#[durable_object(alarm)]` leaves them out). An async
+/// export costs a Promise, a `queueMicrotask` and several crossings per event even when nothing
+/// awaits; an ack, the event a fan-out multiplies, needs none of it, so `webSocketMessage` answers
+/// what it can synchronously and only starts a future for what must wait. See BENCHMARKS.md.
+#[wasm_bindgen]
+impl UserHub {
+    #[wasm_bindgen(js_name = webSocketMessage)]
+    pub fn websocket_message(&self, ws: web_sys::WebSocket, message: JsValue) -> JsValue {
+        let ws = WebSocket::from(ws);
+        let message = match message.as_string() {
+            Some(text) => WebSocketIncomingMessage::String(text),
+            None => WebSocketIncomingMessage::Binary(js_sys::Uint8Array::new(&message).to_vec()),
+        };
+        let Some(deferred) = self.on_message_now(&ws, message) else { return JsValue::UNDEFINED };
+        let hub = self.handle();
+        future_to_promise(async move {
+            hub.on_message_later(&ws, deferred).await;
+            Ok(JsValue::UNDEFINED)
+        })
+        .into()
+    }
+
+    /// RPC: a checked publish from the Worker or a fan-out (see `hop::user::publish`): its fields as
+    /// a query string, the payload's JSON text as the JS string it already is. Answers
+    /// `[status, body]`: 200 and the publish answer, or an error's status and JSON body.
+    #[wasm_bindgen(js_name = publish)]
+    pub fn publish_rpc(&self, meta: String, payload: js_sys::JsString, idempotency_key: Option<String>) -> Promise {
+        let hub = self.handle();
+        future_to_promise(async move {
+            let answer = match PublishMeta::from_query_string(&meta) {
+                Some(meta) => hub.publish(payload, meta, idempotency_key).await,
+                None => Err(Error::Internal("the hop to the hub carried no publish".into())),
+            };
+            let (status, body) = match answer {
+                Ok(body) => (200, body),
+                Err(e) => {
+                    if e.status() >= 500 {
+                        log::error("hub_error", json!({ "code": e.code(), "message": e.to_string() }));
+                    }
+                    (e.status(), e.body())
+                }
+            };
+            Ok(js_sys::Array::of2(&JsValue::from(status), &JsValue::from(body)).into())
+        })
+    }
+
+    #[wasm_bindgen(js_name = webSocketClose)]
+    pub fn websocket_close(&self, ws: web_sys::WebSocket, code: usize, reason: String, was_clean: bool) -> Promise {
+        let hub = self.handle();
+        future_to_promise(async move {
+            hub.on_close(&WebSocket::from(ws), code, &reason, was_clean).await;
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
+    #[wasm_bindgen(js_name = webSocketError)]
+    pub fn websocket_error(&self, ws: web_sys::WebSocket, error: JsValue) -> Promise {
+        let hub = self.handle();
+        future_to_promise(async move {
+            let message = worker::Error::from(error).to_string();
+            hub.on_error(&WebSocket::from(ws), &message).await;
+            Ok(JsValue::UNDEFINED)
+        })
     }
 }
 

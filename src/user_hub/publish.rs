@@ -10,7 +10,7 @@ use crate::core::filter::EnvelopeView;
 use crate::core::ids;
 use crate::core::protocol::{self, rfc3339, AckOut, PublishResponse, Transport};
 use crate::hop::wire::PublishMeta;
-use crate::runtime::js::{body_text, send_shared};
+use crate::runtime::js::send_shared;
 use crate::runtime::{http, log};
 use futures_util::future::{select, Either};
 use serde::Deserialize;
@@ -19,10 +19,14 @@ use std::cell::OnceCell;
 use std::time::Duration;
 use worker::{Date, Delay, Request, Response};
 
+/// How long past `ACK_TIMEOUT_MAX_MS` an unanswered idempotency row counts as a publish that died.
+const STALE_GRACE_MS: i64 = 2_000;
+
 #[derive(Deserialize)]
 struct IdempotencyRow {
     seq: i64,
     envelope_id: String,
+    at: i64,
     body_hash: String,
     response: Option<String>,
 }
@@ -36,20 +40,28 @@ impl UserHub {
     /// large payload never crosses into wasm here — unless a filter needs the payload's fields.
     pub(super) async fn publish(
         &self,
-        req: &Request,
+        payload: js_sys::JsString,
         p: PublishMeta,
         idempotency_key: Option<String>,
-        cors: Option<&str>,
-    ) -> Result<Response, Error> {
+    ) -> Result<String, Error> {
         let config = self.config()?;
-        let payload = body_text(req).await?;
         self.ensure_loaded()?;
+        let started = Date::now().as_millis();
+        let now_ms = started as i64;
+        // The key first: a retry is answered as the first publish was, even when its connection
+        // has closed or the user has left the channel since.
+        let idempotency_key = idempotency_key.filter(|_| config.idempotency_seconds > 0);
+        if let Some(key) = &idempotency_key {
+            if let Some(answer) = self.idempotent_replay(&config, key, &p.body_hash, now_ms)? {
+                return Ok(answer);
+            }
+        }
         // A channel publish: how many of the user's connections joined it, counted once.
         let joined = p.channel.as_ref().map(|c| self.joined_count(c));
         let mut lingering = false;
         if let (Some(channel), Some(0)) = (&p.channel, joined) {
             if !self.lingering(&config, channel)? {
-                return self.not_a_member(channel, cors);
+                return self.not_a_member(channel);
             }
             // Nobody is connected, but the user's last connection closed within
             // CHANNEL_LINGER_SECONDS: the envelope goes into history for its resume.
@@ -58,13 +70,6 @@ impl UserHub {
         if let Some(target) = &p.connection_id {
             if !self.conns.borrow().as_ref().is_some_and(|c| c.contains_key(target)) {
                 return Err(Error::ConnectionNotFound(target.clone()));
-            }
-        }
-        let started = Date::now().as_millis();
-        let now_ms = started as i64;
-        if let Some(key) = &idempotency_key {
-            if let Some(answer) = self.idempotent_replay(&config, key, &p.body_hash, now_ms, cors)? {
-                return Ok(answer);
             }
         }
         let seq = self.seq.get() + 1;
@@ -128,6 +133,15 @@ impl UserHub {
             }
         }
         let client_count = expected.len();
+        if !self.history_alarm_checked.replace(true) {
+            // Once per construction: an alarm will delete this history when it expires, even if no
+            // publish follows (later publishes find the alarm set, or the alarm re-arms itself).
+            if let Some(at) = self.next_history_expiry(&config) {
+                if let Err(e) = self.schedule_alarm(Some(at), false).await {
+                    log::error("alarm_error", json!({ "op": "history", "message": e.to_string() }));
+                }
+            }
+        }
         let timeout_ms = p.timeout_ms.unwrap_or(config.ack_timeout_ms).min(config.ack_timeout_max_ms);
         let collector = if expected.is_empty() || timeout_ms == 0 {
             Collector::new(expected)
@@ -161,32 +175,40 @@ impl UserHub {
         );
         let body = serde_json::to_string(&response).map_err(|e| Error::Internal(e.to_string()))?;
         if let Some(key) = &idempotency_key {
-            // Kept so a retry gets the same answer, acks included.
-            self.sql().exec(
-                "UPDATE idempotency SET response = ? WHERE key = ?",
-                vec![body.clone().into(), key.clone().into()],
-            )?;
+            // Kept so a retry gets the same answer, acks included; trimmed when large (a SQLite value
+            // holds at most 2 MB). The envelope is delivered: this write must never fail the answer.
+            let stored = if body.len() > config.idempotency_max_response_bytes {
+                protocol::trimmed_answer(&response, config.idempotency_max_response_bytes)
+            } else {
+                body.clone()
+            };
+            if let Err(e) = self
+                .sql()
+                .exec("UPDATE idempotency SET response = ? WHERE key = ?", vec![stored.into(), key.clone().into()])
+            {
+                log::error("storage_error", json!({ "op": "idempotency_answer", "message": e.to_string() }));
+            }
         }
-        Ok(http::json(200, body, cors)?)
+        Ok(body)
     }
 
-    /// The answer to a publish whose `Idempotency-Key` was seen within the window: the first
-    /// publish's answer with `"duplicate": true` (or its `envelopeId` and `seq` while it is still
-    /// waiting for acks). The same key with a different body is a 409.
+    /// The answer to a publish whose `Idempotency-Key` was seen within `IDEMPOTENCY_SECONDS`: the
+    /// first publish's answer with `"duplicate": true` (or its `envelopeId` and `seq` while it is
+    /// still waiting for acks, `"outcome": "unknown"` once it can no longer be). The same key with a
+    /// different body is a 409.
     fn idempotent_replay(
         &self,
         config: &Config,
         key: &str,
         body_hash: &str,
         now_ms: i64,
-        cors: Option<&str>,
-    ) -> Result<Option<Response>, Error> {
+    ) -> Result<Option<String>, Error> {
         let sql = self.sql();
-        let cutoff = now_ms - (config.history_seconds as i64) * 1000;
+        let cutoff = now_ms - (config.idempotency_seconds as i64) * 1000;
         sql.exec("DELETE FROM idempotency WHERE at < ?", vec![cutoff.into()])?;
         let rows = sql
             .exec(
-                "SELECT seq, envelope_id, body_hash, response FROM idempotency WHERE key = ?",
+                "SELECT seq, envelope_id, at, body_hash, response FROM idempotency WHERE key = ?",
                 vec![key.to_string().into()],
             )?
             .to_array::<IdempotencyRow>()?;
@@ -194,8 +216,15 @@ impl UserHub {
         if row.body_hash != body_hash {
             return Err(Error::IdempotencyConflict);
         }
+        // A publish waits for acks at most ACK_TIMEOUT_MAX_MS; a row still without an answer well
+        // after that belongs to a publish whose hub died (its acks lived only in memory).
+        let stale = now_ms > row.at + config.ack_timeout_max_ms as i64 + STALE_GRACE_MS;
         let mut answer: serde_json::Value = match row.response.as_deref().map(serde_json::from_str) {
             Some(Ok(v)) => v,
+            _ if stale => json!({
+                "envelopeId": row.envelope_id, "seq": row.seq, "clientCount": 0, "results": [], "acks": [],
+                "pending": [], "closed": [], "outcome": "unknown",
+            }),
             _ => json!({
                 "envelopeId": row.envelope_id, "seq": row.seq, "clientCount": 0, "results": [], "acks": [],
                 "pending": [], "closed": [], "inProgress": true,
@@ -203,7 +232,7 @@ impl UserHub {
         };
         answer["duplicate"] = json!(true);
         log::info("publish_duplicate", json!({ "envelopeId": row.envelope_id, "seq": row.seq }));
-        Ok(Some(http::json(200, answer.to_string(), cors)?))
+        Ok(Some(answer.to_string()))
     }
 
     /// `POST /ack` from an SSE client (or any client that prefers HTTP for acks).

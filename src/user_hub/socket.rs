@@ -3,6 +3,7 @@
 //! hub. Close codes are in [`crate::core::protocol::close`].
 
 use super::channels::ClientPublish;
+use super::outbox::Enqueued;
 use super::reply::{reply_ok, send, send_error};
 use super::state::{conn_id, deadline, Attachment, Conn};
 use super::UserHub;
@@ -11,7 +12,7 @@ use crate::core::channel::ChannelGrants;
 use crate::core::error::Error;
 use crate::core::filter::{self, FilterSet};
 use crate::core::protocol::{
-    self, reply_close_code, rfc3339, ClientFrame, Skipped, CLOSE_FLOOD, CLOSE_FRAME_TOO_LARGE,
+    self, reply_close_code, rfc3339, ClientFrame, Skipped, Transport, CLOSE_FLOOD, CLOSE_FRAME_TOO_LARGE,
 };
 use crate::core::ratelimit::TokenBucket;
 use crate::core::{ids, webhook};
@@ -21,21 +22,55 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use worker::{Date, Response, WebSocket, WebSocketIncomingMessage, WebSocketPair};
 
+/// Test-only (`FAULT_INJECTION=on`): the frame `__panic` panics and `__trap` executes a raw wasm
+/// `unreachable`, inside the hub's synchronous socket handler, for the test that every hub still
+/// works afterwards (tests/recovery.test.mjs).
+fn inject_fault(text: &str) {
+    match text {
+        "__panic" => {
+            log::error("fault_injected", json!({ "kind": "panic" }));
+            panic!("fault injected (FAULT_INJECTION=on)");
+        }
+        "__trap" => {
+            log::error("fault_injected", json!({ "kind": "trap" }));
+            core::arch::wasm32::unreachable()
+        }
+        _ => {}
+    }
+}
+
+/// The part of a client frame that must wait on I/O, handed from the synchronous handler to the
+/// asynchronous one.
+pub(super) enum Deferred {
+    /// Close the connection for abuse.
+    Close { id: String, code: u16, reason: &'static str },
+    /// A `message`, `join`, `leave` or `publish` frame, checked and counted, to be read again.
+    Frame { id: String, text: String },
+}
+
 impl UserHub {
     /// Accepts a socket for the user named in the hop's URL and sends `welcome`. An SSE connection
     /// brings its filters (and `since`) in the URL: they are applied, and the replay sent, before
     /// anything live can reach it.
     pub(super) async fn accept(&self, connect: Connect) -> Result<Response, Error> {
         let config = self.config()?;
-        let Connect { user_id, expires_at_ms, transport, filters, since, channels, publish_channels } = connect;
-        let expires_at = expires_at_ms.map(|e| e as f64);
-        let grants = ChannelGrants { join: channels, publish: publish_channels };
+        let Connect { user_id, expires_at_ms, transport, filters, since, channels, publish_channels, ticket } = connect;
+        let mut expires_at = expires_at_ms.map(|e| e as f64);
+        let mut grants = ChannelGrants { join: channels, publish: publish_channels };
         self.ensure_loaded()?;
         let open = self.conns.borrow().as_ref().map_or(0, |c| c.len());
         if open >= config.max_connections_per_user {
             return Err(Error::TooManyRequests(format!(
                 "this user already has {open} open connections (MAX_CONNECTIONS_PER_USER)"
             )));
+        }
+        if let Some(hash) = &ticket {
+            // The token's checked claims were stored with the ticket; the row goes now (single use).
+            let stored = self.take_ticket(hash)?;
+            expires_at = stored.expires_at_ms.map(|e| e as f64);
+            if transport == Transport::WebSocket {
+                grants = ChannelGrants { join: stored.channels, publish: stored.publish_channels };
+            }
         }
 
         let pair = WebSocketPair::new()?;
@@ -77,44 +112,62 @@ impl UserHub {
             json!({ "userId": user_id, "connectionId": id, "transport": transport.name(), "open": open + 1, "since": since }),
         );
         let data = json!({ "connectionId": id, "transport": transport.name(), "connectedAt": rfc3339(now as u64) });
-        self.enqueue_event(webhook::CONNECTION_OPENED, &user_id, data).await?;
-        if let Some(d) = deadline {
-            self.schedule_alarm(Some(d.ceil() as i64), false).await?;
+        let mut stored = self.enqueue_event(webhook::CONNECTION_OPENED, &user_id, data).await.map(|_| ());
+        if let (Ok(()), Some(d)) = (&stored, deadline) {
+            stored = self.schedule_alarm(Some(d.ceil() as i64), false).await;
+        }
+        if let Err(e) = stored {
+            // The socket is accepted already: left alone it would be a ghost that counts against
+            // MAX_CONNECTIONS_PER_USER and is never closed at its deadline.
+            if let Some(conn) = self.forget(&id) {
+                let _ = conn.ws.close(Some(1011), Some("could not be set up; reconnect"));
+            }
+            return Err(e);
         }
         Ok(Response::from_websocket(pair.client)?)
     }
 
-    /// One client frame. Nothing here panics or closes the socket on bad input; only abuse
-    /// (an oversized frame, a flood) closes it.
-    pub(crate) async fn on_message(&self, ws: &WebSocket, message: WebSocketIncomingMessage) {
-        let Some(id) = conn_id(self, ws) else { return };
+    /// One client frame, answered at once where nothing needs to wait: acks, subscriptions, pings
+    /// and refusals, the hot path, which so costs no Promise and no microtask (see the exports in
+    /// `mod.rs`). What must wait is handed back ([`Deferred`]) for [`UserHub::on_message_later`].
+    /// Nothing here panics or closes the socket on bad input; only abuse (an oversized frame, a
+    /// flood) closes it.
+    pub(super) fn on_message_now(&self, ws: &WebSocket, message: WebSocketIncomingMessage) -> Option<Deferred> {
+        let id = conn_id(self, ws)?;
         let config = match self.config().and_then(|c| self.ensure_loaded().map(|_| c)) {
             Ok(c) => c,
             Err(e) => {
                 send_error(ws, "internal_error", &e.to_string(), None, &[]);
-                return;
+                return None;
             }
         };
+        let too_large =
+            |id: String| Some(Deferred::Close { id, code: CLOSE_FRAME_TOO_LARGE, reason: "frame too large" });
+        let flood = |id: String| Some(Deferred::Close { id, code: CLOSE_FLOOD, reason: "too many frames" });
         let text = match message {
             WebSocketIncomingMessage::String(text) => text,
             WebSocketIncomingMessage::Binary(bytes) => {
                 if bytes.len() > config.max_frame_bytes {
-                    return self.close_by_server(&id, CLOSE_FRAME_TOO_LARGE, "frame too large", "abuse").await;
+                    return too_large(id);
                 }
                 if !self.take_token(&id) {
-                    return self.close_by_server(&id, CLOSE_FLOOD, "too many frames", "abuse").await;
+                    return flood(id);
                 }
-                return send_error(
+                send_error(
                     ws,
                     "unsupported_frame",
                     "binary frames are not supported: send JSON text frames",
                     None,
                     &[],
                 );
+                return None;
             }
         };
         if text.len() > config.max_frame_bytes {
-            return self.close_by_server(&id, CLOSE_FRAME_TOO_LARGE, "frame too large", "abuse").await;
+            return too_large(id);
+        }
+        if config.fault_injection {
+            inject_fault(&text);
         }
         let frame = protocol::parse_client_frame(&text);
         // Acks the hub is waiting for are paced by publishes, not by the client: they never count
@@ -122,10 +175,11 @@ impl UserHub {
         if let Ok(ClientFrame::Ack { envelope_id, result, id: frame_id }) = &frame {
             let outcome = self.acks.borrow_mut().ack(envelope_id, &id, result.map(ToOwned::to_owned));
             if outcome == AckOutcome::Recorded {
-                return reply_ok(ws, *frame_id);
+                reply_ok(ws, *frame_id);
+                return None;
             }
             if !self.take_token(&id) {
-                return self.close_by_server(&id, CLOSE_FLOOD, "too many frames", "abuse").await;
+                return flood(id);
             }
             // A late or repeated ack is harmless; a HopeFlow client expects silence, so only a frame
             // that asked for a reply (`id`) hears about it.
@@ -137,10 +191,10 @@ impl UserHub {
                 };
                 send_error(ws, "unknown_envelope", message, *frame_id, &[]);
             }
-            return;
+            return None;
         }
         if !self.take_token(&id) {
-            return self.close_by_server(&id, CLOSE_FLOOD, "too many frames", "abuse").await;
+            return flood(id);
         }
         match frame {
             Err(e) => send_error(ws, e.code, &e.message, e.id, &[]),
@@ -151,6 +205,25 @@ impl UserHub {
             Ok(ClientFrame::Unsubscribe { filters, id: frame_id }) => {
                 self.change_filters(&id, &filters, frame_id, false, None)
             }
+            Ok(ClientFrame::Message { .. } | ClientFrame::Join { .. } | ClientFrame::Leave { .. })
+            | Ok(ClientFrame::Publish { .. }) => return Some(Deferred::Frame { id, text }),
+            Ok(ClientFrame::Ack { .. }) => {}
+        }
+        None
+    }
+
+    /// What [`UserHub::on_message_now`] could not finish: a close for abuse (the channels and the
+    /// backend hear of it), or a frame that talks to a channel's root or stores a webhook event.
+    pub(super) async fn on_message_later(&self, ws: &WebSocket, deferred: Deferred) {
+        let (id, text) = match deferred {
+            Deferred::Close { id, code, reason } => return self.close_by_server(&id, code, reason, "abuse").await,
+            Deferred::Frame { id, text } => (id, text),
+        };
+        let config = match self.config() {
+            Ok(c) => c,
+            Err(e) => return send_error(ws, "internal_error", &e.to_string(), None, &[]),
+        };
+        match protocol::parse_client_frame(&text) {
             Ok(ClientFrame::Message { data, id: frame_id }) => self.upstream(ws, &id, data, frame_id).await,
             Ok(ClientFrame::Join { channel, id: frame_id }) => self.join(ws, &id, channel, frame_id).await,
             Ok(ClientFrame::Leave { channel, id: frame_id }) => self.leave(ws, &id, &channel, frame_id).await,
@@ -158,7 +231,8 @@ impl UserHub {
                 let publish = ClientPublish { channel, kind, payload, timeout_ms };
                 self.client_publish(ws, &id, publish, frame_id, &config).await
             }
-            Ok(ClientFrame::Ack { .. }) => {}
+            // Only the frames above are deferred (already checked and counted against the limit).
+            _ => {}
         }
     }
 
@@ -206,6 +280,10 @@ impl UserHub {
         };
         if updated != before {
             if let Err(e) = self.store_filters(id, &updated) {
+                // Memory goes back to what storage holds, so the two never differ after an eviction.
+                if let Some(conn) = self.conns.borrow_mut().as_mut().and_then(|c| c.get_mut(id)) {
+                    conn.filters = before;
+                }
                 log::error("storage_error", json!({ "op": "store_filters", "message": e.to_string() }));
                 return reply(&protocol::error_frame(
                     "internal_error",
@@ -247,8 +325,15 @@ impl UserHub {
             event["messageId"] = frame_id;
         }
         match self.enqueue_event(webhook::CLIENT_MESSAGE, &user_id, event).await {
-            Ok(true) => reply_ok(ws, frame_id),
-            Ok(false) => send_error(
+            Ok(Enqueued::Queued) => reply_ok(ws, frame_id),
+            Ok(Enqueued::Full) => send_error(
+                ws,
+                "backlog_full",
+                "this user's webhook queue is full (WEBHOOK_MAX_BACKLOG events wait for the backend): send it again later",
+                frame_id,
+                &[],
+            ),
+            Ok(Enqueued::Off) => send_error(
                 ws,
                 "no_backend",
                 "no backend webhook is configured to receive messages (set WEBHOOK_URL and WEBHOOK_SECRET)",
@@ -267,7 +352,9 @@ impl UserHub {
     pub(crate) async fn close_by_server(&self, id: &str, code: u16, reason: &str, by: &str) {
         let Some(conn) = self.forget(id) else { return };
         let _ = conn.ws.close(Some(code), Some(reason));
-        self.left_channels(&conn).await;
+        // A backend's kick ends the channel memberships at once: the linger is for clients that
+        // reconnect, and the backend has just said this one should not be there.
+        self.left_channels(&conn, by != "backend").await;
         log::info(
             "close",
             json!({ "userId": conn.user_id, "connectionId": id, "code": code, "reason": reason, "by": by }),
@@ -294,7 +381,7 @@ impl UserHub {
         let _ = self.ensure_loaded();
         // Unknown here means the server closed it first and has reported it already.
         let Some(conn) = self.forget(&id) else { return };
-        self.left_channels(&conn).await;
+        self.left_channels(&conn, true).await;
         log::info(
             "close",
             json!({ "userId": conn.user_id, "connectionId": id, "code": code, "reason": reason, "clean": was_clean, "by": "client" }),
@@ -307,7 +394,7 @@ impl UserHub {
         let Some(id) = conn_id(self, ws) else { return };
         let _ = self.ensure_loaded();
         let Some(conn) = self.forget(&id) else { return };
-        self.left_channels(&conn).await;
+        self.left_channels(&conn, true).await;
         log::error("socket_error", json!({ "connectionId": id, "message": error }));
         self.report_close(&conn, &id, 1011, "socket error", "error").await;
     }

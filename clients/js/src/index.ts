@@ -90,8 +90,15 @@ export interface ClientOptions {
   dedupeSize?: number;
   /** WebSocket constructor (default `globalThis.WebSocket`). */
   WebSocket?: WebSocketCtor;
-  /** fetch for the SSE transport (default `globalThis.fetch`). */
+  /** fetch for the SSE transport and for tickets (default `globalThis.fetch`). */
   fetch?: typeof fetch;
+  /**
+   * Exchange the token for a one-time, 30-second ticket (`POST /tickets`, token in the Authorization
+   * header) before each connection attempt, and put only the ticket in the URL, so the long-lived
+   * token never reaches request logs, proxies or browser history (default true). A server without
+   * `/tickets` (404/405) is remembered, and the token goes in the URL as before.
+   */
+  tickets?: boolean;
 }
 
 export interface CloseInfo {
@@ -238,6 +245,8 @@ export class SwitchboardClient {
   #attempt = 0;
   #conn: Conn | null = null;
   #token = "";
+  /** false once the server answered that it has no `/tickets`. */
+  #ticketsSupported = true;
   #timers = new Set<ReturnType<typeof setTimeout>>();
   #retryTimer?: ReturnType<typeof setTimeout>;
   #subs: Sub[] = [];
@@ -261,6 +270,7 @@ export class SwitchboardClient {
       connectTimeoutMs: 15000,
       resume: true,
       dedupeSize: 1000,
+      tickets: true,
       ...options,
       reconnect: options.reconnect === false ? false : { ...DEFAULTS, ...options.reconnect },
     } as any;
@@ -479,12 +489,49 @@ export class SwitchboardClient {
     this.#connectTimer = this.#later(this.#o.connectTimeoutMs, () => {
       if (gen === this.#gen && this.#state !== "open") this.#abandon(gen, 1006, `no welcome within ${this.#o.connectTimeoutMs} ms`);
     });
+    const credential = await this.#credential(gen, token);
+    if (!credential || gen !== this.#gen || !this.#wanted) return;
     try {
-      this.#conn = this.#o.transport === "sse" ? this.#openSse(gen, token) : this.#openWs(gen, token);
+      this.#conn = this.#o.transport === "sse" ? this.#openSse(gen, credential) : this.#openWs(gen, credential);
     } catch (e) {
       this.#error("transport_error", `could not open a connection: ${(e as Error)?.message ?? e}`, e);
       this.#closed(gen, 1006, "could not open");
     }
+  }
+
+  /**
+   * What goes in the connection URL: a one-time ticket for `token` when the server issues them, else
+   * the token itself. `undefined` when the attempt is over (refused, superseded, or failed and
+   * already reported).
+   */
+  async #credential(gen: number, token: string): Promise<[name: "ticket" | "token", value: string] | undefined> {
+    const f = this.#fetch;
+    if (!this.#o.tickets || !this.#ticketsSupported || !f) return ["token", token];
+    const u = this.#baseUrl("http");
+    u.pathname += "tickets";
+    let res: Response;
+    let body: any;
+    try {
+      res = await f(u.toString(), { method: "POST", headers: { authorization: `Bearer ${token}` }, cache: "no-store" });
+      body = await res.json().catch(() => undefined);
+    } catch (e) {
+      if (gen !== this.#gen || !this.#wanted) return undefined;
+      this.#error("transport_error", `POST /tickets failed: ${(e as Error)?.message ?? e}`, e);
+      this.#closed(gen, 1006, "tickets request failed");
+      return undefined;
+    }
+    if (gen !== this.#gen || !this.#wanted) return undefined;
+    if (res.ok && typeof body?.ticket === "string") return ["ticket", body.ticket];
+    if (res.status === 404 || res.status === 405) {
+      // An older server: the token goes in the URL, as it did before tickets existed.
+      this.#ticketsSupported = false;
+      return ["token", token];
+    }
+    const err = serverError(body, `POST /tickets answered ${res.status}`);
+    this.#error(err.code, err.message, body);
+    // As for a refused connect: an expired token (401), 429 and 5xx are retried with a fresh token.
+    this.#closed(gen, [400, 403].includes(res.status) ? 4500 : 1006, `HTTP ${res.status} ${err.code}`);
+    return undefined;
   }
 
   /** Stops the current connection without reporting anything. */
@@ -547,10 +594,10 @@ export class SwitchboardClient {
     this.#retryTimer = setTimeout(() => this.#wanted && this.#open("reconnecting"), delay);
   }
 
-  #openWs(gen: number, token: string): Conn {
+  #openWs(gen: number, [name, value]: ["ticket" | "token", string]): Conn {
     if (!this.#WS) throw new SwitchboardError("unsupported", "no WebSocket implementation: pass options.WebSocket");
     const u = this.#baseUrl("ws");
-    u.searchParams.set("token", token);
+    u.searchParams.set(name, value);
     const ws = new this.#WS(u.toString());
     ws.onmessage = (ev) => {
       if (gen !== this.#gen) return;
@@ -585,12 +632,12 @@ export class SwitchboardClient {
   #pong?: ReturnType<typeof setTimeout>;
   #connectTimer?: ReturnType<typeof setTimeout>;
 
-  #openSse(gen: number, token: string): Conn {
+  #openSse(gen: number, [name, value]: ["ticket" | "token", string]): Conn {
     const f = this.#fetch;
     if (!f) throw new SwitchboardError("unsupported", "no fetch implementation: pass options.fetch");
     const u = this.#baseUrl("http");
     u.pathname += "sse";
-    u.searchParams.set("token", token);
+    u.searchParams.set(name, value);
     u.searchParams.set("filters", JSON.stringify([...this.#held.values()].map((h) => h.filter)));
     // `since` rather than a Last-Event-ID header: a custom header would need a CORS preflight.
     if (this.#o.resume && this.#cursor !== undefined) u.searchParams.set("since", String(this.#cursor));

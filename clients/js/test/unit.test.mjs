@@ -75,6 +75,7 @@ function setup(opts = {}) {
   const { FakeWS, all } = fakeSockets();
   let tokens = 0;
   const client = new SwitchboardClient({
+    tickets: false,
     url: "http://sb.test:8787",
     token: () => `tok${++tokens}`,
     WebSocket: FakeWS,
@@ -149,10 +150,10 @@ test("Recent keeps the newest entries only", () => {
 test("bad options and filters are refused with clear errors", () => {
   const { FakeWS } = fakeSockets();
   assert.throws(() => new SwitchboardClient({ token: "t" }), /url/);
-  assert.throws(() => new SwitchboardClient({ url: "ftp://x", token: "t", WebSocket: FakeWS }), /http\(s\) or ws\(s\)/);
-  assert.throws(() => new SwitchboardClient({ url: "http://x", token: 5 }), /token/);
-  assert.throws(() => new SwitchboardClient({ url: "http://x", token: "t", transport: "carrier-pigeon" }), /transport/);
-  const c = new SwitchboardClient({ url: "http://x", token: "t", WebSocket: FakeWS });
+  assert.throws(() => new SwitchboardClient({ tickets: false, url: "ftp://x", token: "t", WebSocket: FakeWS }), /http\(s\) or ws\(s\)/);
+  assert.throws(() => new SwitchboardClient({ tickets: false, url: "http://x", token: 5 }), /token/);
+  assert.throws(() => new SwitchboardClient({ tickets: false, url: "http://x", token: "t", transport: "carrier-pigeon" }), /transport/);
+  const c = new SwitchboardClient({ tickets: false, url: "http://x", token: "t", WebSocket: FakeWS });
   assert.throws(() => c.subscribe([], () => {}), /at least one filter/);
   assert.throws(() => c.subscribe([{ room: "r" }], () => {}), /non-empty string `type`/);
   assert.throws(() => c.subscribe([{ type: "a", n: 1 }], () => {}), /`n` must be a string/);
@@ -286,6 +287,7 @@ test("maxAttempts gives up; a failing token provider is retried like a failed co
   let calls = 0;
   const { FakeWS, all } = fakeSockets();
   const client = new SwitchboardClient({
+    tickets: false,
     url: "ws://x",
     WebSocket: FakeWS,
     token: async () => {
@@ -448,6 +450,7 @@ function fakeSse() {
 test("sse: filters in the query, events parsed across chunk boundaries, acks over POST /ack, Last-Event-ID on reconnect", async () => {
   const { f, streams, acks } = fakeSse();
   const client = new SwitchboardClient({
+    tickets: false,
     url: "https://sb.test/base",
     token: (() => {
       let n = 0;
@@ -507,7 +510,7 @@ test("sse: filters in the query, events parsed across chunk boundaries, acks ove
 
 test("sse: a subscription added while the stream is still connecting reopens it with the new filters", async () => {
   const { f, streams } = fakeSse();
-  const client = new SwitchboardClient({ url: "http://sb.test", token: "t", transport: "sse", fetch: f });
+  const client = new SwitchboardClient({ tickets: false, url: "http://sb.test", token: "t", transport: "sse", fetch: f });
   const a = client.subscribe({ type: "a" }, () => {});
   client.connect();
   const s1 = await waitFor(() => streams[0]);
@@ -528,10 +531,46 @@ test("sse: an HTTP refusal is reported with the server's code; 400 stops, 401 re
     const status = statuses[n++];
     return new Response(JSON.stringify({ error: status === 401 ? "token_expired" : "invalid_filter", message: `m${status}` }), { status });
   };
-  const client = new SwitchboardClient({ url: "http://x", token: () => `t${n}`, transport: "sse", fetch: f, reconnect: { minDelayMs: 1, jitter: 0 } });
+  const client = new SwitchboardClient({ tickets: false, url: "http://x", token: () => `t${n}`, transport: "sse", fetch: f, reconnect: { minDelayMs: 1, jitter: 0 } });
   const errors = [];
   client.on("error", (e) => errors.push(e));
   client.connect();
   await waitFor(() => client.state === "closed" && n === 2, 1000, "closed after the 400");
   assert.deepEqual(errors.slice(0, 2).map((e) => [e.code, e.message]), [["token_expired", "m401"], ["invalid_filter", "m400"]]);
+});
+
+test("tickets: the token is exchanged at POST /tickets and only the ticket goes in the URL; a server without /tickets gets the token", async () => {
+  const posts = [];
+  const answers = [
+    () => new Response(JSON.stringify({ ticket: "T1", expiresIn: 30 }), { status: 200 }),
+    () => new Response(JSON.stringify({ error: "token_expired", message: "expired" }), { status: 401 }),
+    () => new Response(JSON.stringify({ ticket: "T2", expiresIn: 30 }), { status: 200 }),
+  ];
+  const f = async (url, init = {}) => {
+    posts.push({ url: new URL(url), method: init.method, auth: init.headers?.authorization });
+    return answers[posts.length - 1]();
+  };
+  const t = setup({ tickets: true, fetch: f });
+  const ws = await open(t);
+  assert.deepEqual([posts[0].url.pathname, posts[0].method, posts[0].auth], ["/tickets", "POST", "Bearer tok1"]);
+  assert.equal(ws.url.searchParams.get("ticket"), "T1");
+  assert.equal(ws.url.searchParams.get("token"), null, "the token stays out of the URL");
+  // A refused exchange is reported and retried with a fresh token, like a refused connect.
+  ws.drop(1006);
+  const ws2 = await waitFor(() => t.all[1], 1000, "a second socket");
+  assert.equal(ws2.url.searchParams.get("ticket"), "T2");
+  assert.equal(posts[2].auth, "Bearer tok3");
+  assert.deepEqual(t.errors.map((e) => e.code), ["token_expired"]);
+  t.client.close();
+
+  // An older server answers 404: the token goes in the URL, and /tickets is not asked again.
+  let asked = 0;
+  const old = setup({ tickets: true, fetch: async () => (asked++, new Response("{}", { status: 404 })) });
+  const w1 = await open(old);
+  assert.equal(w1.url.searchParams.get("token"), "tok1");
+  w1.drop(1006);
+  const w2 = await waitFor(() => old.all[1], 1000, "a second socket");
+  assert.equal(w2.url.searchParams.get("token"), "tok2");
+  assert.equal(asked, 1);
+  old.client.close();
 });

@@ -353,4 +353,31 @@ mod tests {
             assert_eq!(parse_client_frame(frame).unwrap_err().code, code, "{frame}");
         }
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            /// Any text as a client frame: a frame or a clean error code, never a panic.
+            #[test]
+            fn any_client_frame_is_handled(text in ".{0,300}") {
+                if let Err(e) = parse_client_frame(&text) {
+                    prop_assert!(!e.code.is_empty());
+                }
+            }
+
+            /// JSON-shaped frames with hostile field values: a frame or a clean error code.
+            #[test]
+            fn json_frames_are_handled(kind in prop_oneof![Just("subscribe"), Just("ack"), Just("message"), Just("join"), Just("publish"), Just("x")],
+                                       field in "[a-zA-Z]{1,10}", value in "(null|true|1|-1|\"s\"|\\[\\]|\\{\\}|1e400|\"\\\\u0000\")") {
+                let text = format!(r#"{{"type":"{kind}","{field}":{value},"id":{value}}}"#);
+                if let Err(e) = parse_client_frame(&text) {
+                    prop_assert!(!e.code.is_empty());
+                }
+            }
+        }
+    }
 }

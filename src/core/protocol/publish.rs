@@ -1,5 +1,8 @@
 //! The backend's side of the API: the `POST /publish` body (one user, `userIds`, or a channel), its
 //! answer, the `POST /ack` body, and `Idempotency-Key` checks.
+//!
+//! Why one file: the body, its answer (and the trimmed form stored for retries) are one contract
+//! with the backend; more than half of the file is its unit and property tests.
 
 use super::{null, MAX_TYPE_BYTES};
 use crate::core::error::Error;
@@ -150,14 +153,25 @@ pub fn parse_publish(body: &[u8]) -> Result<PublishRequest<'_>, Error> {
                 Recipients::One(s)
             }
             (None | Some(Value::Null), Some(Value::Array(list))) => {
+                // Refused by length before any per-entry work: de-duplicating a 1 MiB list is not free.
+                if list.len() > MAX_PUBLISH_USERS_LIMIT {
+                    return Err(Error::bad_request(
+                        "invalid_user_ids",
+                        format!(
+                            "`userIds` names {} users; at most {MAX_PUBLISH_USERS_LIMIT} (MAX_PUBLISH_USERS is at most that)",
+                            list.len()
+                        ),
+                    ));
+                }
                 let mut ids: Vec<String> = Vec::with_capacity(list.len());
+                let mut seen = std::collections::HashSet::with_capacity(list.len());
                 for (i, v) in list.into_iter().enumerate() {
                     let Value::String(id) = v else {
                         return Err(Error::bad_request("invalid_user_ids", format!("`userIds[{i}]` must be a string")));
                     };
                     crate::core::auth::check_user_id(&id)
                         .map_err(|m| Error::bad_request("invalid_user_ids", format!("`userIds[{i}]`: {m}")))?;
-                    if !ids.contains(&id) {
+                    if seen.insert(id.clone()) {
                         ids.push(id);
                     }
                 }
@@ -239,9 +253,42 @@ pub struct PublishResponse<'a> {
     pub lingering: bool,
 }
 
+/// A publish answer cut down to be stored for `Idempotency-Key` retries under `max` bytes: the ack
+/// results (client-controlled and unbounded in number) are left out, the rest kept, and
+/// `"trimmed": true` says so. If even that is too large (thousands of connection ids), only the
+/// envelope's identity and the counts remain.
+pub fn trimmed_answer<T: Serialize>(response: &T, max: usize) -> String {
+    let mut v = serde_json::to_value(response).unwrap_or_default();
+    let Some(map) = v.as_object_mut() else { return r#"{"trimmed":true}"#.to_string() };
+    if let Some(results) = map.get_mut("results") {
+        *results = Value::Array(Vec::new());
+    }
+    if let Some(Value::Array(acks)) = map.get_mut("acks") {
+        for ack in acks.iter_mut() {
+            if let Some(a) = ack.as_object_mut() {
+                a.remove("result");
+            }
+        }
+    }
+    map.insert("trimmed".into(), Value::Bool(true));
+    let text = v.to_string();
+    if text.len() <= max {
+        return text;
+    }
+    let count = |key: &str| v.get(key).and_then(Value::as_array).map_or(0, Vec::len);
+    serde_json::json!({
+        "envelopeId": v["envelopeId"], "seq": v["seq"], "clientCount": v["clientCount"],
+        "acked": count("acks"), "pendingCount": count("pending"), "closedCount": count("closed"),
+        "results": [], "acks": [], "pending": [], "closed": [], "trimmed": true,
+    })
+    .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
     #[test]
     fn ack_body_checks() {
         let a = parse_ack(br#"{"connectionId":"c","envelopeId":"e","result":[1]}"#).unwrap();
@@ -325,6 +372,143 @@ mod tests {
         assert_eq!(
             parse_publish(br#"{"channel":"r","connectionId":"c"}"#).unwrap_err().code(),
             "invalid_connection_id"
+        );
+    }
+
+    #[test]
+    fn a_huge_user_ids_list_is_refused_by_length_first() {
+        let ids: Vec<String> = (0..MAX_PUBLISH_USERS_LIMIT + 1).map(|i| format!("u{i}")).collect();
+        let body = json!({ "userIds": ids }).to_string();
+        let err = parse_publish(body.as_bytes()).unwrap_err();
+        assert_eq!(err.code(), "invalid_user_ids");
+        assert!(err.to_string().contains("MAX_PUBLISH_USERS"));
+        // Duplicates anywhere in a long list collapse, first occurrence first.
+        let mut ids: Vec<String> = (0..5000).map(|i| format!("u{}", i % 2500)).collect();
+        ids.reverse();
+        let body = json!({ "userIds": ids }).to_string();
+        match parse_publish(body.as_bytes()).unwrap().recipients {
+            Recipients::Many(list) => {
+                assert_eq!(list.len(), 2500);
+                assert_eq!(list[0], "u2499");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// JSON values of some depth, for payloads and hostile fields.
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(|n| json!(n)),
+                "[a-zA-Z0-9 é🙂\\\"\n]{0,12}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    proptest::collection::btree_map("[a-zA-Z]{1,8}", inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            /// Any bytes as a publish body: accepted or refused with a 4xx and a stable code, never a panic.
+            #[test]
+            fn any_bytes_are_refused_cleanly(body in proptest::collection::vec(any::<u8>(), 0..400)) {
+                if let Err(e) = parse_publish(&body) {
+                    prop_assert!((400..500).contains(&e.status()), "{e:?}");
+                    prop_assert!(!e.code().is_empty());
+                }
+            }
+
+            /// Any JSON object with the publish fields set to arbitrary values: the same.
+            #[test]
+            fn any_json_fields_are_refused_cleanly(user_id in proptest::option::of(json_value()),
+                                                   user_ids in proptest::option::of(json_value()),
+                                                   kind in proptest::option::of(json_value()),
+                                                   payload in proptest::option::of(json_value()),
+                                                   timeout in proptest::option::of(json_value()),
+                                                   conn in proptest::option::of(json_value())) {
+                let mut body = serde_json::Map::new();
+                for (k, v) in [("userId", user_id), ("userIds", user_ids), ("type", kind), ("payload", payload),
+                               ("timeoutMs", timeout), ("connectionId", conn)] {
+                    if let Some(v) = v {
+                        body.insert(k.to_string(), v);
+                    }
+                }
+                let text = Value::Object(body).to_string();
+                if let Err(e) = parse_publish(text.as_bytes()) {
+                    prop_assert!((400..500).contains(&e.status()), "{e:?}");
+                }
+            }
+
+            /// A well-formed publish round-trips: recipients (de-duplicated in order), type, payload.
+            #[test]
+            fn valid_publishes_round_trip(users in proptest::collection::vec("[a-z0-9é]{1,6}", 1..20),
+                                          kind in "[a-z.]{1,20}", payload in json_value(), many in any::<bool>()) {
+                let body = if many {
+                    json!({ "userIds": users, "type": kind, "payload": payload })
+                } else {
+                    json!({ "userId": users[0], "type": kind, "payload": payload })
+                };
+                let text = body.to_string();
+                let p = parse_publish(text.as_bytes()).unwrap();
+                prop_assert_eq!(&p.kind, &kind);
+                let back: Value = serde_json::from_str(p.payload.get()).unwrap();
+                prop_assert_eq!(back, payload);
+                match p.recipients {
+                    Recipients::Many(list) => {
+                        let mut want: Vec<String> = Vec::new();
+                        for u in &users {
+                            if !want.contains(u) {
+                                want.push(u.clone());
+                            }
+                        }
+                        prop_assert!(many);
+                        prop_assert_eq!(list, want);
+                    }
+                    Recipients::One(u) => {
+                        prop_assert!(!many);
+                        prop_assert_eq!(u, users[0].clone());
+                    }
+                    Recipients::Channel(_) => prop_assert!(false, "not a channel publish"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_trimmed_answer_keeps_identity_and_drops_results() {
+        let big = RawValue::from_string(format!("\"{}\"", "r".repeat(5000))).unwrap();
+        let response = PublishResponse {
+            envelope_id: "e1",
+            seq: 7,
+            client_count: 2,
+            results: vec![&big, &big],
+            acks: vec![AckOut { connection_id: "c1", result: &big }, AckOut { connection_id: "c2", result: &big }],
+            pending: vec![],
+            closed: vec![],
+            duplicate: false,
+            joined: None,
+            lingering: false,
+        };
+        let t: Value = serde_json::from_str(&trimmed_answer(&response, 2000)).unwrap();
+        assert_eq!(t["envelopeId"], "e1");
+        assert_eq!(t["seq"], 7);
+        assert_eq!(t["trimmed"], true);
+        assert_eq!(t["results"], json!([]));
+        assert_eq!(t["acks"], json!([{"connectionId": "c1"}, {"connectionId": "c2"}]));
+        let tiny: Value = serde_json::from_str(&trimmed_answer(&response, 50)).unwrap();
+        assert_eq!(
+            (tiny["seq"].as_u64(), tiny["acked"].as_u64(), tiny["trimmed"].as_bool()),
+            (Some(7), Some(2), Some(true))
         );
     }
 }

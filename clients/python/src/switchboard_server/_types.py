@@ -1,0 +1,118 @@
+"""The shapes of the API's answers and webhook events (TypedDicts: plain dicts at run time)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Literal, TypedDict, Union
+
+if sys.version_info >= (3, 11):
+    from typing import NotRequired
+else:  # pragma: no cover
+    from typing_extensions import NotRequired
+
+
+class Ack(TypedDict):
+    connectionId: str
+    result: Any
+
+
+class PublishResult(TypedDict):
+    """The answer to a publish to one user."""
+
+    envelopeId: str
+    seq: int
+    clientCount: int
+    results: list[Any]
+    acks: list[Ack]
+    pending: list[str]
+    closed: list[str]
+    duplicate: NotRequired[Literal[True]]
+    inProgress: NotRequired[Literal[True]]
+    joined: NotRequired[int]
+    lingering: NotRequired[Literal[True]]
+
+
+class UserResult(PublishResult):
+    userId: str
+
+
+class UserFailure(TypedDict):
+    userId: str
+    status: int
+    error: str
+    message: str
+
+
+class RelayFailure(TypedDict):
+    relay: str
+    users: int
+    status: int
+    error: str
+    message: str
+
+
+class Totals(TypedDict):
+    users: int
+    succeeded: int
+    failed: int
+    clientCount: int
+    acked: int
+    pending: int
+    closed: int
+    pruned: NotRequired[int]
+
+
+class MultiPublishResult(TypedDict):
+    """The answer to a ``user_ids`` publish: every user's outcome in the order asked."""
+
+    clientCount: int
+    results: list[Any]
+    totals: Totals
+    users: list[Union[UserResult, UserFailure]]
+
+
+class ChannelPublishResult(TypedDict):
+    """The answer to a channel publish (at most 1,000 entries in ``users``, failures first)."""
+
+    channel: str
+    clientCount: int
+    results: list[Any]
+    totals: Totals
+    users: list[Union[UserResult, UserFailure, RelayFailure]]
+    truncated: bool
+
+
+class Connection(TypedDict):
+    connectionId: str
+    transport: Literal["websocket", "sse"]
+    connectedAt: str
+    expiresAt: str | None
+    closesAt: str | None
+    filters: list[dict[str, str]]
+    lastPingAt: str | None
+
+
+class MembersPage(TypedDict):
+    channel: str
+    count: int
+    members: list[str]
+    nextCursor: str | None
+
+
+class SwitchboardEvent(TypedDict):
+    """A CloudEvent: ``type`` is ``switchboard.connection.opened.v1``, ``switchboard.connection.closed.v1``
+    or ``switchboard.client.message.v1``; ``subject`` is the user id; ``id`` is the same on every retry."""
+
+    specversion: Literal["1.0"]
+    id: str
+    source: str
+    type: str
+    subject: str
+    time: str
+    datacontenttype: str
+    data: dict[str, Any]
+
+
+def is_failure(outcome: dict[str, Any]) -> bool:
+    """Whether a per-user entry of a multi-user or channel publish is a failure."""
+    return isinstance(outcome.get("error"), str)

@@ -1,0 +1,33 @@
+// Type-level tests, compiled (not run) by build.mjs: the publish overloads give each target its answer
+// type, and misuse does not compile (each @ts-expect-error must be an error, or the build fails).
+import { Switchboard, isFailure, mintToken, verifyWebhook, type SwitchboardEvent } from "../dist/index.js";
+
+declare const sb: Switchboard;
+export async function check(): Promise<void> {
+  const one = await sb.publish({ userId: "a", payload: { x: 1 } });
+  const seq: number = one.seq;
+  const results: unknown[] = one.results;
+  const many = await sb.publish({ userIds: ["a", "b"] });
+  const acked: number = many.totals.acked;
+  for (const u of many.users) if (!isFailure(u)) console.log(u.envelopeId);
+  const room = await sb.publish({ channel: "room:1" });
+  const truncated: boolean = room.truncated;
+  // @ts-expect-error a user publish has no totals
+  console.log(one.totals);
+  // @ts-expect-error connectionId applies to a single user
+  await sb.publish({ userIds: ["a"], connectionId: "c" });
+  // @ts-expect-error one target only
+  await sb.publish({ userId: "a", channel: "room:1" });
+  for await (const page of sb.members("room:1")) console.log(page.members.length, page.nextCursor);
+  const token: string = await mintToken({ secret: "s", userId: "a" });
+  const event: SwitchboardEvent = verifyWebhook("s", "{}", new Headers());
+  if (event.type === "switchboard.connection.closed.v1") {
+    const code: number = event.data.code;
+    console.log(code);
+  }
+  if (event.type === "switchboard.client.message.v1") {
+    // @ts-expect-error only closed events have a close code
+    console.log(event.data.code);
+  }
+  console.log(seq, results, acked, truncated, token);
+}

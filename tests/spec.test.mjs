@@ -1,0 +1,326 @@
+// The machine-readable specs against the real Worker: every HTTP route of docs/openapi.yaml and every
+// WebSocket/SSE frame of docs/asyncapi.yaml is exercised on the built Worker in workerd, and every
+// request, answer, frame and close code seen is validated against them (tests/spec.mjs, ajv). The last
+// test fails if a documented route or frame was not exercised, so the specs and the suite move together.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import { createRequire } from "node:module";
+import path from "node:path";
+import Ajv from "ajv";
+import WebSocket from "ws";
+import { startWorker, Client, SseClient, clientToken, publishToken, now, ROOT } from "./harness.mjs";
+import { checkRequest, checkResponse, checkErrorBody, checkFrame, checkClose, covered, operations, messages, asyncapi, openapi } from "./spec.mjs";
+
+let w;
+before(async () => (w = await startWorker({ HISTORY_LIMIT: "3", MAX_PUBLISH_BYTES: "4096", MAX_FRAME_BYTES: "2048", MAX_CONNECTIONS_PER_USER: "3" })));
+after(() => w?.stop());
+
+let n = 0;
+const uid = (p = "spec") => `${p}-${++n}-${Math.random().toString(36).slice(2, 8)}`;
+const sockets = [];
+
+/** A harness client whose every sent and received frame is checked against asyncapi.yaml. */
+async function connect(token, opts) {
+  const c = await Client.connect(w, token, opts);
+  const send = c.send.bind(c);
+  c.send = (frame) => {
+    if (!Buffer.isBuffer(frame)) checkFrame(typeof frame === "string" ? frame : JSON.parse(JSON.stringify(frame)), "send");
+    send(frame);
+  };
+  sockets.push(c);
+  return c;
+}
+/** Validates everything a client received (call at the end of each test that uses sockets). */
+function checkReceived(c) {
+  for (const f of c.log) checkFrame(f, "receive");
+}
+
+/** An HTTP call, validated: request body (when JSON) and answer against the route's operation. */
+async function call(method, url, route, { body, token = publishToken(), headers = {}, raw } = {}) {
+  const h = { ...headers };
+  if (token) h.authorization = `Bearer ${token}`;
+  if (body !== undefined || raw !== undefined) h["content-type"] ??= "application/json";
+  const res = await fetch(`${w.url}${url}`, { method, headers: h, body: raw ?? (body === undefined ? undefined : JSON.stringify(body)) });
+  const text = await res.text();
+  const json = text ? JSON.parse(text) : undefined;
+  if (body !== undefined && res.status === 200) checkRequest(method, route, body);
+  checkResponse(method, route, res.status, method === "HEAD" ? undefined : json);
+  return { status: res.status, body: json, headers: res.headers };
+}
+
+test("docs/asyncapi.yaml is a valid AsyncAPI 3.0.0 document (the official schema, @asyncapi/specs)", () => {
+  const schema = createRequire(import.meta.url)("@asyncapi/specs").schemas["3.0.0"];
+  // The official schema embeds its own copy of the draft-07 meta-schema, so Ajv's built-in one stays out.
+  const validate = new Ajv({ strict: false, allErrors: true, meta: false, validateSchema: false }).compile(schema);
+  assert.ok(validate(asyncapi), JSON.stringify(validate.errors?.slice(0, 5)));
+});
+
+test("/publish: user, userIds and channel publishes and every error answer match openapi.yaml", async () => {
+  const u = uid();
+  const c = await connect(clientToken(u, { channels: ["room:*"] }), { autoAck: () => ({ ok: 1 }) });
+  assert.equal((await c.subscribe([{ type: "t" }], { id: "s" })).type, "ok");
+  const one = await call("POST", "/publish", "/publish", { body: { userId: u, type: "t", payload: { a: 1 }, timeoutMs: 2000 } });
+  assert.deepEqual([one.status, one.body.results], [200, [{ ok: 1 }]]);
+  const key = { "idempotency-key": `k-${u}` };
+  await call("POST", "/publish", "/publish", { body: { userId: u, type: "t" }, headers: key });
+  const dup = await call("POST", "/publish", "/publish", { body: { userId: u, type: "t" }, headers: key });
+  assert.equal(dup.body.duplicate, true);
+  const many = await call("POST", "/publish", "/publish", { body: { userIds: [u, uid()], type: "t" } });
+  assert.equal(many.body.totals.users, 2);
+  const channel = `room:${uid()}`;
+  assert.equal((await c.request({ type: "join", channel, id: "j" })).type, "ok");
+  const ch = await call("POST", "/publish", "/publish", { body: { channel, type: "t", payload: "x" } });
+  assert.equal(ch.body.totals.acked, 1);
+  const target = await call("POST", "/publish", "/publish", { body: { userId: u, connectionId: c.id, type: "t" } });
+  assert.equal(target.body.clientCount, 1);
+
+  const errors = [
+    [{ raw: "{nope" }, 400, "invalid_json"],
+    [{ body: [1] }, 400, "invalid_body"],
+    [{ body: { type: "t" } }, 400, "invalid_user_id"],
+    [{ body: { userIds: [] } }, 400, "invalid_user_ids"],
+    [{ body: { userId: u, type: "" } }, 400, "invalid_type"],
+    [{ body: { userIds: [u], connectionId: "c" } }, 400, "invalid_connection_id"],
+    [{ body: { channel: "bad name" } }, 400, "invalid_channel"],
+    [{ body: { userId: u, timeoutMs: -1 } }, 400, "invalid_timeout"],
+    [{ body: { userId: u }, headers: { "idempotency-key": "has space" } }, 400, "invalid_idempotency_key"],
+    [{ body: { userId: u }, token: null }, 401, "missing_token"],
+    [{ body: { userId: u }, token: "x.y.z" }, 401, "invalid_token"],
+    [{ body: { userId: u }, token: publishToken({ exp: now() - 3600 }) }, 401, "token_expired"],
+    [{ body: { userId: u }, token: publishToken({ nbf: now() + 3600 }) }, 401, "token_not_yet_valid"],
+    [{ body: { userId: u }, token: clientToken(u) }, 403, "forbidden"],
+    [{ body: { userId: u, connectionId: "gone" } }, 404, "connection_not_found"],
+    [{ body: { userId: u, type: "other" }, headers: key }, 409, "idempotency_conflict"],
+    [{ body: { userId: u, payload: "x".repeat(5000) } }, 413, "payload_too_large"],
+    [{ body: { userId: u }, headers: { "content-type": "text/plain" } }, 415, "unsupported_media_type"],
+  ];
+  for (const [opts, status, code] of errors) {
+    const r = await call("POST", "/publish", "/publish", opts);
+    assert.deepEqual([r.status, r.body.error], [status, code], JSON.stringify(opts).slice(0, 200));
+  }
+  await c.close();
+  checkReceived(c);
+});
+
+test("WebSocket: every client frame and every server frame kind, validated against asyncapi.yaml", async () => {
+  const u = uid();
+  const peer = uid();
+  const grants = { channels: ["room:*"], publishChannels: ["room:*"] };
+  const c = await connect(clientToken(u, grants));
+  const other = await connect(clientToken(peer, grants), { autoAck: () => "peer" });
+  c.send("ping");
+  await c.next((f) => f === "pong");
+  // Frames the spec does not allow go through the raw socket (the checked `send` would refuse them).
+  c.ws.send(JSON.stringify({ type: "subscribe", filters: [{ type: "t" }, { nope: 1 }], id: 1 }));
+  assert.equal((await c.next((f) => f.id === 1)).code, "invalid_filter");
+  assert.equal((await c.request({ type: "unsubscribe", filters: [{ type: "zzz" }], id: 2 })).type, "ok");
+  const pending = call("POST", "/publish", "/publish", { body: { userId: u, type: "t", payload: { n: 1 } } });
+  const env = await c.next((f) => f.envelopeId);
+  c.send({ type: "ack", envelopeId: env.envelopeId, result: { seen: true } });
+  assert.deepEqual((await pending).body.results, [{ seen: true }]);
+  assert.equal((await c.request({ type: "ack", envelopeId: "unknown", id: 3 })).code, "unknown_envelope");
+  assert.equal((await c.request({ type: "message", data: { hi: 1 }, id: 4 })).code, "no_backend");
+  const channel = `room:${uid()}`;
+  for (const s of [c, other]) assert.equal((await s.request({ type: "join", channel, id: "j" })).type, "ok");
+  const ok = await c.request({ type: "publish", channel, event: "typing", payload: { on: true }, id: 5 });
+  assert.deepEqual([ok.type, ok.totals.acked], ["ok", 1]);
+  const fromPeer = await other.next((f) => f.envelopeId && f.channel === channel);
+  assert.equal(fromPeer.from, u);
+  assert.equal((await c.request({ type: "leave", channel, id: 6 })).type, "ok");
+  c.ws.send("{not json");
+  assert.equal((await c.next((f) => f.type === "error" && f.code === "invalid_json")).code, "invalid_json");
+  c.ws.send(JSON.stringify({ type: "bogus", id: 7 }));
+  assert.equal((await c.next((f) => f.code === "unknown_type")).id, 7);
+  c.ws.send(JSON.stringify({ type: "subscribe", id: 8 }));
+  assert.equal((await c.next((f) => f.code === "invalid_frame")).id, 8);
+  c.ws.send(Buffer.from([1, 2, 3]));
+  assert.equal((await c.next((f) => f.code === "unsupported_frame")).type, "error");
+  // Resume with a gap: HISTORY_LIMIT is 3, so of 5 envelopes only the last 3 are replayed.
+  const r = uid();
+  for (let i = 0; i < 5; i++) await call("POST", "/publish", "/publish", { body: { userId: r, type: "h", payload: i, timeoutMs: 0 } });
+  const late = await connect(clientToken(r));
+  assert.equal((await late.subscribe([{ type: "h" }], { since: 0, id: "resume" })).type, "ok");
+  const gap = late.log.find((f) => f.type === "gap");
+  assert.deepEqual([gap.from, gap.to], [1, 2]);
+  assert.deepEqual(late.log.filter((f) => f.replayed).map((f) => f.seq), [3, 4, 5]);
+  for (const s of [c, other, late]) checkReceived(s);
+  checkClose((await c.close(4321, "bye")).code, 4321);
+  await Promise.all([other.close(), late.close()]);
+});
+
+test("close codes the server sends are documented: 4002 (backend), 4009 (frame too large), 1000", async () => {
+  const u = uid();
+  const a = await connect(clientToken(u));
+  await call("DELETE", `/users/${u}/connections/${a.id}`, "/users/{userId}/connections/{connectionId}");
+  await a.closeFrame();
+  // Local workerd ends the TCP connection of a kicked socket only when the hub idles out (~10 s), so read
+  // the code from the close frame itself, which `ws` records on arrival.
+  const code = a.ws._closeCode;
+  checkClose(code);
+  assert.equal(code, 4002);
+  const b = await connect(clientToken(u));
+  b.ws.send(JSON.stringify({ type: "message", data: "x".repeat(3000) }));
+  const big = await b.closed;
+  checkClose(big.code);
+  assert.equal(big.code, 4009);
+  const c = await connect(clientToken(u));
+  c.ws.close();
+  checkClose((await c.closed).code);
+});
+
+test("SSE: events, /ack and the error answers match the specs", async () => {
+  const u = uid();
+  const token = clientToken(u);
+  const s = await SseClient.open(w, token, { filters: [{ type: "t" }, { bad: 1 }] });
+  assert.equal(s.status, 200);
+  checkResponse("GET", "/sse", 200);
+  const refused = await s.next((e) => e.json?.type === "error");
+  assert.equal(refused.json.code, "invalid_filter");
+  const pub = call("POST", "/publish", "/publish", { body: { userId: u, type: "t", payload: 1 } });
+  const env = await s.next((e) => e.json?.envelopeId);
+  const ackBody = { connectionId: s.id, envelopeId: env.json.envelopeId, result: "sse" };
+  checkRequest("POST", "/ack", ackBody);
+  const recorded = await call("POST", "/ack", "/ack", { body: ackBody, token });
+  assert.equal(recorded.body.status, "recorded");
+  assert.deepEqual((await pub).body.results, ["sse"]);
+  await s.close();
+  // A resume with a gap over SSE (HISTORY_LIMIT 3).
+  const r = uid();
+  for (let i = 0; i < 5; i++) await call("POST", "/publish", "/publish", { body: { userId: r, type: "t", payload: i, timeoutMs: 0 } });
+  const again = await SseClient.open(w, clientToken(r), { filters: [{ type: "t" }], lastEventId: 0 });
+  await again.next((e) => e.json?.seq === 5);
+  for (const e of [...s.events, ...again.events, { json: s.welcome }, { json: again.welcome }, refused, env]) if (e.json) checkFrame(e.json, "receive", "sse");
+  assert.ok(again.raw.includes('"type":"gap"'), "a gap event");
+  for (const line of again.raw.split("\n").filter((l) => l.startsWith("data: {\"type\":\"gap\""))) checkFrame(JSON.parse(line.slice(6)), "receive", "sse");
+  await again.close();
+
+  const errors = [
+    [`/sse?token=${token}&filters=notjson`, 400, "invalid_filters"],
+    [`/sse?token=${token}&since=abc`, 400, "invalid_since"],
+    [`/sse`, 401, "missing_token"],
+  ];
+  for (const [url, status, code] of errors) {
+    const res = await fetch(`${w.url}${url}`);
+    const body = await res.json();
+    checkResponse("GET", "/sse", res.status, body);
+    assert.deepEqual([res.status, body.error], [status, code]);
+  }
+  for (const [body, status, code] of [
+    [{ connectionId: "x" }, 400, "invalid_ack"],
+    [{ connectionId: "nope", envelopeId: "e" }, 404, "connection_not_found"],
+  ]) {
+    const r2 = await call("POST", "/ack", "/ack", { body, token });
+    assert.deepEqual([r2.status, r2.body.error], [status, code]);
+  }
+  const live = await SseClient.open(w, token, { filters: [{ type: "t" }] });
+  const unknown = await call("POST", "/ack", "/ack", { body: { connectionId: live.id, envelopeId: "e" }, token });
+  assert.deepEqual([unknown.status, unknown.body.error], [404, "unknown_envelope"]);
+  const dupPub = call("POST", "/publish", "/publish", { body: { userId: u, type: "t", timeoutMs: 300 } });
+  const e2 = await live.next((e) => e.json?.envelopeId);
+  for (let i = 0; i < 2; i++) await call("POST", "/ack", "/ack", { body: { connectionId: live.id, envelopeId: e2.json.envelopeId }, token });
+  assert.equal(covered.http.has("POST /ack 200"), true);
+  await dupPub;
+  await live.close();
+  // MAX_CONNECTIONS_PER_USER is 3: the fourth connection is refused with 429.
+  const full = uid();
+  const held = [];
+  for (let i = 0; i < 3; i++) held.push(await connect(clientToken(full)));
+  const res = await fetch(`${w.url}/sse?token=${clientToken(full)}`);
+  const body = await res.json();
+  checkResponse("GET", "/sse", res.status, body);
+  assert.equal(body.error, "too_many_requests");
+  await Promise.all(held.map((h) => h.close()));
+});
+
+test("the connection and members APIs, /healthz, GET / and answers outside the routes", async () => {
+  const u = `api ${uid()} é`;
+  const enc = encodeURIComponent(u);
+  const a = await connect(clientToken(u, { channels: ["room:*"] }));
+  const b = await connect(clientToken(u));
+  const list = await call("GET", `/users/${enc}/connections`, "/users/{userId}/connections");
+  assert.equal(list.body.connections.length, 2);
+  const nf = await call("DELETE", `/users/${enc}/connections/nope`, "/users/{userId}/connections/{connectionId}");
+  assert.equal(nf.body.error, "connection_not_found");
+  const forbidden = await call("GET", `/users/${enc}/connections`, "/users/{userId}/connections", { token: clientToken(u) });
+  assert.equal(forbidden.body.error, "forbidden");
+  const blank = await call("GET", `/users/%20/connections`, "/users/{userId}/connections");
+  assert.equal(blank.body.error, "invalid_user_id");
+  const channel = `room:${uid()}`;
+  assert.equal((await a.request({ type: "join", channel, id: 1 })).type, "ok");
+  const m = await call("GET", `/channels/${channel}/members?limit=1`, "/channels/{channel}/members");
+  assert.deepEqual([m.body.count, m.body.members, m.body.nextCursor], [1, [u], null]);
+  assert.equal((await call("GET", `/channels/${channel}/members?limit=0`, "/channels/{channel}/members")).body.error, "invalid_limit");
+  assert.equal((await call("GET", `/channels/bad%20name/members`, "/channels/{channel}/members")).body.error, "invalid_channel");
+  const all = await call("DELETE", `/users/${enc}/connections`, "/users/{userId}/connections");
+  assert.deepEqual(all.body.closed.sort(), [a.id, b.id].sort());
+
+  assert.deepEqual((await call("GET", "/healthz", "/healthz", { token: null })).body, { status: "ok" });
+  assert.equal((await call("HEAD", "/healthz", "/healthz", { token: null })).status, 200);
+  const upgrade = await call("GET", "/", "/", { token: null });
+  assert.equal(upgrade.body.error, "upgrade_required");
+  // An upgrade without a token (fetch cannot send Upgrade: the ws client can, and shows the refusal).
+  const refusal = await new Promise((resolve, reject) => {
+    const ws = new WebSocket(`${w.wsUrl}/`);
+    ws.once("unexpected-response", (_req, res) => {
+      let text = "";
+      res.on("data", (d) => (text += d));
+      res.on("end", () => resolve({ status: res.statusCode, body: JSON.parse(text) }));
+    });
+    ws.once("error", () => {});
+    ws.once("open", () => reject(new Error("connected without a token")));
+  });
+  checkResponse("GET", "/", refusal.status, refusal.body);
+  assert.equal(refusal.body.error, "missing_token");
+  await new Promise((resolve, reject) => {
+    const ws = new WebSocket(`${w.wsUrl}/?token=${clientToken(uid())}`);
+    ws.once("upgrade", (res) => (checkResponse("GET", "/", res.statusCode), ws.terminate(), resolve()));
+    ws.once("error", reject);
+  });
+  const notFound = await fetch(`${w.url}/nope`);
+  checkErrorBody(await notFound.json(), "not_found");
+  const wrong = await fetch(`${w.url}/publish`, { method: "GET", headers: { authorization: `Bearer ${publishToken()}` } });
+  assert.ok(wrong.headers.get("allow"));
+  checkErrorBody(await wrong.json(), "method_not_allowed");
+  const preflight = await fetch(`${w.url}/publish`, { method: "OPTIONS" });
+  assert.equal(preflight.status, 204);
+  for (const s of [a, b]) checkReceived(s);
+});
+
+test("a bad setting answers 500 server_misconfigured, as documented", async () => {
+  const bad = await startWorker({ ACK_TIMEOUT_MS: "soon" });
+  try {
+    for (const [method, url, route] of [["POST", "/publish", "/publish"], ["GET", "/users/u/connections", "/users/{userId}/connections"]]) {
+      const res = await fetch(`${bad.url}${url}`, { method, headers: { authorization: `Bearer ${publishToken()}`, "content-type": "application/json" }, body: method === "POST" ? "{}" : undefined });
+      const body = await res.json();
+      checkResponse(method, route, res.status, body);
+      assert.equal(body.error, "server_misconfigured");
+      assert.match(body.message, /ACK_TIMEOUT_MS/);
+    }
+  } finally {
+    await bad.stop();
+  }
+});
+
+test("the README's error and close-code tables list exactly the codes the specs document", () => {
+  const readme = fs.readFileSync(path.join(ROOT, "README.md"), "utf8");
+  const table = (heading) => {
+    const start = readme.indexOf(heading);
+    const end = readme.indexOf("\n#", start + heading.length);
+    return readme.slice(start, end).split("\n").filter((l) => l.startsWith("| ")).slice(1); // without the header row
+  };
+  const codesIn = (rows, column) => new Set(rows.map((r) => r.split("|")[column]?.trim().replace(/`/g, "")).filter((c) => /^[a-z_]+$/.test(c)));
+  const http = codesIn(table("### HTTP errors"), 2);
+  assert.deepEqual([...http].sort(), [...openapi.components.schemas.Error.properties.error.enum].sort());
+  const socket = codesIn(table("### Socket error codes"), 1);
+  assert.deepEqual([...socket].sort(), [...asyncapi.components.messages.error.payload.properties.code.enum].sort());
+  const closes = new Set(table("### Close codes").map((r) => r.split("|")[1].trim()).filter((c) => /^\d{4}$/.test(c)).map(Number));
+  assert.deepEqual([...closes].sort(), Object.keys(asyncapi.channels.socket["x-close-codes"]).map(Number).sort());
+});
+
+test("coverage: every operation of openapi.yaml and every message of asyncapi.yaml was exercised", () => {
+  const missingOps = operations().filter((op) => ![...covered.http].some((c) => c.startsWith(`${op} 2`) || c.startsWith(`${op} 1`)));
+  assert.deepEqual(missingOps, [], "documented operations never answered with success");
+  const missingFrames = messages().filter((m) => !covered.frames.has(m));
+  assert.deepEqual(missingFrames, [], "documented frames never seen");
+});
