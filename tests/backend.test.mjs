@@ -4,9 +4,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import crypto from "node:crypto";
-import fs from "node:fs";
-import path from "node:path";
-import { ROOT, startWorker, Client, SseClient, WebhookReceiver, publish, clientToken, publishToken, mint, now } from "./harness.mjs";
+import { startWorker, Client, SseClient, WebhookReceiver, publish, clientToken, publishToken, mint, now } from "./harness.mjs";
 
 const SECRET_BYTES = crypto.randomBytes(24);
 const WEBHOOK_SECRET = `whsec_${SECRET_BYTES.toString("base64")}`;
@@ -63,22 +61,6 @@ test("connection and message events arrive signed, as CloudEvents, in order", as
   assert.ok(ofUser(u).every((e) => e.webhookId === e.event.id));
 });
 
-test("the README's JavaScript verifier accepts Switchboard's requests and refuses tampered ones", async () => {
-  // The snippet exactly as the README prints it (the block that defines `verify`), run as a module.
-  const readme = fs.readFileSync(path.join(ROOT, "README.md"), "utf8");
-  const block = readme.match(/```js\n(\/\/ Node \/ Workers[\s\S]*?function verify[\s\S]*?)```/)[1];
-  const mod = await import(`data:text/javascript,${encodeURIComponent(`${block}\nexport { verify };`)}`);
-  const u = user();
-  const c = await Client.connect(w, clientToken(u));
-  await c.close();
-  await receiver.until(() => receiver.attempts.filter((a) => a.event?.subject === u && a.status === 204).length === 2);
-  for (const a of receiver.attempts.filter((x) => x.event?.subject === u)) {
-    assert.equal(mod.verify(WEBHOOK_SECRET, a.headers, a.body), true, a.event.type);
-    assert.equal(mod.verify(WEBHOOK_SECRET, a.headers, a.body.replace(u, `${u}x`)), false, "a tampered body");
-    assert.equal(mod.verify("whsec_" + Buffer.from("other").toString("base64"), a.headers, a.body), false, "another secret");
-  }
-});
-
 test("a backend outage loses nothing: retried with the same webhook-id and growing backoff, in order, across a forced eviction", { timeout: 60000 }, async () => {
   const u = user();
   const port = receiver.port;
@@ -115,7 +97,7 @@ test("a backend outage loses nothing: retried with the same webhook-id and growi
   for (const e of receiver.events.filter((e) => e.event.subject === u)) assert.equal(e.webhookId, e.event.id);
   assert.deepEqual(receiver.bad, []);
   assert.ok(attemptsOf(openedId).length >= 5);
-  assert.ok(w.events().some((e) => e.event === "webhook_failed" && e.eventId === openedId), "failures were logged");
+  assert.ok(w.events().some((e) => e.event === "webhook_failed" && e.webhookId === openedId), "failures were logged");
 });
 
 test("a backend that accepts and never answers: each attempt ends at WEBHOOK_TIMEOUT_MS and is retried with the same webhook-id", { timeout: 30000 }, async () => {
@@ -137,7 +119,7 @@ test("a backend that accepts and never answers: each attempt ends at WEBHOOK_TIM
     assert.equal(new Set(tries.map((a) => a.webhookId)).size, 1, "the same event, the same webhook-id");
     // Each wait is the 400 ms timeout plus the backoff (at least 50 ms), less 50 ms for the clocks.
     for (let k = 1; k < 3; k++) assert.ok(tries[k].at - tries[k - 1].at >= 400, `attempt ${k + 1} after ${tries[k].at - tries[k - 1].at} ms`);
-    const failed = w2.events().filter((e) => e.event === "webhook_failed" && e.eventId === tries[0].webhookId);
+    const failed = w2.events().filter((e) => e.event === "webhook_failed" && e.webhookId === tries[0].webhookId);
     assert.ok(failed.length >= 2);
     assert.match(failed[0].reason, /no answer within 400 ms/);
     // Answered at last: delivered, with that same id (at least once).
