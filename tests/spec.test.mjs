@@ -402,8 +402,10 @@ test("idempotent retries: `inProgress`, `outcome: unknown` after the hub died, a
     await c.next((f) => f.envelopeId);
     const busy = await call("POST", "/publish", "/publish", { body, headers, worker: w1 });
     assert.deepEqual([busy.body.duplicate, busy.body.inProgress], [true, true]);
-    c.ws.terminate();
+    // Stop the runtime first: a socket closed before would end the publish (its connection "closed")
+    // and store the final answer.
     await w1.stop();
+    c.ws.terminate();
     await first;
     const w2 = await startWorker(vars, { persist: dir });
     try {
