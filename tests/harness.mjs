@@ -177,10 +177,13 @@ class Inbox {
 
 /** A real WebSocket client that records every frame and lets tests wait for the ones they expect. */
 export class Client {
-  static async connect(w, token, { query = true, headers = {}, autoAck = false } = {}) {
+  /** `ticket`: connect with `?ticket=` (from `POST /tickets`) instead of the token. */
+  static async connect(w, token, { query = true, headers = {}, autoAck = false, ticket } = {}) {
     const c = new Client();
-    const url = query ? `${w.wsUrl}/?token=${encodeURIComponent(token)}` : `${w.wsUrl}/`;
-    c.ws = new WebSocket(url, { headers: query ? headers : { authorization: `Bearer ${token}`, ...headers } });
+    const url = ticket !== undefined
+      ? `${w.wsUrl}/?ticket=${encodeURIComponent(ticket)}`
+      : query ? `${w.wsUrl}/?token=${encodeURIComponent(token)}` : `${w.wsUrl}/`;
+    c.ws = new WebSocket(url, { headers: query || ticket !== undefined ? headers : { authorization: `Bearer ${token}`, ...headers } });
     c.autoAck = autoAck;
     c.ws.on("message", (data, isBinary) => c.#onFrame(isBinary ? data : data.toString()));
     c.closed = new Promise((resolve) => c.ws.on("close", (code, reason) => resolve({ code, reason: reason.toString() })));
@@ -321,11 +324,12 @@ export class Client {
  * `eof`, so a failure cannot pass for a close.
  */
 export class SseClient {
-  static async open(w, token, { filters, lastEventId, query = {}, headers = {} } = {}) {
+  /** `ticket`: connect with `?ticket=` (from `POST /tickets`) instead of the token. */
+  static async open(w, token, { filters, lastEventId, query = {}, headers = {}, ticket } = {}) {
     const c = new SseClient();
     c.w = w;
     c.filters = typeof filters === "string" ? undefined : filters;
-    const params = new URLSearchParams({ token, ...query });
+    const params = new URLSearchParams(ticket !== undefined ? { ticket, ...query } : { token, ...query });
     if (filters !== undefined) params.set("filters", typeof filters === "string" ? filters : JSON.stringify(filters));
     c.abort = new AbortController();
     const h = { ...headers };

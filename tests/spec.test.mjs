@@ -8,12 +8,15 @@ import fs from "node:fs";
 import { createRequire } from "node:module";
 import path from "node:path";
 import Ajv from "ajv";
+import os from "node:os";
 import WebSocket from "ws";
 import { startWorker, Client, SseClient, clientToken, publishToken, now, ROOT } from "./harness.mjs";
+import { Receiver, WEBHOOK_SECRET } from "./receiver.mjs";
 import { checkRequest, checkResponse, checkErrorBody, checkFrame, checkClose, covered, operations, messages, asyncapi, openapi } from "./spec.mjs";
 
 let w;
-before(async () => (w = await startWorker({ HISTORY_LIMIT: "3", MAX_PUBLISH_BYTES: "4096", MAX_FRAME_BYTES: "2048", MAX_CONNECTIONS_PER_USER: "3" })));
+// IDEMPOTENCY_MAX_RESPONSE_BYTES at its minimum, so an answer with one large ack result is stored trimmed.
+before(async () => (w = await startWorker({ HISTORY_LIMIT: "3", MAX_PUBLISH_BYTES: "4096", MAX_FRAME_BYTES: "2048", MAX_CONNECTIONS_PER_USER: "3", IDEMPOTENCY_MAX_RESPONSE_BYTES: "1024" })));
 after(() => w?.stop());
 
 let n = 0;
@@ -37,16 +40,30 @@ function checkReceived(c) {
 }
 
 /** An HTTP call, validated: request body (when JSON) and answer against the route's operation. */
-async function call(method, url, route, { body, token = publishToken(), headers = {}, raw } = {}) {
+async function call(method, url, route, { body, token = publishToken(), headers = {}, raw, worker = w } = {}) {
   const h = { ...headers };
   if (token) h.authorization = `Bearer ${token}`;
   if (body !== undefined || raw !== undefined) h["content-type"] ??= "application/json";
-  const res = await fetch(`${w.url}${url}`, { method, headers: h, body: raw ?? (body === undefined ? undefined : JSON.stringify(body)) });
+  const res = await fetch(`${worker.url}${url}`, { method, headers: h, body: raw ?? (body === undefined ? undefined : JSON.stringify(body)) });
   const text = await res.text();
   const json = text ? JSON.parse(text) : undefined;
   if (body !== undefined && res.status === 200) checkRequest(method, route, body);
   checkResponse(method, route, res.status, method === "HEAD" ? undefined : json);
   return { status: res.status, body: json, headers: res.headers };
+}
+
+/** A WebSocket upgrade the Worker refuses: its status and JSON body (fetch cannot send `Upgrade`; `ws` can). */
+function refusedUpgrade(url) {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url);
+    ws.once("unexpected-response", (_req, res) => {
+      let text = "";
+      res.on("data", (d) => (text += d));
+      res.on("end", () => resolve({ status: res.statusCode, body: JSON.parse(text) }));
+    });
+    ws.once("error", () => {});
+    ws.once("open", () => (ws.terminate(), reject(new Error(`connected: ${url}`))));
+  });
 }
 
 test("docs/asyncapi.yaml is a valid AsyncAPI 3.0.0 document (the official schema, @asyncapi/specs)", () => {
@@ -74,6 +91,22 @@ test("/publish: user, userIds and channel publishes and every error answer match
   await call("POST", "/publish", "/publish", { body: { userId: u, type: "t" }, headers: key });
   const dup = await call("POST", "/publish", "/publish", { body: { userId: u, type: "t" }, headers: key });
   assert.equal(dup.body.duplicate, true);
+  // An answer over IDEMPOTENCY_MAX_RESPONSE_BYTES (1024 here) is stored without its ack results: the retry
+  // says `trimmed` and keeps who acked.
+  const v = uid();
+  const big = "r".repeat(1200);
+  const acker = await connect(clientToken(v), { autoAck: () => big });
+  await acker.subscribe([{ type: "t" }]);
+  const bigKey = { "idempotency-key": `big-${v}` };
+  const whole = await call("POST", "/publish", "/publish", { body: { userId: v, type: "t" }, headers: bigKey });
+  assert.deepEqual([whole.body.results, whole.body.trimmed], [[big], undefined]);
+  const trimmed = await call("POST", "/publish", "/publish", { body: { userId: v, type: "t" }, headers: bigKey });
+  assert.deepEqual(
+    [trimmed.body.duplicate, trimmed.body.trimmed, trimmed.body.envelopeId, trimmed.body.results, trimmed.body.acks],
+    [true, true, whole.body.envelopeId, [], [{ connectionId: acker.id }]],
+  );
+  await acker.close();
+  checkReceived(acker);
   const many = await call("POST", "/publish", "/publish", { body: { userIds: [u, uid()], type: "t" } });
   assert.equal(many.body.totals.users, 2);
   const channel = `room:${uid()}`;
@@ -248,6 +281,7 @@ test("the connection and members APIs, /healthz, GET / and answers outside the r
   const b = await connect(clientToken(u));
   const list = await call("GET", `/users/${enc}/connections`, "/users/{userId}/connections");
   assert.equal(list.body.connections.length, 2);
+  assert.deepEqual(list.body.webhooks, { backlog: 0, dropped: 0 }, "webhooks are off here");
   const nf = await call("DELETE", `/users/${enc}/connections/nope`, "/users/{userId}/connections/{connectionId}");
   assert.equal(nf.body.error, "connection_not_found");
   const forbidden = await call("GET", `/users/${enc}/connections`, "/users/{userId}/connections", { token: clientToken(u) });
@@ -268,16 +302,7 @@ test("the connection and members APIs, /healthz, GET / and answers outside the r
   const upgrade = await call("GET", "/", "/", { token: null });
   assert.equal(upgrade.body.error, "upgrade_required");
   // An upgrade without a token (fetch cannot send Upgrade: the ws client can, and shows the refusal).
-  const refusal = await new Promise((resolve, reject) => {
-    const ws = new WebSocket(`${w.wsUrl}/`);
-    ws.once("unexpected-response", (_req, res) => {
-      let text = "";
-      res.on("data", (d) => (text += d));
-      res.on("end", () => resolve({ status: res.statusCode, body: JSON.parse(text) }));
-    });
-    ws.once("error", () => {});
-    ws.once("open", () => reject(new Error("connected without a token")));
-  });
+  const refusal = await refusedUpgrade(`${w.wsUrl}/`);
   checkResponse("GET", "/", refusal.status, refusal.body);
   assert.equal(refusal.body.error, "missing_token");
   await new Promise((resolve, reject) => {
@@ -293,6 +318,132 @@ test("the connection and members APIs, /healthz, GET / and answers outside the r
   const preflight = await fetch(`${w.url}/publish`, { method: "OPTIONS" });
   assert.equal(preflight.status, 204);
   for (const s of [a, b]) checkReceived(s);
+});
+
+test("POST /tickets and ?ticket=: a ticket issued, used once (WebSocket and SSE), refused after, and the errors", async () => {
+  const u = uid();
+  const token = clientToken(u, { channels: ["room:*"] });
+  const issued = await call("POST", "/tickets", "/tickets", { token });
+  assert.deepEqual([issued.status, issued.body.expiresIn], [200, 30], "TICKET_SECONDS defaults to 30");
+  const c = await connect(null, { ticket: issued.body.ticket });
+  checkResponse("GET", "/", 101);
+  assert.equal(c.welcome.userId, u);
+  // The token's channel grants came with the ticket.
+  assert.equal((await c.request({ type: "join", channel: `room:${uid()}`, id: "j" })).type, "ok");
+  const reused = await refusedUpgrade(`${w.wsUrl}/?ticket=${encodeURIComponent(issued.body.ticket)}`);
+  checkResponse("GET", "/", reused.status, reused.body);
+  assert.deepEqual([reused.status, reused.body.error], [401, "invalid_ticket"]);
+  const forged = await refusedUpgrade(`${w.wsUrl}/?ticket=t1.nope.nope`);
+  checkResponse("GET", "/", forged.status, forged.body);
+  assert.deepEqual([forged.status, forged.body.error], [401, "invalid_ticket"]);
+
+  const t2 = (await call("POST", "/tickets", "/tickets", { token })).body.ticket;
+  const s = await SseClient.open(w, null, { ticket: t2, filters: [{ type: "t" }] });
+  checkResponse("GET", "/sse", s.status);
+  assert.equal(s.welcome.userId, u);
+  checkFrame(s.welcome, "receive", "sse");
+  await s.close();
+  const again = await SseClient.open(w, null, { ticket: t2 });
+  checkResponse("GET", "/sse", again.status, again.body);
+  assert.deepEqual([again.status, again.body.error], [401, "invalid_ticket"]);
+
+  for (const [tok, status, code] of [[null, 401, "missing_token"], [publishToken(), 401, "invalid_token"], ["x.y.z", 401, "invalid_token"]]) {
+    const r = await call("POST", "/tickets", "/tickets", { token: tok });
+    assert.deepEqual([r.status, r.body.error], [status, code]);
+  }
+  const wrong = await fetch(`${w.url}/tickets`, { headers: { authorization: `Bearer ${token}` } });
+  assert.deepEqual([wrong.status, wrong.headers.get("allow")], [405, "POST, OPTIONS"]);
+  checkErrorBody(await wrong.json(), "method_not_allowed");
+  // A user holds at most 100 unused tickets.
+  const hoarder = clientToken(uid());
+  const statuses = [];
+  for (let i = 0; i < 101; i++) statuses.push((await call("POST", "/tickets", "/tickets", { token: hoarder })).status);
+  assert.deepEqual([statuses.slice(0, 100).every((x) => x === 200), statuses[100]], [true, 429]);
+  await c.close();
+  checkReceived(c);
+});
+
+test("webhook queue answers: `backlog_full` frames and the connection list's `webhooks` counts", { timeout: 40000 }, async () => {
+  const receiver = await new Receiver().start();
+  const dropper = uid("drop");
+  // Events of `dropper` are refused for good (a 4xx: dropped and counted); everyone else's wait (503).
+  receiver.answer = (events) => (events[0].subject === dropper ? 400 : 503);
+  const hw = await startWorker({ WEBHOOK_URL: receiver.url, WEBHOOK_SECRET, WEBHOOK_RETRY_BASE_MS: "60000", WEBHOOK_MAX_BACKLOG: "2" });
+  try {
+    const u = uid();
+    const c = await Client.connect(hw, clientToken(u)); // event 1: connection.opened
+    checkFrame({ type: "message", data: { n: 1 }, id: 1 }, "send");
+    assert.equal((await c.request({ type: "message", data: { n: 1 }, id: 1 })).type, "ok"); // event 2
+    const full = await c.request({ type: "message", data: { n: 2 }, id: 2 });
+    assert.deepEqual([full.type, full.code, full.id], ["error", "backlog_full", 2]);
+    for (const f of c.log) checkFrame(f, "receive");
+    const list = await call("GET", `/users/${u}/connections`, "/users/{userId}/connections", { worker: hw });
+    assert.deepEqual(list.body.webhooks, { backlog: 2, dropped: 0 });
+
+    const d = await Client.connect(hw, clientToken(dropper));
+    const end = Date.now() + 10000;
+    let queue;
+    do {
+      await new Promise((r) => setTimeout(r, 100));
+      queue = (await call("GET", `/users/${dropper}/connections`, "/users/{userId}/connections", { worker: hw })).body.webhooks;
+    } while (queue.dropped === 0 && Date.now() < end);
+    assert.deepEqual(queue, { backlog: 0, dropped: 1 }, "the refused connection.opened event");
+    await Promise.all([c.close(), d.close()]);
+  } finally {
+    await hw.stop();
+    await receiver.stop();
+  }
+});
+
+test("idempotent retries: `inProgress`, `outcome: unknown` after the hub died, and the smallest trimmed answer", { timeout: 60000 }, async () => {
+  // The runtime stops while a publish waits for its ack: the key's row is stored, its answer never is.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "sb-spec-"));
+  const vars = { ACK_TIMEOUT_MS: "1000", ACK_TIMEOUT_MAX_MS: "1000", IDEMPOTENCY_MAX_RESPONSE_BYTES: "1024" };
+  const u = uid();
+  const headers = { "idempotency-key": `crash-${u}` };
+  const body = { userId: u, type: "t", timeoutMs: 1000 };
+  try {
+    const w1 = await startWorker(vars, { persist: dir });
+    const c = await Client.connect(w1, clientToken(u));
+    await c.subscribe([{ type: "t" }]);
+    const first = call("POST", "/publish", "/publish", { body, headers, worker: w1 }).catch(() => undefined);
+    await c.next((f) => f.envelopeId);
+    const busy = await call("POST", "/publish", "/publish", { body, headers, worker: w1 });
+    assert.deepEqual([busy.body.duplicate, busy.body.inProgress], [true, true]);
+    // Stop the runtime first: a socket closed before would end the publish (its connection "closed")
+    // and store the final answer.
+    await w1.stop();
+    c.ws.terminate();
+    await first;
+    const w2 = await startWorker(vars, { persist: dir });
+    try {
+      await new Promise((r) => setTimeout(r, 3500)); // past ACK_TIMEOUT_MAX_MS and its 2 s grace
+      const after = await call("POST", "/publish", "/publish", { body, headers, worker: w2 });
+      assert.deepEqual(
+        [after.body.duplicate, after.body.outcome, after.body.inProgress, after.body.envelopeId],
+        [true, "unknown", undefined, busy.body.envelopeId],
+      );
+      // 30 connections that do not ack: even without results the answer's `pending` ids exceed 1024
+      // bytes, so the stored answer keeps only the envelope's identity and the counts.
+      const v = uid();
+      const many = [];
+      for (let i = 0; i < 30; i++) many.push(await Client.connect(w2, clientToken(v)));
+      await Promise.all(many.map((m) => m.subscribe([{ type: "t" }])));
+      const key = { "idempotency-key": `many-${v}` };
+      const live = await call("POST", "/publish", "/publish", { body: { userId: v, type: "t", timeoutMs: 0 }, headers: key, worker: w2 });
+      assert.equal(live.body.pending.length, 30);
+      const small = await call("POST", "/publish", "/publish", { body: { userId: v, type: "t", timeoutMs: 0 }, headers: key, worker: w2 });
+      assert.deepEqual(
+        [small.body.trimmed, small.body.seq, small.body.pendingCount, small.body.acked, small.body.closedCount, small.body.pending],
+        [true, live.body.seq, 30, 0, 0, []],
+      );
+      await Promise.all(many.map((m) => m.close()));
+    } finally {
+      await w2.stop();
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test("a bad setting answers 500 server_misconfigured, as documented", async () => {

@@ -161,6 +161,8 @@ for (const mode of ["sync", "async"]) {
     const b = await Client.connect(w, clientToken(u));
     const list = await py.call("connections", { user_id: u }, { mode });
     assert.deepEqual(list.ok.map((x) => x.connectionId).sort(), [a.id, b.id].sort());
+    const whole = await py.call("connection_list", { user_id: u }, { mode });
+    assert.deepEqual([whole.ok.connections.map((x) => x.connectionId).sort(), whole.ok.webhooks], [[a.id, b.id].sort(), { backlog: 0, dropped: 0 }]);
     assert.deepEqual((await py.call("close_connection", { user_id: u, connection_id: a.id }, { mode })).ok, [a.id]);
     await a.closeFrame();
     assert.deepEqual((await py.call("close_connections", { user_id: u }, { mode })).ok, [b.id]);

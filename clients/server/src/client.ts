@@ -4,6 +4,7 @@ import type {
   ChannelPublish,
   ChannelPublishResult,
   Connection,
+  ConnectionList,
   MembersPage,
   MultiPublishResult,
   PublishInput,
@@ -124,8 +125,12 @@ export class Switchboard {
 
   /** The user's open connections (WebSocket and SSE). */
   async connections(userId: string, options: { signal?: AbortSignal } = {}): Promise<Connection[]> {
-    const r = await this.#request<{ connections: Connection[] }>("GET", `/users/${segment(userId, "userId")}/connections`, options);
-    return r.connections;
+    return (await this.connectionList(userId, options)).connections;
+  }
+
+  /** The user's open connections and the user's webhook queue (`webhooks: { backlog, dropped }`), in one answer. */
+  async connectionList(userId: string, options: { signal?: AbortSignal } = {}): Promise<ConnectionList> {
+    return this.#request<ConnectionList>("GET", `/users/${segment(userId, "userId")}/connections`, options);
   }
 
   /** Closes one connection of the user (close code 4002); 404 `connection_not_found` if it is not open. Resolves with the closed ids. */

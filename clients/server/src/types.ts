@@ -44,7 +44,8 @@ export type PublishInput<P = unknown> = UserPublish<P> | UsersPublish<P> | Chann
 /** One connection's ack. */
 export interface Ack<R = Json> {
   connectionId: string;
-  result: R;
+  /** What the connection acked with. Absent only in a `trimmed` answer (a stored answer replayed without results). */
+  result?: R;
 }
 
 /** The answer to a publish to one user. */
@@ -65,10 +66,28 @@ export interface PublishResult<R = Json> {
   /** Set when this answer is the stored answer of an earlier publish with the same `Idempotency-Key`: nothing was delivered again. */
   duplicate?: true;
   /**
-   * Set when the first publish with this key never stored its final answer (it is still waiting for acks,
-   * or the hub restarted while it waited): the envelope was delivered once, the acks are unknown.
+   * Set when the first publish with this key has not stored its final answer yet (it is still waiting for
+   * acks): the envelope was delivered once; ask again for the final answer (the SDK does).
    */
   inProgress?: true;
+  /**
+   * `"unknown"` when the first publish with this key never stored its final answer because its hub died
+   * while it waited for acks (asked later than `ACK_TIMEOUT_MAX_MS` + 2 s after it): the envelope was
+   * delivered once, its acks are lost.
+   */
+  outcome?: "unknown";
+  /**
+   * Set when this is a stored answer that was over `IDEMPOTENCY_MAX_RESPONSE_BYTES`: `results` is empty and
+   * `acks` have no `result` (the first answer was whole). If even that was too large, `acks`, `pending` and
+   * `closed` are empty too and only their counts remain (`acked`, `pendingCount`, `closedCount`).
+   */
+  trimmed?: true;
+  /** In the smallest `trimmed` answer: how many connections acked. */
+  acked?: number;
+  /** In the smallest `trimmed` answer: how many were pending. */
+  pendingCount?: number;
+  /** In the smallest `trimmed` answer: how many closed before acking. */
+  closedCount?: number;
   /** On a channel publish: the user's connections that joined the channel. */
   joined?: number;
   /** On a channel publish: the user is kept as a member after its last connection closed (for its resume). */
@@ -144,6 +163,20 @@ export interface Connection {
   lastPingAt: string | null;
 }
 
+/** A user's webhook queue, from `GET /users/{userId}/connections` (zeros when webhooks are off). */
+export interface WebhookQueue {
+  /** Events waiting to be delivered (at most `WEBHOOK_MAX_BACKLOG`, plus one coalesced event). */
+  backlog: number;
+  /** Events dropped for good so far (a permanent 4xx, or older than `WEBHOOK_MAX_AGE_SECONDS`). */
+  dropped: number;
+}
+
+/** The whole answer of `GET /users/{userId}/connections`. */
+export interface ConnectionList {
+  connections: Connection[];
+  webhooks: WebhookQueue;
+}
+
 /** One page of a channel's member users. */
 export interface MembersPage {
   channel: string;
@@ -187,5 +220,17 @@ export type ClientMessageEvent<D = Json> = CloudEvent<
   "switchboard.client.message.v1",
   { connectionId: string; data: D; messageId?: Json }
 >;
+/** Connections opened or closed while the user's webhook queue was full (`WEBHOOK_MAX_BACKLOG`), merged into one event. */
+export type ConnectionCoalescedEvent = CloudEvent<
+  "switchboard.connection.coalesced.v1",
+  {
+    opened: number;
+    closed: number;
+    /** The user's open connection ids after the last of them. */
+    connections: string[];
+    firstAt: string;
+    lastAt: string;
+  }
+>;
 /** Every event a Switchboard webhook delivers; narrow on `type`. */
-export type SwitchboardEvent = ConnectionOpenedEvent | ConnectionClosedEvent | ClientMessageEvent;
+export type SwitchboardEvent = ConnectionOpenedEvent | ConnectionClosedEvent | ClientMessageEvent | ConnectionCoalescedEvent;

@@ -279,6 +279,9 @@ test("the connection API: list, close one (4002), close all; typed 404", async (
   const list = await sb.connections(u);
   assert.deepEqual(list.map((c) => c.connectionId).sort(), [a.id, b.id].sort());
   assert.deepEqual(list.find((c) => c.connectionId === a.id).filters, [{ type: "x", room: "1" }]);
+  // The whole answer: the same connections and the user's webhook queue (webhooks are off here).
+  const whole = await sb.connectionList(u);
+  assert.deepEqual([whole.connections.map((c) => c.connectionId).sort(), whole.webhooks], [[a.id, b.id].sort(), { backlog: 0, dropped: 0 }]);
   assert.deepEqual(await sb.closeConnection(u, a.id), [a.id]);
   await a.closeFrame();
   const e = await sb.closeConnection(u, a.id).catch((x) => x);

@@ -10,6 +10,7 @@ from ._types import (
     Ack,
     ChannelPublishResult,
     Connection,
+    ConnectionList,
     MembersPage,
     MultiPublishResult,
     PublishResult,
@@ -18,6 +19,7 @@ from ._types import (
     Totals,
     UserFailure,
     UserResult,
+    WebhookQueue,
     is_failure,
 )
 from ._webhook import verify_webhook
@@ -27,6 +29,7 @@ __all__ = [
     "AsyncSwitchboard",
     "ChannelPublishResult",
     "Connection",
+    "ConnectionList",
     "MembersPage",
     "MultiPublishResult",
     "PublishResult",
@@ -38,6 +41,7 @@ __all__ = [
     "Totals",
     "UserFailure",
     "UserResult",
+    "WebhookQueue",
     "WebhookVerificationError",
     "is_failure",
     "is_retryable_status",

@@ -15,7 +15,7 @@ import httpx
 
 from ._errors import SwitchboardError, is_retryable_status
 from ._token import mint_token
-from ._types import ChannelPublishResult, Connection, MembersPage, MultiPublishResult, PublishResult
+from ._types import ChannelPublishResult, Connection, ConnectionList, MembersPage, MultiPublishResult, PublishResult
 
 _MINTED_TOKEN_SECONDS = 600  # publish tokens minted from `secret` live this long, renewed a minute early
 _DEFAULT_ACK_WAIT_S = 30.0  # the server's default cap on a publish's timeoutMs
@@ -238,7 +238,11 @@ class Switchboard(_Base):
 
     def connections(self, user_id: str) -> list[Connection]:
         """The user's open connections."""
-        return cast("list[Connection]", self._request(self._call("GET", f"/users/{_segment(user_id, 'user_id')}/connections"))["connections"])
+        return self.connection_list(user_id)["connections"]
+
+    def connection_list(self, user_id: str) -> ConnectionList:
+        """The user's open connections and webhook queue (``webhooks``: ``backlog``, ``dropped``)."""
+        return cast(ConnectionList, self._request(self._call("GET", f"/users/{_segment(user_id, 'user_id')}/connections")))
 
     def close_connection(self, user_id: str, connection_id: str) -> list[str]:
         """Closes one connection (code 4002); ``connection_not_found`` if it is not open."""
@@ -318,7 +322,10 @@ class AsyncSwitchboard(_Base):
         return answer
 
     async def connections(self, user_id: str) -> list[Connection]:
-        return cast("list[Connection]", (await self._request(self._call("GET", f"/users/{_segment(user_id, 'user_id')}/connections")))["connections"])
+        return (await self.connection_list(user_id))["connections"]
+
+    async def connection_list(self, user_id: str) -> ConnectionList:
+        return cast(ConnectionList, await self._request(self._call("GET", f"/users/{_segment(user_id, 'user_id')}/connections")))
 
     async def close_connection(self, user_id: str, connection_id: str) -> list[str]:
         path = f"/users/{_segment(user_id, 'user_id')}/connections/{_segment(connection_id, 'connection_id')}"

@@ -13,7 +13,8 @@ else:  # pragma: no cover
 
 class Ack(TypedDict):
     connectionId: str
-    result: Any
+    result: NotRequired[Any]
+    """Absent only in a ``trimmed`` answer (a stored answer replayed without results)."""
 
 
 class PublishResult(TypedDict):
@@ -28,6 +29,13 @@ class PublishResult(TypedDict):
     closed: list[str]
     duplicate: NotRequired[Literal[True]]
     inProgress: NotRequired[Literal[True]]
+    outcome: NotRequired[Literal["unknown"]]
+    """The first publish with this key died with its hub while it waited: delivered once, acks lost."""
+    trimmed: NotRequired[Literal[True]]
+    """A stored answer over IDEMPOTENCY_MAX_RESPONSE_BYTES, replayed without ack results."""
+    acked: NotRequired[int]
+    pendingCount: NotRequired[int]
+    closedCount: NotRequired[int]
     joined: NotRequired[int]
     lingering: NotRequired[Literal[True]]
 
@@ -92,6 +100,20 @@ class Connection(TypedDict):
     lastPingAt: str | None
 
 
+class WebhookQueue(TypedDict):
+    """A user's webhook queue: events waiting (``backlog``) and dropped for good (``dropped``)."""
+
+    backlog: int
+    dropped: int
+
+
+class ConnectionList(TypedDict):
+    """The whole answer of ``GET /users/{userId}/connections``."""
+
+    connections: list[Connection]
+    webhooks: WebhookQueue
+
+
 class MembersPage(TypedDict):
     channel: str
     count: int
@@ -100,8 +122,9 @@ class MembersPage(TypedDict):
 
 
 class SwitchboardEvent(TypedDict):
-    """A CloudEvent: ``type`` is ``switchboard.connection.opened.v1``, ``switchboard.connection.closed.v1``
-    or ``switchboard.client.message.v1``; ``subject`` is the user id; ``id`` is the same on every retry."""
+    """A CloudEvent: ``type`` is ``switchboard.connection.opened.v1``, ``switchboard.connection.closed.v1``,
+    ``switchboard.client.message.v1`` or ``switchboard.connection.coalesced.v1``; ``subject`` is the user id;
+    ``id`` is the same on every retry."""
 
     specversion: Literal["1.0"]
     id: str
