@@ -184,7 +184,8 @@ fn parse_args() -> Result<Config, String> {
             "group-small-n" => c.group_small_n = num()?,
             "group-large-n" => c.group_large_n = num()?,
             // Environment variables the scripts use for other things.
-            "quick" | "smoke" | "no-build" | "coldstart-samples" | "node" | "serve-max-s" | "build-dir" | "show-stderr" | "timeout" => {}
+            "quick" | "smoke" | "no-build" | "coldstart-samples" | "node" | "serve-max-s" | "build-dir"
+            | "show-stderr" | "timeout" => {}
             other => return Err(format!("unknown option --{other}\n{HELP}")),
         }
     }
