@@ -43,7 +43,7 @@ test(`a publish to a channel of ${USERS} users reaches every joined connection a
   // A generous ack wait: locally every object shares one workerd thread, so the 2,000 hops of a step
   // are served one after another, and a step's deadline (the ack wait plus HOP_GRACE_MS per level)
   // must cover them on a loaded CI machine too. The test is about every ack arriving, not speed.
-  const first = await publish(w, { channel, type: "scale", payload: { round: 1 }, timeoutMs: 25000 });
+  const first = await publish(w, { channel, type: "scale", payload: { round: 1 }, timeoutMs: 28000 });
   assert.equal(first.status, 200, first.text.slice(0, 500));
   assert.deepEqual(first.body.totals, { users: USERS, succeeded: USERS, failed: 0, clientCount: USERS, acked: USERS, pending: 0, closed: 0, pruned: 0 });
   assert.equal(first.body.results.length, 1000, "detail is capped");
@@ -58,7 +58,7 @@ test(`a publish to a channel of ${USERS} users reaches every joined connection a
   for (const u of users.slice(0, 200)) await w.evict(u);
   const crashed = users.slice(1990);
   for (const u of crashed) await w.crash(u);
-  const second = await publish(w, { channel, type: "scale", payload: { round: 2 }, timeoutMs: 25000 });
+  const second = await publish(w, { channel, type: "scale", payload: { round: 2 }, timeoutMs: 28000 });
   assert.equal(second.status, 200, second.text.slice(0, 500));
   const live = USERS - crashed.length;
   assert.deepEqual(second.body.totals, {
