@@ -134,7 +134,9 @@ test("a hub that does not answer within timeoutMs + HOP_GRACE_MS is a 504 timeou
     const elapsed = Date.now() - started;
     assert.equal(res.status, 200, res.text);
     assert.ok(elapsed >= 450 && elapsed < 2000, `answered at the hop limit (${elapsed} ms)`);
-    assert.deepEqual(res.body.users[0].results, ["fast"]);
+    // Each result once (review F3): in the flat `results` and in the user's `acks`.
+    assert.deepEqual(res.body.results, ["fast"]);
+    assert.deepEqual(res.body.users[0].acks.map((x) => x.result), ["fast"]);
     const { message, ...entry } = res.body.users[1];
     assert.deepEqual(entry, { userId: slow, status: 504, error: "timeout" });
     assert.match(message, /did not answer within 500 ms/);
