@@ -5,6 +5,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
+import http from "node:http";
 import { createRequire } from "node:module";
 import path from "node:path";
 import Ajv from "ajv";
@@ -24,8 +25,8 @@ const uid = (p = "spec") => `${p}-${++n}-${Math.random().toString(36).slice(2, 8
 const sockets = [];
 
 /** A harness client whose every sent and received frame is checked against asyncapi.yaml. */
-async function connect(token, opts) {
-  const c = await Client.connect(w, token, opts);
+async function connect(token, { worker = w, ...opts } = {}) {
+  const c = await Client.connect(worker, token, opts);
   const send = c.send.bind(c);
   c.send = (frame) => {
     if (!Buffer.isBuffer(frame)) checkFrame(typeof frame === "string" ? frame : JSON.parse(JSON.stringify(frame)), "send");
@@ -443,6 +444,136 @@ test("idempotent retries: `inProgress`, `outcome: unknown` after the hub died, a
     }
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("client-abuse limits: replay_more pages, oversized acks and publishes, rate_limited, channel_busy, bounded userIds/channel answers, slow_consumer", { timeout: 90000 }, async () => {
+  // Every limit low, so each refusal and each bounded answer is reached with a few frames.
+  const lw = await startWorker({
+    REPLAY_PAGE_ENVELOPES: "2", ACK_RESULT_MAX_BYTES: "700", CLIENT_PUBLISH_MAX_BYTES: "64", CLIENT_PUBLISH_PER_SECOND: "1",
+    CHANNEL_MAX_CONCURRENT_PUBLISHES: "1", PUBLISH_RESULTS_MAX_BYTES: "1024", SSE_QUEUE_MAX_BYTES: "65536",
+  });
+  const open = [];
+  const join = async (c, channel) => assert.equal((await c.request({ type: "join", channel, id: `j-${channel}` })).type, "ok");
+  try {
+    // A paged replay on a socket: two envelopes, `replay_more` with where to continue, then `ok`.
+    const r = uid();
+    for (let i = 0; i < 3; i++) await call("POST", "/publish", "/publish", { body: { userId: r, type: "h", payload: i, timeoutMs: 0 }, worker: lw });
+    const late = await connect(clientToken(r), { worker: lw });
+    open.push(late);
+    const m1 = late.mark();
+    checkFrame({ type: "subscribe", filters: [{ type: "h" }], since: 0, id: "p0" }, "send");
+    await late.request({ type: "subscribe", filters: [{ type: "h" }], since: 0, id: "p0" });
+    const page = (await late.since(m1)).map((f) => (f.envelopeId ? f.seq : f.type === "replay_more" ? `more:${f.since}` : f.type));
+    assert.deepEqual(page, [1, 2, "more:2", "ok"]);
+    const m2 = late.mark();
+    await late.request({ type: "subscribe", filters: [{ type: "h" }], since: 2, id: "p1" });
+    assert.deepEqual((await late.since(m2)).map((f) => f.seq ?? f.type), [3, "ok"]);
+    checkReceived(late);
+
+    // Over SSE the page ends with a `replay_more` event whose `id:` is its `since`, and the stream ends.
+    const s = await SseClient.open(lw, clientToken(r), { filters: [{ type: "h" }], lastEventId: 0 });
+    checkResponse("GET", "/sse", s.status);
+    const more = await s.next((e) => e.json?.type === "replay_more");
+    assert.deepEqual([more.id, more.json], ["2", { type: "replay_more", since: 2 }]);
+    assert.equal((await s.ended).how, "eof", "the stream ends after the page");
+    for (const e of [{ json: s.welcome }, ...s.log]) if (e.json) checkFrame(e.json, "receive", "sse");
+    assert.deepEqual(s.log.filter((e) => e.json?.envelopeId).map((e) => e.json.seq), [1, 2]);
+
+    // An ack result over ACK_RESULT_MAX_BYTES: an error frame (even without `id`) on the socket, 413 over /ack.
+    const a = uid();
+    const acker = await connect(clientToken(a), { worker: lw });
+    open.push(acker);
+    await acker.subscribe([{ type: "t" }]);
+    const pending = call("POST", "/publish", "/publish", { body: { userId: a, type: "t", timeoutMs: 3000 }, worker: lw });
+    const env = await acker.next((f) => f.envelopeId);
+    const mark = acker.mark();
+    acker.send({ type: "ack", envelopeId: env.envelopeId, result: "x".repeat(800) });
+    assert.deepEqual((await acker.since(mark)).map((f) => [f.type, f.code]), [["error", "result_too_large"]]);
+    const ackBody = { connectionId: acker.id, envelopeId: env.envelopeId, result: "y".repeat(800) };
+    const tooLarge = await call("POST", "/ack", "/ack", { body: ackBody, token: clientToken(a), worker: lw });
+    assert.deepEqual([tooLarge.status, tooLarge.body.error], [413, "result_too_large"]);
+    acker.send({ type: "ack", envelopeId: env.envelopeId, result: "fits" });
+    assert.deepEqual((await pending).body.results, ["fits"], "the refused acks did not count; the valid one did");
+    checkReceived(acker);
+
+    // A `userIds` answer: each user's results once (in `acks`), none per user, and over
+    // PUBLISH_RESULTS_MAX_BYTES (1024) the second answer's results (300 bytes each) are left out: `truncated`.
+    const [u1, u2] = [uid(), uid()];
+    for (const u of [u1, u2]) {
+      const c = await connect(clientToken(u, { channels: ["room:*"] }), { worker: lw, autoAck: () => "r".repeat(300) });
+      open.push(c);
+      await c.subscribe([{ type: "t" }]);
+    }
+    const many = await call("POST", "/publish", "/publish", { body: { userIds: [u1, u2], type: "t", timeoutMs: 3000 }, worker: lw });
+    assert.deepEqual([many.status, many.body.totals.acked, many.body.truncated], [200, 2, true]);
+    assert.equal(many.body.results.length, 1, "the first answer's result fits, the second's does not");
+    assert.deepEqual(many.body.users.map((e) => [e.results, e.acks.length]), [[undefined, 1], [undefined, 1]]);
+    assert.equal(many.body.users.filter((e) => e.truncated === true && e.acks[0].result === undefined).length, 1);
+    const small = await call("POST", "/publish", "/publish", { body: { userIds: [a], type: "none", timeoutMs: 0 }, worker: lw });
+    assert.deepEqual([small.body.truncated, small.body.users[0].truncated, small.body.users[0].results], [false, undefined, undefined]);
+
+    // A channel answer bounded the same way, and (CHANNEL_MAX_CONCURRENT_PUBLISHES 1) a channel publish while
+    // another runs: 429 channel_busy over HTTP, a `channel_busy` error frame for a client publish.
+    const channel = `room:${uid()}`;
+    for (const c of open.slice(-2)) await join(c, channel);
+    const ch = await call("POST", "/publish", "/publish", { body: { channel, type: "t", timeoutMs: 3000 }, worker: lw });
+    assert.deepEqual([ch.status, ch.body.totals.acked, ch.body.truncated], [200, 2, true]);
+    assert.ok(ch.body.users.every((e) => e.results === undefined));
+    const quiet = `room:${uid()}`;
+    const sleeper = await connect(clientToken(uid(), { channels: ["room:*"] }), { worker: lw });
+    open.push(sleeper);
+    await sleeper.subscribe([{ type: "t" }]);
+    await join(sleeper, quiet);
+    const pub = await connect(clientToken(uid(), { publishChannels: ["room:*"] }), { worker: lw });
+    open.push(pub);
+    const slow = call("POST", "/publish", "/publish", { body: { channel: quiet, type: "t", timeoutMs: 2000 }, worker: lw });
+    await sleeper.next((f) => f.envelopeId && f.channel === quiet); // the root is running it now
+    const busy = await call("POST", "/publish", "/publish", { body: { channel: quiet, type: "t", timeoutMs: 0 }, worker: lw });
+    assert.deepEqual([busy.status, busy.body.error], [429, "channel_busy"]);
+    assert.equal((await pub.request({ type: "publish", channel: quiet, payload: 1, timeoutMs: 0, id: "busy" })).code, "channel_busy");
+    assert.equal((await slow).body.totals.pending, 1);
+
+    // A client publish over CLIENT_PUBLISH_MAX_BYTES (64), then over CLIENT_PUBLISH_PER_SECOND (1, so a burst
+    // of 10, one of them taken by the refused busy publish above): 14 in a row (one at a time, since the
+    // channel runs one publish at once here).
+    const big = await pub.request({ type: "publish", channel: quiet, payload: "p".repeat(100), timeoutMs: 0, id: "big" });
+    assert.deepEqual([big.type, big.code], ["error", "payload_too_large"]);
+    const codes = [];
+    for (let i = 0; i < 14; i++) {
+      const reply = await pub.request({ type: "publish", channel: quiet, payload: i, timeoutMs: 0, id: `r${i}` });
+      codes.push(reply.type === "ok" ? "ok" : reply.code);
+    }
+    assert.ok(codes.filter((c) => c === "ok").length <= 10, JSON.stringify(codes));
+    assert.deepEqual([...new Set(codes)].sort(), ["ok", "rate_limited"], JSON.stringify(codes));
+    for (const c of [sleeper, pub]) checkReceived(c);
+
+    // An SSE stream whose reader stopped: past SSE_QUEUE_MAX_BYTES its last event is `slow_consumer`.
+    const slowUser = uid();
+    const params = new URLSearchParams({ token: clientToken(slowUser), filters: JSON.stringify([{ type: "big" }]) });
+    const res = await new Promise((resolve, reject) => http.get(`${lw.url}/sse?${params}`, resolve).on("error", reject));
+    assert.equal(res.statusCode, 200);
+    res.setEncoding("utf8");
+    let text = "";
+    const done = new Promise((resolve) => res.on("end", resolve));
+    res.on("data", (d) => (text += d));
+    while (!text.includes('"welcome"')) await new Promise((r2) => setTimeout(r2, 20));
+    res.pause();
+    const payload = "z".repeat(200_000);
+    for (let i = 0; i < 40; i++) {
+      const p = await fetch(`${lw.url}/publish`, { method: "POST", headers: { authorization: `Bearer ${publishToken()}`, "content-type": "application/json" }, body: JSON.stringify({ userId: slowUser, type: "big", payload, timeoutMs: 0 }) });
+      assert.equal(p.status, 200);
+      await p.arrayBuffer();
+    }
+    res.resume();
+    await Promise.race([done, new Promise((r2) => setTimeout(r2, 15000))]);
+    const last = text.split("\n\n").filter((b) => b.includes("data:")).at(-1);
+    const frame = JSON.parse(last.split("\n").find((l) => l.startsWith("data: ")).slice(6));
+    checkFrame(frame, "receive", "sse");
+    assert.equal(frame.code, "slow_consumer");
+  } finally {
+    await Promise.all(open.map((c) => c.close().catch(() => {})));
+    await lw.stop();
   }
 });
 

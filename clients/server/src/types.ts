@@ -88,6 +88,19 @@ export interface PublishResult<R = Json> {
   pendingCount?: number;
   /** In the smallest `trimmed` answer: how many closed before acking. */
   closedCount?: number;
+}
+
+/**
+ * One user's entry in a `userIds` or channel answer: a one-user answer without `results` (each ack result is
+ * in the entry's `acks` and in the answer's flat `results`, kept once).
+ */
+export interface UserResult<R = Json> extends Omit<PublishResult<R>, "results"> {
+  userId: string;
+  /**
+   * Set when this user's ack results were left out to keep the answer within `PUBLISH_RESULTS_MAX_BYTES`:
+   * its `acks` keep their `connectionId` (so who acked stays known) but not their `result`.
+   */
+  truncated?: true;
   /** On a channel publish: the user's connections that joined the channel. */
   joined?: number;
   /** On a channel publish: the user is kept as a member after its last connection closed (for its resume). */
@@ -120,15 +133,18 @@ export interface RelayFailure {
   error: string;
   message: string;
 }
-export type UserOutcome<R = Json> = (PublishResult<R> & { userId: string }) | UserFailure;
+export type UserOutcome<R = Json> = UserResult<R> | UserFailure;
 
 /** The answer to a `userIds` publish. */
 export interface MultiPublishResult<R = Json> {
   clientCount: number;
+  /** Every user's ack results, flat, while they fit in `PUBLISH_RESULTS_MAX_BYTES`. */
   results: R[];
   totals: PublishTotals;
   /** Every user's outcome, in the order asked. */
   users: UserOutcome<R>[];
+  /** True when ack results were left out (of `results`, or of an entry's `acks`) to stay within `PUBLISH_RESULTS_MAX_BYTES`; the totals stay exact. */
+  truncated: boolean;
 }
 
 /** The answer to a channel publish. */
@@ -139,7 +155,7 @@ export interface ChannelPublishResult<R = Json> {
   totals: PublishTotals & { pruned: number };
   /** At most 1,000 entries, failures first. */
   users: (UserOutcome<R> | RelayFailure)[];
-  /** True when `users` or `results` were cut to 1,000 entries (the totals stay exact). */
+  /** True when `users` or `results` were cut to 1,000 entries, or ack results left out to stay within `PUBLISH_RESULTS_MAX_BYTES` (the totals stay exact). */
   truncated: boolean;
 }
 

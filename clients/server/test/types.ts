@@ -9,7 +9,14 @@ export async function check(): Promise<void> {
   const results: unknown[] = one.results;
   const many = await sb.publish({ userIds: ["a", "b"] });
   const acked: number = many.totals.acked;
-  for (const u of many.users) if (!isFailure(u)) console.log(u.envelopeId);
+  const cut: boolean = many.truncated;
+  for (const u of many.users) {
+    if (isFailure(u)) continue;
+    const partial: true | undefined = u.truncated;
+    console.log(u.envelopeId, partial);
+    // @ts-expect-error a user's entry has no results of its own (they are in its acks and in many.results)
+    console.log(u.results);
+  }
   const room = await sb.publish({ channel: "room:1" });
   const truncated: boolean = room.truncated;
   // @ts-expect-error a user publish has no totals
@@ -29,5 +36,5 @@ export async function check(): Promise<void> {
     // @ts-expect-error only closed events have a close code
     console.log(event.data.code);
   }
-  console.log(seq, results, acked, truncated, token);
+  console.log(seq, results, acked, cut, truncated, token);
 }

@@ -17,13 +17,12 @@ class Ack(TypedDict):
     """Absent only in a ``trimmed`` answer (a stored answer replayed without results)."""
 
 
-class PublishResult(TypedDict):
-    """The answer to a publish to one user."""
+class _Delivery(TypedDict):
+    """What a one-user answer and a user's entry in a ``user_ids`` or channel answer share."""
 
     envelopeId: str
     seq: int
     clientCount: int
-    results: list[Any]
     acks: list[Ack]
     pending: list[str]
     closed: list[str]
@@ -36,12 +35,23 @@ class PublishResult(TypedDict):
     acked: NotRequired[int]
     pendingCount: NotRequired[int]
     closedCount: NotRequired[int]
+
+
+class PublishResult(_Delivery):
+    """The answer to a publish to one user."""
+
+    results: list[Any]
+
+
+class UserResult(_Delivery):
+    """One user's entry in a ``user_ids`` or channel answer: no ``results`` (each ack result is in
+    ``acks`` and in the answer's flat ``results``, kept once)."""
+
+    userId: str
+    truncated: NotRequired[Literal[True]]
+    """This user's ack results were left out (PUBLISH_RESULTS_MAX_BYTES); ``acks`` keep connectionId."""
     joined: NotRequired[int]
     lingering: NotRequired[Literal[True]]
-
-
-class UserResult(PublishResult):
-    userId: str
 
 
 class UserFailure(TypedDict):
@@ -77,6 +87,8 @@ class MultiPublishResult(TypedDict):
     results: list[Any]
     totals: Totals
     users: list[Union[UserResult, UserFailure]]
+    truncated: bool
+    """Ack results were left out to stay within PUBLISH_RESULTS_MAX_BYTES; the totals stay exact."""
 
 
 class ChannelPublishResult(TypedDict):
