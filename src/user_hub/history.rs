@@ -64,12 +64,7 @@ impl UserHub {
                 store_seq()?;
             }
             sql.exec("DELETE FROM history WHERE seq < ? OR at < ?", vec![(keep_from as i64).into(), cutoff.into()])?;
-            let oldest = sql
-                .exec("SELECT seq, at FROM history ORDER BY seq LIMIT 1", None)?
-                .to_array::<OldestRow>()?
-                .first()
-                .map(|r| (r.seq as u64, r.at));
-            self.oldest.set(oldest);
+            self.reload_oldest(&sql)?;
         }
         Ok(())
     }
@@ -105,12 +100,7 @@ impl UserHub {
         } else {
             sql.exec("DELETE FROM history", None)?.rows_written()
         };
-        let oldest = sql
-            .exec("SELECT seq, at FROM history ORDER BY seq LIMIT 1", None)?
-            .to_array::<OldestRow>()?
-            .first()
-            .map(|r| (r.seq as u64, r.at));
-        self.oldest.set(oldest);
+        self.reload_oldest(&sql)?;
         let remaining = sql.exec("SELECT count(*) AS value FROM history", None)?.to_array::<super::ValueRow>()?;
         log::info(
             "history_trimmed",
@@ -194,5 +184,16 @@ impl UserHub {
             json!({ "connectionId": id, "since": since, "replayed": sent, "gap": first_kept > since + 1, "more": more }),
         );
         Ok(more)
+    }
+
+    /// Re-reads the oldest stored envelope's `(seq, at)` after a trim (see `UserHub::oldest`).
+    fn reload_oldest(&self, sql: &worker::SqlStorage) -> Result<(), Error> {
+        let oldest = sql
+            .exec("SELECT seq, at FROM history ORDER BY seq LIMIT 1", None)?
+            .to_array::<OldestRow>()?
+            .first()
+            .map(|r| (r.seq as u64, r.at));
+        self.oldest.set(oldest);
+        Ok(())
     }
 }
