@@ -77,6 +77,8 @@ pub struct Inner {
     /// Open connections by id; `None` until rebuilt after construction (or a wake).
     pub(crate) conns: RefCell<Option<HashMap<String, Conn>>>,
     pub(crate) acks: RefCell<AckRegistry>,
+    /// Ends the waits of [`acks`](Self::acks) at their deadlines: one timer for every publish in flight.
+    pub(crate) ack_timer: js::Timer,
     /// The last `seq` handed out; valid once `conns` is loaded.
     seq: Cell<u64>,
     /// The oldest stored envelope's `(seq, at)`, to trim history without scanning it.
@@ -122,11 +124,19 @@ impl worker::DurableObject for UserHub {
             state.set_websocket_auto_response(&pair);
         }
         js::install_fast_microtasks();
-        let inner = Inner {
+        let inner = |hub: &std::rc::Weak<Inner>| Inner {
             state,
             env,
             conns: RefCell::new(None),
             acks: RefCell::default(),
+            ack_timer: {
+                let hub = hub.clone();
+                js::Timer::new(move || {
+                    if let Some(hub) = hub.upgrade() {
+                        hub.expire_acks();
+                    }
+                })
+            },
             seq: Cell::new(0),
             oldest: Cell::new(None),
             version: Cell::new(0),
@@ -139,7 +149,7 @@ impl worker::DurableObject for UserHub {
             publish_bucket: RefCell::new(None),
             join_bucket: RefCell::new(None),
         };
-        UserHub { inner: Rc::new(inner) }
+        UserHub { inner: Rc::new_cyclic(inner) }
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
