@@ -132,6 +132,25 @@ for (const [k, us] of [...byFn].sort((a, b) => b[1] - a[1]).slice(0, Number(proc
   if (k.startsWith("(idle)") || k.startsWith("(root)")) continue;
   console.log(`  ${per(us).padStart(8)}  ${((100 * us) / busy).toFixed(1).padStart(5)}%  ${k}`);
 }
+// PROFILE_CALLERS=setTimeout,exec: who calls these (the stack above each sample, 5 frames deep).
+const parent = new Map();
+for (const nd of profile.nodes) for (const c of nd.children || []) parent.set(c, nd.id);
+for (const target of (process.env.PROFILE_CALLERS || "").split(",").filter(Boolean)) {
+  const stacks = new Map();
+  for (const [id, us] of self) {
+    if (byId.get(id).callFrame.functionName !== target) continue;
+    const frames = [];
+    for (let p = parent.get(id); p !== undefined && frames.length < 5; p = parent.get(p)) {
+      const cf = byId.get(p).callFrame;
+      if (cf.functionName === "(root)") break;
+      frames.push(`${cf.functionName || "(anonymous)"}${cf.url && !cf.url.startsWith("wasm") ? "@" + cf.url.split("/").pop() + ":" + cf.lineNumber : ""}`);
+    }
+    const key = frames.join(" < ");
+    stacks.set(key, (stacks.get(key) || 0) + us);
+  }
+  console.log(`callers of ${target} (ms per publish):`);
+  for (const [k, us] of [...stacks].sort((a, b) => b[1] - a[1]).slice(0, 8)) console.log(`  ${per(us).padStart(8)}  ${k}`);
+}
 for (const ws of clients) ws.terminate();
 cdp.terminate();
 await mf.dispose();

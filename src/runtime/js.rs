@@ -156,3 +156,9 @@ impl Timer {
         }
     }
 }
+
+/// The time in ms since the epoch, without a JS `Date` object (`worker::Date::now()` makes one per
+/// call).
+pub fn now_ms() -> u64 {
+    js_sys::Date::now() as u64
+}

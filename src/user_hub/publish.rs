@@ -10,12 +10,12 @@ use crate::core::filter::EnvelopeView;
 use crate::core::ids;
 use crate::core::protocol::{self, rfc3339, AckOut, PublishResponse, Transport};
 use crate::hop::wire::PublishMeta;
-use crate::runtime::js::send_shared;
+use crate::runtime::js::{self, send_shared};
 use crate::runtime::{http, log};
 use serde::Deserialize;
 use serde_json::json;
 use std::cell::OnceCell;
-use worker::{Date, Request, Response};
+use worker::{Request, Response};
 
 /// How long past `ACK_TIMEOUT_MAX_MS` an unanswered idempotency row counts as a publish that died.
 const STALE_GRACE_MS: i64 = 2_000;
@@ -32,7 +32,7 @@ struct IdempotencyRow {
 impl super::Inner {
     /// The ack timer's callback: ends every wait past its deadline and re-arms for the next one.
     pub(super) fn expire_acks(&self) {
-        let now = Date::now().as_millis() as f64;
+        let now = js::now_ms() as f64;
         // A timeout may fire a hair early by the runtime's clock: within a millisecond counts.
         if let Some(next) = self.acks.borrow_mut().expire(now + 1.0) {
             self.ack_timer.arm_by(next, now);
@@ -55,7 +55,7 @@ impl UserHub {
     ) -> Result<String, Error> {
         let config = self.config()?;
         self.ensure_loaded()?;
-        let started = Date::now().as_millis();
+        let started = js::now_ms();
         let now_ms = started as i64;
         // The key first: a retry is answered as the first publish was, even when its connection
         // has closed or the user has left the channel since.
@@ -163,7 +163,7 @@ impl UserHub {
         let collector = if expected.is_empty() || timeout_ms == 0 {
             Collector::new(expected)
         } else {
-            let now = Date::now().as_millis() as f64;
+            let now = js::now_ms() as f64;
             let deadline = now + timeout_ms as f64;
             let done = self.acks.borrow_mut().register(&envelope_id, expected, deadline);
             self.ack_timer.arm_by(deadline, now);
@@ -192,7 +192,7 @@ impl UserHub {
             json!({
                 "userId": p.user_id, "envelopeId": envelope_id, "seq": seq, "type": p.kind,
                 "clientCount": client_count, "acked": response.acks.len(), "pending": response.pending.len(),
-                "closed": response.closed.len(), "ms": Date::now().as_millis().saturating_sub(started),
+                "closed": response.closed.len(), "ms": js::now_ms().saturating_sub(started),
             }),
         );
         let body = serde_json::to_string(&response).map_err(|e| Error::Internal(e.to_string()))?;
