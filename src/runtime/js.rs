@@ -21,6 +21,14 @@ export function installFastMicrotasks() {
   };
 }
 
+const socketIds = new WeakMap();
+export function cachedSocketId(ws) {
+  return socketIds.get(ws);
+}
+export function cacheSocketId(ws, id) {
+  socketIds.set(ws, id);
+}
+
 export function jsonResponse(status, body, cors, allow) {
   const headers = { "content-type": "application/json; charset=utf-8", "cache-control": "no-store" };
   if (cors !== undefined) {
@@ -44,6 +52,11 @@ extern "C" {
     /// A JSON `Response` made in one call, its headers a plain object: building it from Rust took a
     /// `Headers` object, a crossing per header, a `Uint8Array` copy of the body and the `Response`
     /// builtin's slower path for a `Headers` init (about 15% of the Worker's CPU per publish).
+    #[wasm_bindgen(js_name = cachedSocketId)]
+    fn cached_socket_id(ws: &web_sys::WebSocket) -> Option<String>;
+    #[wasm_bindgen(js_name = cacheSocketId)]
+    fn cache_socket_id(ws: &web_sys::WebSocket, id: &str);
+
     #[wasm_bindgen(js_name = jsonResponse)]
     fn json_response_js(
         status: u16,
@@ -63,6 +76,19 @@ pub fn json_response(
 ) -> web_sys::Response {
     let opt = |v: Option<&str>| v.map_or(wasm_bindgen::JsValue::UNDEFINED, wasm_bindgen::JsValue::from_str);
     json_response_js(status, body, &opt(cors), &opt(allow))
+}
+
+/// A hibernatable socket's connection id (its first tag), remembered per JS socket object in a
+/// `WeakMap`: `getTags` builds a JS array of new strings on every call, and every ack asks. A socket
+/// object the runtime made anew after a wake is not in the map, and is looked up once.
+pub fn socket_id(ws: &WebSocket, tags: impl FnOnce() -> Option<String>) -> Option<String> {
+    let raw: &web_sys::WebSocket = ws.as_ref();
+    if let Some(id) = cached_socket_id(raw) {
+        return Some(id);
+    }
+    let id = tags()?;
+    cache_socket_id(raw, &id);
+    Some(id)
 }
 
 thread_local! {
