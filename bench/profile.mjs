@@ -87,8 +87,18 @@ for (let i = 0; i < Math.min(200, n); i++) await publish(i); // warm-up (tier-up
 await call("Profiler.enable");
 await call("Profiler.setSamplingInterval", { interval: Number(process.env.PROFILE_INTERVAL_US || 200) });
 await call("Profiler.start");
+// PROFILE_CONNECTS=1: profile opening `publishes` more sockets (to one other user) instead of publishing.
+const connects = process.env.PROFILE_CONNECTS === "1";
 const t0 = performance.now();
-for (let i = 0; i < n; i++) await publish(i);
+if (connects) {
+  for (let i = 0; i < n; i++) {
+    const ws = new WebSocket(`${url.replace(/^http/, "ws")}/?token=${mint({ userId: "prof-connect", exp })}`);
+    await new Promise((r, j) => (ws.once("message", r), ws.once("error", j)));
+    clients.push(ws);
+  }
+} else {
+  for (let i = 0; i < n; i++) await publish(i);
+}
 const wall = performance.now() - t0;
 const { result } = await call("Profiler.stop");
 const profile = result.profile;
@@ -120,7 +130,7 @@ for (const [id, us] of self) {
   byFn.set(key, (byFn.get(key) || 0) + us);
 }
 const per = (us) => (us / 1000 / n).toFixed(3);
-console.log(`server=${name} sockets=${sockets} publishes=${n} payload=${padArg}B wall=${wall.toFixed(0)}ms`);
+console.log(`server=${name} sockets=${sockets} ${connects ? "connects" : "publishes"}=${n} payload=${padArg}B wall=${wall.toFixed(0)}ms`);
 console.log(`isolate busy (non-idle samples): ${(busy / 1000).toFixed(1)} ms = ${per(busy)} ms/publish (JS thread only)`);
 console.log("by kind (ms per publish, share of busy):");
 for (const [k, us] of [...byKind].sort((a, b) => b[1] - a[1])) {

@@ -89,6 +89,8 @@ pub struct Inner {
     outbox_sending: Cell<i64>,
     /// Events still to send one at a time after the backend refused a batch (to find the culprit).
     outbox_solo: Cell<usize>,
+    /// When this object last set its alarm, until that alarm runs (`None`: unknown, ask storage).
+    pub(crate) alarm_set_at: Cell<Option<i64>>,
     /// Alarm runs that failed in a row (their retry backs off).
     alarm_failures: Cell<u32>,
     /// `TEST_FAULTS=alarm` has failed this object's alarm once already.
@@ -142,6 +144,7 @@ impl worker::DurableObject for UserHub {
             version: Cell::new(0),
             outbox_sending: Cell::new(0),
             outbox_solo: Cell::new(0),
+            alarm_set_at: Cell::new(None),
             alarm_failures: Cell::new(0),
             fault_spent: Cell::new(false),
             connect_fault_spent: Cell::new(false),
@@ -171,6 +174,8 @@ impl worker::DurableObject for UserHub {
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
+        self.alarm_set_at.set(None); // this alarm is spent
+
         // The run re-arms itself, after a failure too; only when no alarm could be set does this
         // throw, so the runtime retries the alarm (with its own backoff).
         if let Err(e) = self.run_alarm().await {
