@@ -51,16 +51,20 @@ const call = (method, params = {}) =>
     cdp.send(JSON.stringify({ id, method, params }));
   });
 
-// Clients that ack at once.
+// Clients that ack at once. PROFILE_CHANNEL=1: each socket is its own user, joined to one channel,
+// and the publishes go to the channel (the cost per member delivery).
+const channel = process.env.PROFILE_CHANNEL === "1" ? "prof-ch" : null;
 const user = "prof";
 const clients = [];
 for (let i = 0; i < sockets; i++) {
-  const ws = new WebSocket(`${url.replace(/^http/, "ws")}/?token=${mint({ userId: user, exp })}`);
+  const claims = channel ? { userId: `${user}-${i}`, channels: [channel], exp } : { userId: user, exp };
+  const ws = new WebSocket(`${url.replace(/^http/, "ws")}/?token=${mint(claims)}`);
   await new Promise((r, j) => {
     ws.once("message", r);
     ws.once("error", j);
   });
-  ws.send(JSON.stringify({ type: "subscribe", filters: [{ type: "bench" }], id: 1 }));
+  if (channel) ws.send(JSON.stringify({ type: "join", channel, id: 1 }));
+  else ws.send(JSON.stringify({ type: "subscribe", filters: [{ type: "bench" }], id: 1 }));
   await new Promise((r) => ws.once("message", r));
   ws.on("message", (d) => {
     const s = d.toString();
@@ -77,10 +81,11 @@ async function publish(i) {
   const r = await fetch(`${url}/publish`, {
     method: "POST",
     headers: { authorization: auth, "content-type": "application/json" },
-    body: `{"userId":"${user}","type":"bench","payload":{"n":${i},"pad":"${pad}"},"timeoutMs":5000}`,
+    body: `{${channel ? `"channel":"${channel}"` : `"userId":"${user}"`},"type":"bench","payload":{"n":${i},"pad":"${pad}"},"timeoutMs":5000}`,
   });
   const j = await r.json();
-  if (r.status !== 200 || j.clientCount !== sockets || j.acks.length !== sockets) throw new Error(JSON.stringify(j).slice(0, 300));
+  const acked = channel ? j.totals?.acked : j.acks?.length;
+  if (r.status !== 200 || j.clientCount !== sockets || acked !== sockets) throw new Error(JSON.stringify(j).slice(0, 300));
 }
 for (let i = 0; i < Math.min(200, n); i++) await publish(i); // warm-up (tier-up)
 

@@ -187,14 +187,19 @@ impl UserHub {
             joined,
             lingering,
         };
-        log::info(
-            "publish",
-            json!({
-                "userId": p.user_id, "envelopeId": envelope_id, "seq": seq, "type": p.kind,
-                "clientCount": client_count, "acked": response.acks.len(), "pending": response.pending.len(),
-                "closed": response.closed.len(), "ms": js::now_ms().saturating_sub(started),
-            }),
-        );
+        // A channel's root logs the publish once with its totals; a member's hub adds a line only
+        // when a connection did not ack (a channel of 100,000 is not 100,000 lines).
+        let quiet = p.channel.is_some() && response.pending.is_empty() && response.closed.is_empty();
+        if !quiet {
+            log::info(
+                "publish",
+                json!({
+                    "userId": p.user_id, "envelopeId": envelope_id, "seq": seq, "type": p.kind,
+                    "clientCount": client_count, "acked": response.acks.len(), "pending": response.pending.len(),
+                    "closed": response.closed.len(), "ms": js::now_ms().saturating_sub(started),
+                }),
+            );
+        }
         let body = serde_json::to_string(&response).map_err(|e| Error::Internal(e.to_string()))?;
         if let Some(key) = &idempotency_key {
             // Kept so a retry gets the same answer, acks included; trimmed when large (a SQLite value
