@@ -8,6 +8,7 @@ pub mod channel;
 pub mod config;
 pub mod error;
 pub mod filter;
+pub mod presence;
 pub mod ids;
 pub mod protocol;
 pub mod query;

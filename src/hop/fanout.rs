@@ -77,3 +77,42 @@ pub async fn fan_out(
     });
     join_all(hops).await
 }
+
+/// Sends a channel's presence batch to every watching user's hub at once, under one deadline of
+/// `limit_ms`, and returns the users whose hubs said they no longer watch, each with the version of
+/// that answer. A hub that fails or misses the deadline is logged and skipped: presence frames are
+/// not acked, and a client that missed one re-syncs from the next join's snapshot.
+pub async fn presence_fan_out(
+    env: &Env,
+    channel: &str,
+    frame: &JsValue,
+    users: &[String],
+    limit_ms: u64,
+) -> Vec<(String, u64)> {
+    let deadline = Delay::from(Duration::from_millis(limit_ms)).shared();
+    let hops = users.iter().map(|user| {
+        let deadline = deadline.clone();
+        async move {
+            let hop = Box::pin(super::user::presence(env, user, channel, frame));
+            match select(hop, deadline).await {
+                Either::Left((Ok(Some(version)), _)) => Some((user.clone(), version)),
+                Either::Left((Ok(None), _)) => None,
+                Either::Left((Err(e), _)) => {
+                    crate::runtime::log::error(
+                        "presence_hop_failed",
+                        json!({ "channel": channel, "userId": user, "message": e.to_string() }),
+                    );
+                    None
+                }
+                Either::Right(_) => {
+                    crate::runtime::log::error(
+                        "presence_hop_failed",
+                        json!({ "channel": channel, "userId": user, "message": format!("no answer within {limit_ms} ms") }),
+                    );
+                    None
+                }
+            }
+        }
+    });
+    join_all(hops).await.into_iter().flatten().collect()
+}
