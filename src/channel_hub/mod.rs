@@ -37,7 +37,8 @@ CREATE INDEX IF NOT EXISTS presence_watchers ON presence_members (watch, user_id
 CREATE TABLE IF NOT EXISTS presence_pending (user_id TEXT PRIMARY KEY, was_present INTEGER NOT NULL, was_data TEXT,
   present INTEGER NOT NULL, data TEXT, reason TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS presence_state (id INTEGER PRIMARY KEY CHECK (id = 0), channel TEXT NOT NULL,
-  version INTEGER NOT NULL, flushed_at INTEGER NOT NULL);";
+  version INTEGER NOT NULL, flushed_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS presence_events (id INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL);";
 
 #[durable_object]
 pub struct ChannelHub {

@@ -51,6 +51,15 @@ struct UserRow {
 }
 
 #[derive(Deserialize)]
+struct EventRow {
+    id: i64,
+    body: String,
+}
+
+/// How long after a failed hand-over of member events the alarm tries again.
+const RETRY_MS: i64 = 5_000;
+
+#[derive(Deserialize)]
 struct CountRow {
     n: i64,
 }
@@ -83,10 +92,13 @@ impl ChannelHub {
             (true, true) => {
                 // A present user's hub says one of its connections now watches (or none does). The
                 // data stays that of the join that registered the user.
+                // (An upsert: a member registered before presence existed has no row yet.)
                 if let Some(watch) = update.watch {
                     self.sql().exec(
-                        "UPDATE presence_members SET watch = ?, watch_version = ? WHERE user_id = ? AND watch_version < ?",
-                        vec![i64::from(watch).into(), version.into(), user.clone().into(), version.into()],
+                        "INSERT INTO presence_members (user_id, data, watch, watch_version) VALUES (?, NULL, ?, ?)
+                         ON CONFLICT(user_id) DO UPDATE SET watch = excluded.watch, watch_version = excluded.watch_version
+                         WHERE excluded.watch_version > presence_members.watch_version",
+                        vec![user.clone().into(), i64::from(watch).into(), version.into()],
                     )?;
                 }
                 Ok(())
@@ -229,10 +241,11 @@ impl ChannelHub {
         let pending = sql
             .exec("SELECT user_id, was_present, was_data, present, data, reason FROM presence_pending ORDER BY user_id", None)?
             .to_array::<PendingRow>()?;
-        if pending.is_empty() {
-            return Ok(());
-        }
         let state = self.state_row()?;
+        if pending.is_empty() {
+            // Only member events an earlier batch could not hand on (their retry).
+            return self.hand_member_events(&state.channel, Vec::new()).await;
+        }
         let version = state.version.max(0) as u64 + 1;
         let started = now_ms();
         // The batch is taken before anything is sent: changes that arrive while it is on its way
@@ -247,7 +260,7 @@ impl ChannelHub {
             .map(|r| Change { user_id: r.user_id, present: r.present != 0, data: r.data, reason: r.reason })
             .collect();
         let count = self.member_count()?;
-        emit_member_events(&self.env, &state.channel, &changes);
+        self.hand_member_events(&state.channel, member_events(&state.channel, &changes)).await?;
         let watchers: Vec<String> = sql
             .exec("SELECT user_id FROM presence_members WHERE watch = 1 ORDER BY user_id", None)?
             .to_array::<UserRow>()?
@@ -278,6 +291,38 @@ impl ChannelHub {
             json!({ "channel": state.channel, "version": version, "changes": changes.len(), "count": count,
                 "watchers": watchers.len(), "stoppedWatching": stopped, "ms": now_ms().saturating_sub(started) }),
         );
+        Ok(())
+    }
+
+    /// Hands member events on, after any that an earlier batch could not hand (kept in order in
+    /// `presence_events`); what cannot be handed now is kept for the next alarm, set for it.
+    async fn hand_member_events(&self, channel: &str, fresh: Vec<Value>) -> Result<(), Error> {
+        let sql = self.sql();
+        let kept: Vec<(i64, Value)> = sql
+            .exec("SELECT id, body FROM presence_events ORDER BY id", None)?
+            .to_array::<EventRow>()?
+            .into_iter()
+            .filter_map(|r| serde_json::from_str(&r.body).ok().map(|v| (r.id, v)))
+            .collect();
+        let mut events: Vec<Value> = kept.iter().map(|(_, v)| v.clone()).collect();
+        let last_kept = kept.last().map_or(0, |(id, _)| *id);
+        events.extend(fresh.iter().cloned());
+        if events.is_empty() {
+            return Ok(());
+        }
+        match send_member_events(&self.env, channel, &events).await {
+            Ok(()) => {
+                sql.exec("DELETE FROM presence_events WHERE id <= ?", vec![last_kept.into()])?;
+            }
+            Err(e) => {
+                log::error("presence_error", json!({ "op": "member_events", "kept": events.len(), "message": e.to_string() }));
+                for event in fresh {
+                    sql.exec("INSERT INTO presence_events (body) VALUES (?)", vec![event.to_string().into()])?;
+                }
+                let at = js_sys::Date::new(&wasm_bindgen::JsValue::from_f64((now_ms() + RETRY_MS) as f64));
+                self.state.storage().set_alarm(worker::ScheduledTime::new(at)).await?;
+            }
+        }
         Ok(())
     }
 
@@ -353,18 +398,24 @@ impl ChannelHub {
     }
 }
 
-/// Where the member webhook events of a batch go: `switchboard.channel.member.joined.v1` and
-/// `.left.v1`, one per change, with [`presence::event_data`]. The batched webhook path
-/// (`hop::events`, issue 15 part B) is built on another branch; until it is merged, this logs the
-/// events it would send and sends nothing.
-fn emit_member_events(_env: &Env, channel: &str, changes: &[Change]) {
-    for change in changes {
-        log::info(
-            "member_event",
-            json!({ "type": presence::event_type(change), "subject": change.user_id,
-                "data": presence::event_data(channel, change) }),
-        );
+/// Hands a batch's member webhook events (`switchboard.channel.member.joined.v1` / `.left.v1`, built
+/// by [`member_events`]) to the batched webhook path. This is the one call to change when that path
+/// (`hop::events::send(env, channel, &events)`, issue 15 part B) is merged: until then it logs each
+/// event (`member_event`) and hands nothing. `Err` means nothing may be assumed handed: the caller
+/// keeps the events in `presence_events` and the next alarm tries again, in order.
+async fn send_member_events(_env: &Env, _channel: &str, events: &[Value]) -> Result<(), Error> {
+    for e in events {
+        log::info("member_event", e.clone());
     }
+    Ok(())
+}
+
+/// The member webhook events of a batch's changes: `subject` is the user id.
+fn member_events(channel: &str, changes: &[Change]) -> Vec<Value> {
+    changes
+        .iter()
+        .map(|c| json!({ "type": presence::event_type(c), "subject": c.user_id, "data": presence::event_data(channel, c) }))
+        .collect()
 }
 
 /// One step of a presence batch's way down the tree at position `path`: straight to the watchers'
