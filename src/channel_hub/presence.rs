@@ -239,7 +239,10 @@ impl ChannelHub {
         self.load()?;
         let sql = self.sql();
         let pending = sql
-            .exec("SELECT user_id, was_present, was_data, present, data, reason FROM presence_pending ORDER BY user_id", None)?
+            .exec(
+                "SELECT user_id, was_present, was_data, present, data, reason FROM presence_pending ORDER BY user_id",
+                None,
+            )?
             .to_array::<PendingRow>()?;
         let state = self.state_row()?;
         if pending.is_empty() {
@@ -281,7 +284,12 @@ impl ChannelHub {
         }
         // Changes that came in while the batch was on its way: the alarm they asked for may have
         // been taken for this running one (`get_alarm` still shows it); set it again.
-        if sql.exec("SELECT count(*) AS n FROM presence_pending", None)?.to_array::<CountRow>()?.first().is_some_and(|r| r.n > 0) {
+        if sql
+            .exec("SELECT count(*) AS n FROM presence_pending", None)?
+            .to_array::<CountRow>()?
+            .first()
+            .is_some_and(|r| r.n > 0)
+        {
             let due = started + presence::batch_interval_ms(config.presence_interval_ms, watchers.len() as u64) as i64;
             let at = js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(due.max(now_ms()) as f64));
             self.state.storage().set_alarm(worker::ScheduledTime::new(at)).await?;
@@ -315,7 +323,10 @@ impl ChannelHub {
                 sql.exec("DELETE FROM presence_events WHERE id <= ?", vec![last_kept.into()])?;
             }
             Err(e) => {
-                log::error("presence_error", json!({ "op": "member_events", "kept": events.len(), "message": e.to_string() }));
+                log::error(
+                    "presence_error",
+                    json!({ "op": "member_events", "kept": events.len(), "message": e.to_string() }),
+                );
                 for event in fresh {
                     sql.exec("INSERT INTO presence_events (body) VALUES (?)", vec![event.to_string().into()])?;
                 }
@@ -365,7 +376,10 @@ impl ChannelHub {
             match crate::hop::user::channel_connections(env, &r.user_id, channel).await {
                 Ok(n) => Some(n),
                 Err(e) => {
-                    log::error("presence_hop_failed", json!({ "channel": channel, "userId": r.user_id, "message": e.to_string() }));
+                    log::error(
+                        "presence_hop_failed",
+                        json!({ "channel": channel, "userId": r.user_id, "message": e.to_string() }),
+                    );
                     None
                 }
             }
@@ -447,12 +461,18 @@ async fn step(
         match answered {
             Some(Ok(stopped)) => stopped,
             Some(Err(e)) => {
-                log::error("presence_relay_failed", json!({ "channel": channel, "relay": relay, "message": e.to_string() }));
+                log::error(
+                    "presence_relay_failed",
+                    json!({ "channel": channel, "relay": relay, "message": e.to_string() }),
+                );
                 Vec::new()
             }
             None => {
-                log::error("presence_relay_failed", json!({ "channel": channel, "relay": relay,
-                    "message": format!("no answer within {limit_ms} ms") }));
+                log::error(
+                    "presence_relay_failed",
+                    json!({ "channel": channel, "relay": relay,
+                    "message": format!("no answer within {limit_ms} ms") }),
+                );
                 Vec::new()
             }
         }

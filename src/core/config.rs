@@ -487,7 +487,8 @@ mod tests {
     fn presence_settings_have_defaults_and_bounds() {
         let c = parse(&[("JWT_SECRET", S)]).unwrap();
         assert_eq!((c.presence_interval_ms, c.token_rules.presence_data_max_bytes), (1000, 1024));
-        let c = parse(&[("JWT_SECRET", S), ("PRESENCE_INTERVAL_MS", "50"), ("PRESENCE_DATA_MAX_BYTES", "4096")]).unwrap();
+        let c =
+            parse(&[("JWT_SECRET", S), ("PRESENCE_INTERVAL_MS", "50"), ("PRESENCE_DATA_MAX_BYTES", "4096")]).unwrap();
         assert_eq!((c.presence_interval_ms, c.token_rules.presence_data_max_bytes), (50, 4096));
         for (name, bad) in [
             ("PRESENCE_INTERVAL_MS", "49"),

@@ -149,7 +149,10 @@ mod tests {
             (0..101).map(|i| (format!("u{i:03}"), (i == 0).then(|| "7".to_string()))).collect();
         let s = snapshot(17, 150, members.clone());
         assert_eq!(s["members"].as_array().unwrap().len(), 100);
-        assert_eq!((s["truncated"].clone(), s["count"].clone(), s["version"].clone()), (json!(true), json!(150), json!(17)));
+        assert_eq!(
+            (s["truncated"].clone(), s["count"].clone(), s["version"].clone()),
+            (json!(true), json!(150), json!(17))
+        );
         assert_eq!(s["members"][0], json!({"userId": "u000", "data": 7}));
         assert_eq!(s["members"][1], json!({"userId": "u001"}), "no data, no field");
         let s = snapshot(0, 100, members[..100].to_vec());

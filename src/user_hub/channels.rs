@@ -143,7 +143,7 @@ impl UserHub {
                 // Frames that came while the root was asked follow the snapshot, in order; the
                 // client drops those at or below the snapshot's version.
                 for frame in held {
-                    let _ = ws.send_with_str(&String::from(frame));
+                    crate::runtime::js::send_shared(ws, &frame);
                 }
             }
             None => reply_ok(ws, frame_id),

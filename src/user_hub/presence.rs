@@ -20,7 +20,8 @@ impl UserHub {
         if !removed.is_ok_and(|c| c.rows_written() > 0) {
             return;
         }
-        let update = MemberUpdate { watch: Some(false), ..MemberUpdate::new(channel, user_id, true, self.next_version()) };
+        let update =
+            MemberUpdate { watch: Some(false), ..MemberUpdate::new(channel, user_id, true, self.next_version()) };
         if let Err(e) = channel_hop::update_membership(&self.env, &update).await {
             log::error("unwatch_failed", json!({ "userId": user_id, "channel": channel, "message": e.to_string() }));
         }
@@ -59,5 +60,4 @@ impl UserHub {
             .filter(|c| c.watching.iter().any(|n| n == channel) || c.held.iter().any(|(n, _)| n == channel))
             .count()
     }
-
 }

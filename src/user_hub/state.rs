@@ -118,7 +118,12 @@ impl Attachment {
 
     /// The channels the mask says this connection watches.
     pub(super) fn watched(&self) -> Vec<String> {
-        self.channels.iter().enumerate().filter(|(i, _)| self.watching & (1 << i) != 0).map(|(_, (c, _))| c.clone()).collect()
+        self.channels
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.watching & (1 << i) != 0)
+            .map(|(_, (c, _))| c.clone())
+            .collect()
     }
 }
 

@@ -57,7 +57,10 @@ impl UserHub {
             ],
         )?;
         if let Some(data) = ticket.presence {
-            self.sql_exec("INSERT INTO ticket_presence (hash, data) VALUES (?, ?)", vec![ticket.hash.into(), data.into()])?;
+            self.sql_exec(
+                "INSERT INTO ticket_presence (hash, data) VALUES (?, ?)",
+                vec![ticket.hash.into(), data.into()],
+            )?;
         }
         Ok(http::json(200, json!({ "expiresIn": config.ticket_seconds }).to_string(), None)?)
     }
