@@ -14,54 +14,72 @@ use crate::hop::fanout::presence_fan_out;
 use crate::hop::wire::MemberUpdate;
 use crate::runtime::{http, js, log, settings};
 use futures_util::future::{join_all, select, Either};
-use serde::Deserialize;
 use serde_json::{json, Value};
 use std::time::Duration;
-use worker::{Date, Delay, Env, Request, Response};
+use worker::{Date, Delay, Env, Request, Response, SqlStorageValue as V};
 
 /// Most users one page of `GET /channels/{channel}/presence` lists: each is one hop to its hub.
 pub const MAX_PRESENCE_PAGE: usize = 100;
 
-#[derive(Deserialize)]
-struct StateRow {
+/// How long after a failed hand-over of member events the alarm tries again.
+const RETRY_MS: i64 = 5_000;
+
+/// A query's rows as plain values. Read by position through [`text`] and [`int`] rather than
+/// deserialised into a struct per query: each such struct is a serde visitor in the wasm, and the
+/// release wasm has a size budget.
+fn rows(cursor: worker::SqlCursor) -> Result<Vec<Vec<V>>, Error> {
+    Ok(cursor.raw().collect::<worker::Result<Vec<_>>>()?)
+}
+
+fn text(row: &[V], i: usize) -> Option<String> {
+    match row.get(i) {
+        Some(V::String(s)) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn int(row: &[V], i: usize) -> i64 {
+    match row.get(i) {
+        Some(V::Integer(n)) => *n,
+        Some(V::Float(f)) => *f as i64,
+        _ => 0,
+    }
+}
+
+/// One pending change: the user's state at the last batch, and now.
+struct Pending {
+    user_id: String,
+    was_present: bool,
+    was_data: Option<String>,
+    present: bool,
+    data: Option<String>,
+    reason: String,
+}
+
+impl Pending {
+    const COLUMNS: &'static str = "user_id, was_present, was_data, present, data, reason";
+
+    fn read(row: &[V]) -> Pending {
+        Pending {
+            user_id: text(row, 0).unwrap_or_default(),
+            was_present: int(row, 1) != 0,
+            was_data: text(row, 2),
+            present: int(row, 3) != 0,
+            data: text(row, 4),
+            reason: text(row, 5).unwrap_or_default(),
+        }
+    }
+}
+
+/// The channel's presence state: its name, the last batch's version and time.
+struct BatchState {
     channel: String,
     version: i64,
     flushed_at: i64,
 }
 
-#[derive(Deserialize)]
-struct PendingRow {
-    user_id: String,
-    was_present: i64,
-    was_data: Option<String>,
-    present: i64,
-    data: Option<String>,
-    reason: String,
-}
-
-#[derive(Deserialize)]
-struct DataRow {
-    user_id: String,
-    data: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct UserRow {
-    user_id: String,
-}
-
-#[derive(Deserialize)]
-struct EventRow {
-    id: i64,
-    body: String,
-}
-
-/// How long after a failed hand-over of member events the alarm tries again.
-const RETRY_MS: i64 = 5_000;
-
-#[derive(Deserialize)]
-struct CountRow {
-    n: i64,
+fn hop_failed(channel: &str, to: &str, message: &str) {
+    log::error("presence_hop_failed", json!({ "channel": channel, "to": to, "message": message }));
 }
 
 fn now_ms() -> i64 {
@@ -110,13 +128,11 @@ impl ChannelHub {
     /// A member left (a leave, the end of a linger, a kick, or a prune): the pending change, and
     /// its presence row goes.
     pub(super) fn member_removed(&self, channel: &str, user: &str, reason: LeftReason) -> Result<(), Error> {
-        let data = self
-            .sql()
-            .exec("SELECT user_id, data FROM presence_members WHERE user_id = ?", vec![user.to_string().into()])?
-            .to_array::<DataRow>()?
-            .into_iter()
-            .next()
-            .and_then(|r| r.data);
+        let data = rows(
+            self.sql().exec("SELECT data FROM presence_members WHERE user_id = ?", vec![user.to_string().into()])?,
+        )?
+        .first()
+        .and_then(|r| text(r, 0));
         self.sql().exec("DELETE FROM presence_members WHERE user_id = ?", vec![user.to_string().into()])?;
         self.record_change(channel, user, true, data, false, None, reason.name())
     }
@@ -136,17 +152,11 @@ impl ChannelHub {
         reason: &str,
     ) -> Result<(), Error> {
         let sql = self.sql();
-        let earlier = sql
-            .exec(
-                "SELECT user_id, was_present, was_data, present, data, reason FROM presence_pending WHERE user_id = ?",
-                vec![user.to_string().into()],
-            )?
-            .to_array::<PendingRow>()?
-            .into_iter()
-            .next();
+        let query = format!("SELECT {} FROM presence_pending WHERE user_id = ?", Pending::COLUMNS);
+        let earlier = rows(sql.exec(&query, vec![user.to_string().into()])?)?.first().map(|r| Pending::read(r));
         // The state at the last batch: the earliest pending change's "before", if there is one.
         let (was_present, was_data) = match earlier {
-            Some(row) => (row.was_present != 0, row.was_data),
+            Some(row) => (row.was_present, row.was_data),
             None => (was_present, was_data),
         };
         if presence::is_net_change(was_present, present, was_data.as_deref(), data.as_deref()) {
@@ -193,23 +203,33 @@ impl ChannelHub {
         Ok(())
     }
 
-    fn state_row(&self) -> Result<StateRow, Error> {
-        Ok(self
-            .sql()
-            .exec("SELECT channel, version, flushed_at FROM presence_state WHERE id = 0", None)?
-            .to_array::<StateRow>()?
-            .into_iter()
-            .next()
-            .unwrap_or(StateRow { channel: String::new(), version: 0, flushed_at: 0 }))
+    fn state_row(&self) -> Result<BatchState, Error> {
+        let found =
+            rows(self.sql().exec("SELECT channel, version, flushed_at FROM presence_state WHERE id = 0", None)?)?;
+        Ok(match found.first() {
+            Some(r) => {
+                BatchState { channel: text(r, 0).unwrap_or_default(), version: int(r, 1), flushed_at: int(r, 2) }
+            }
+            None => BatchState { channel: String::new(), version: 0, flushed_at: 0 },
+        })
+    }
+
+    fn count(&self, query: &str) -> Result<i64, Error> {
+        Ok(rows(self.sql().exec(query, None)?)?.first().map_or(0, |r| int(r, 0)))
     }
 
     fn watcher_count(&self) -> Result<u64, Error> {
-        Ok(self
-            .sql()
-            .exec("SELECT count(*) AS n FROM presence_members WHERE watch = 1", None)?
-            .to_array::<CountRow>()?
-            .first()
-            .map_or(0, |r| r.n.max(0) as u64))
+        Ok(self.count("SELECT count(*) FROM presence_members WHERE watch = 1")?.max(0) as u64)
+    }
+
+    /// Members with their data, in user id order, after `cursor`.
+    fn members_with_data(&self, cursor: &str, limit: usize) -> Result<Vec<(String, Option<String>)>, Error> {
+        let found = rows(self.sql().exec(
+            "SELECT m.user_id, p.data FROM members m LEFT JOIN presence_members p ON p.user_id = m.user_id
+             WHERE m.user_id > ? ORDER BY m.user_id LIMIT ?",
+            vec![cursor.to_string().into(), (limit as i64).into()],
+        )?)?;
+        Ok(found.iter().map(|r| (text(r, 0).unwrap_or_default(), text(r, 1))).collect())
     }
 
     /// The `presence` object of a presence join's `ok`: the last batch's version, the count, and
@@ -218,17 +238,7 @@ impl ChannelHub {
     pub(super) fn snapshot(&self) -> Result<Value, Error> {
         let count = self.member_count()?;
         let version = self.state_row()?.version.max(0) as u64;
-        let members = self
-            .sql()
-            .exec(
-                "SELECT m.user_id AS user_id, p.data AS data FROM members m LEFT JOIN presence_members p
-                 ON p.user_id = m.user_id ORDER BY m.user_id LIMIT ?",
-                vec![(SNAPSHOT_MEMBERS as i64 + 1).into()],
-            )?
-            .to_array::<DataRow>()?
-            .into_iter()
-            .map(|r| (r.user_id, r.data))
-            .collect();
+        let members = self.members_with_data("", SNAPSHOT_MEMBERS + 1)?;
         Ok(presence::snapshot(version, count, members))
     }
 
@@ -238,12 +248,8 @@ impl ChannelHub {
         let config = settings::get(&self.env)?;
         self.load()?;
         let sql = self.sql();
-        let pending = sql
-            .exec(
-                "SELECT user_id, was_present, was_data, present, data, reason FROM presence_pending ORDER BY user_id",
-                None,
-            )?
-            .to_array::<PendingRow>()?;
+        let query = format!("SELECT {} FROM presence_pending ORDER BY user_id", Pending::COLUMNS);
+        let pending: Vec<Pending> = rows(sql.exec(&query, None)?)?.iter().map(|r| Pending::read(r)).collect();
         let state = self.state_row()?;
         if pending.is_empty() {
             // Only member events an earlier batch could not hand on (their retry).
@@ -260,16 +266,15 @@ impl ChannelHub {
         )?;
         let changes: Vec<Change> = pending
             .into_iter()
-            .map(|r| Change { user_id: r.user_id, present: r.present != 0, data: r.data, reason: r.reason })
+            .map(|r| Change { user_id: r.user_id, present: r.present, data: r.data, reason: r.reason })
             .collect();
         let count = self.member_count()?;
         self.hand_member_events(&state.channel, member_events(&state.channel, &changes)).await?;
-        let watchers: Vec<String> = sql
-            .exec("SELECT user_id FROM presence_members WHERE watch = 1 ORDER BY user_id", None)?
-            .to_array::<UserRow>()?
-            .into_iter()
-            .map(|r| r.user_id)
-            .collect();
+        let watchers: Vec<String> =
+            rows(sql.exec("SELECT user_id FROM presence_members WHERE watch = 1 ORDER BY user_id", None)?)?
+                .iter()
+                .filter_map(|r| text(r, 0))
+                .collect();
         let mut stopped = 0;
         if !watchers.is_empty() {
             let frame = js_sys::JsString::from(presence::frame(&state.channel, version, &changes, count).as_str());
@@ -284,12 +289,7 @@ impl ChannelHub {
         }
         // Changes that came in while the batch was on its way: the alarm they asked for may have
         // been taken for this running one (`get_alarm` still shows it); set it again.
-        if sql
-            .exec("SELECT count(*) AS n FROM presence_pending", None)?
-            .to_array::<CountRow>()?
-            .first()
-            .is_some_and(|r| r.n > 0)
-        {
+        if self.count("SELECT count(*) FROM presence_pending")? > 0 {
             let due = started + presence::batch_interval_ms(config.presence_interval_ms, watchers.len() as u64) as i64;
             let at = js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(due.max(now_ms()) as f64));
             self.state.storage().set_alarm(worker::ScheduledTime::new(at)).await?;
@@ -306,11 +306,9 @@ impl ChannelHub {
     /// `presence_events`); what cannot be handed now is kept for the next alarm, set for it.
     async fn hand_member_events(&self, channel: &str, fresh: Vec<Value>) -> Result<(), Error> {
         let sql = self.sql();
-        let kept: Vec<(i64, Value)> = sql
-            .exec("SELECT id, body FROM presence_events ORDER BY id", None)?
-            .to_array::<EventRow>()?
-            .into_iter()
-            .filter_map(|r| serde_json::from_str(&r.body).ok().map(|v| (r.id, v)))
+        let kept: Vec<(i64, Value)> = rows(sql.exec("SELECT id, body FROM presence_events ORDER BY id", None)?)?
+            .iter()
+            .filter_map(|r| serde_json::from_str(&text(r, 1)?).ok().map(|v| (int(r, 0), v)))
             .collect();
         let mut events: Vec<Value> = kept.iter().map(|(_, v)| v.clone()).collect();
         let last_kept = kept.last().map_or(0, |(id, _)| *id);
@@ -360,26 +358,16 @@ impl ChannelHub {
             },
         };
         let count = self.member_count()?;
-        let mut page = self
-            .sql()
-            .exec(
-                "SELECT m.user_id AS user_id, p.data AS data FROM members m LEFT JOIN presence_members p
-                 ON p.user_id = m.user_id WHERE m.user_id > ? ORDER BY m.user_id LIMIT ?",
-                vec![cursor.unwrap_or_default().to_string().into(), (limit as i64 + 1).into()],
-            )?
-            .to_array::<DataRow>()?;
+        let mut page = self.members_with_data(cursor.unwrap_or_default(), limit + 1)?;
         let more = page.len() > limit;
         page.truncate(limit);
-        let next = more.then(|| page.last().map(|r| r.user_id.clone())).flatten();
+        let next = more.then(|| page.last().map(|(u, _)| u.clone())).flatten();
         let env = &self.env;
-        let counts = join_all(page.iter().map(|r| async move {
-            match crate::hop::user::channel_connections(env, &r.user_id, channel).await {
+        let counts = join_all(page.iter().map(|(user, _)| async move {
+            match crate::hop::user::channel_connections(env, user, channel).await {
                 Ok(n) => Some(n),
                 Err(e) => {
-                    log::error(
-                        "presence_hop_failed",
-                        json!({ "channel": channel, "userId": r.user_id, "message": e.to_string() }),
-                    );
+                    hop_failed(channel, user, &e.to_string());
                     None
                 }
             }
@@ -388,8 +376,8 @@ impl ChannelHub {
         let members: Vec<Value> = page
             .iter()
             .zip(counts)
-            .map(|(r, n)| {
-                let mut m = presence::member_json(&r.user_id, r.data.as_deref());
+            .map(|((user, data), n)| {
+                let mut m = presence::member_json(user, data.as_deref());
                 // `null`: the user's hub did not answer.
                 m["connections"] = json!(n);
                 m
@@ -461,18 +449,11 @@ async fn step(
         match answered {
             Some(Ok(stopped)) => stopped,
             Some(Err(e)) => {
-                log::error(
-                    "presence_relay_failed",
-                    json!({ "channel": channel, "relay": relay, "message": e.to_string() }),
-                );
+                hop_failed(channel, &relay, &e.to_string());
                 Vec::new()
             }
             None => {
-                log::error(
-                    "presence_relay_failed",
-                    json!({ "channel": channel, "relay": relay,
-                    "message": format!("no answer within {limit_ms} ms") }),
-                );
+                hop_failed(channel, &relay, &format!("no answer within {limit_ms} ms"));
                 Vec::new()
             }
         }

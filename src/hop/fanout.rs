@@ -94,24 +94,16 @@ pub async fn presence_fan_out(
         let deadline = deadline.clone();
         async move {
             let hop = Box::pin(super::user::presence(env, user, channel, frame));
-            match select(hop, deadline).await {
-                Either::Left((Ok(Some(version)), _)) => Some((user.clone(), version)),
-                Either::Left((Ok(None), _)) => None,
-                Either::Left((Err(e), _)) => {
-                    crate::runtime::log::error(
-                        "presence_hop_failed",
-                        json!({ "channel": channel, "userId": user, "message": e.to_string() }),
-                    );
-                    None
-                }
-                Either::Right(_) => {
-                    crate::runtime::log::error(
-                        "presence_hop_failed",
-                        json!({ "channel": channel, "userId": user, "message": format!("no answer within {limit_ms} ms") }),
-                    );
-                    None
-                }
-            }
+            let failed = match select(hop, deadline).await {
+                Either::Left((Ok(stopped), _)) => return stopped.map(|version| (user.clone(), version)),
+                Either::Left((Err(e), _)) => e.to_string(),
+                Either::Right(_) => format!("no answer within {limit_ms} ms"),
+            };
+            crate::runtime::log::error(
+                "presence_hop_failed",
+                json!({ "channel": channel, "to": user, "message": failed }),
+            );
+            None
         }
     });
     join_all(hops).await.into_iter().flatten().collect()

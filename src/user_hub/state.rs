@@ -150,12 +150,6 @@ struct GrantRow {
 }
 
 #[derive(Deserialize)]
-struct PresenceRow {
-    conn_id: String,
-    data: String,
-}
-
-#[derive(Deserialize)]
 pub(super) struct OldestRow {
     pub seq: i64,
     pub at: i64,
@@ -204,12 +198,13 @@ impl UserHub {
                 (r.conn_id, Rc::new(g))
             })
             .collect();
-        let mut presence: HashMap<String, Rc<str>> = sql
-            .exec("SELECT conn_id, data FROM conn_presence", None)?
-            .to_array::<PresenceRow>()?
-            .into_iter()
-            .map(|r| (r.conn_id, Rc::from(r.data.as_str())))
-            .collect();
+        // Read as plain values, not deserialised (a serde visitor per row type costs wasm size).
+        let mut presence: HashMap<String, Rc<str>> = HashMap::new();
+        for row in sql.exec("SELECT conn_id, data FROM conn_presence", None)?.raw() {
+            if let [worker::SqlStorageValue::String(id), worker::SqlStorageValue::String(data)] = row?.as_slice() {
+                presence.insert(id.clone(), Rc::from(data.as_str()));
+            }
+        }
         let now = Date::now().as_millis() as f64;
         let mut conns = HashMap::new();
         for ws in self.state.get_websockets() {

@@ -13,11 +13,6 @@ use serde_json::json;
 use worker::{Date, Response};
 
 #[derive(Deserialize)]
-struct PresenceRow {
-    data: String,
-}
-
-#[derive(Deserialize)]
 struct TicketRow {
     expires_at: i64,
     exp: Option<i64>,
@@ -82,12 +77,16 @@ impl UserHub {
             ));
         };
         self.sql_exec("DELETE FROM tickets WHERE hash = ?", vec![hash.to_string().into()])?;
-        let presence = self
+        let presence = match self
             .sql_exec("SELECT data FROM ticket_presence WHERE hash = ?", vec![hash.to_string().into()])?
-            .to_array::<PresenceRow>()?
-            .into_iter()
+            .raw()
             .next()
-            .map(|r| r.data);
+            .transpose()?
+            .as_deref()
+        {
+            Some([worker::SqlStorageValue::String(data)]) => Some(data.clone()),
+            _ => None,
+        };
         self.sql_exec("DELETE FROM ticket_presence WHERE hash = ?", vec![hash.to_string().into()])?;
         if row.expires_at <= Date::now().as_millis() as i64 {
             return Err(Error::InvalidTicket("the connect ticket has expired: ask POST /tickets for a new one".into()));
