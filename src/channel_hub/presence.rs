@@ -10,10 +10,10 @@ use crate::core::channel;
 use crate::core::config::Config;
 use crate::core::error::Error;
 use crate::core::presence::{self, Change, LeftReason, SNAPSHOT_MEMBERS};
-use crate::hop::fanout::presence_fan_out;
+use crate::hop::fanout::{join_boxed, presence_fan_out, Boxed};
 use crate::hop::wire::MemberUpdate;
 use crate::runtime::{http, js, log, settings};
-use futures_util::future::{join_all, select, Either};
+use futures_util::future::{select, Either};
 use serde_json::{json, Value};
 use std::time::Duration;
 use worker::{Date, Delay, Env, Request, Response, SqlStorageValue as V};
@@ -363,15 +363,21 @@ impl ChannelHub {
         page.truncate(limit);
         let next = more.then(|| page.last().map(|(u, _)| u.clone())).flatten();
         let env = &self.env;
-        let counts = join_all(page.iter().map(|(user, _)| async move {
-            match crate::hop::user::channel_connections(env, user, channel).await {
-                Ok(n) => Some(n),
-                Err(e) => {
-                    hop_failed(channel, user, &e.to_string());
-                    None
-                }
-            }
-        }))
+        let counts = join_boxed(
+            page.iter()
+                .map(|(user, _)| {
+                    Box::pin(async move {
+                        match crate::hop::user::channel_connections(env, user, channel).await {
+                            Ok(n) => Some(n),
+                            Err(e) => {
+                                hop_failed(channel, user, &e.to_string());
+                                None
+                            }
+                        }
+                    }) as Boxed<'_, Option<u64>>
+                })
+                .collect(),
+        )
         .await;
         let members: Vec<Value> = page
             .iter()
@@ -437,26 +443,28 @@ async fn step(
     let Some(chunk) = channel::chunk_size(users.len(), fanout) else {
         return presence_fan_out(env, channel, frame, users, hop_ms).await;
     };
-    let hops = users.chunks(chunk).enumerate().map(|(i, part)| async move {
-        let relay = format!("{path}.{i}");
-        let levels = u64::from(channel::depth(part.len(), fanout));
-        let limit_ms = hop_ms * (levels + 1);
-        let hop = Box::pin(crate::hop::channel::presence_relay(env, channel, &relay, part, frame));
-        let answered = match select(hop, Delay::from(Duration::from_millis(limit_ms))).await {
-            Either::Left((result, _)) => Some(result),
-            Either::Right(_) => None,
-        };
-        match answered {
-            Some(Ok(stopped)) => stopped,
-            Some(Err(e)) => {
-                hop_failed(channel, &relay, &e.to_string());
-                Vec::new()
+    let hops = users.chunks(chunk).enumerate().map(|(i, part)| -> Boxed<'_, Vec<(String, u64)>> {
+        Box::pin(async move {
+            let relay = format!("{path}.{i}");
+            let levels = u64::from(channel::depth(part.len(), fanout));
+            let limit_ms = hop_ms * (levels + 1);
+            let hop = Box::pin(crate::hop::channel::presence_relay(env, channel, &relay, part, frame));
+            let answered = match select(hop, Delay::from(Duration::from_millis(limit_ms))).await {
+                Either::Left((result, _)) => Some(result),
+                Either::Right(_) => None,
+            };
+            match answered {
+                Some(Ok(stopped)) => stopped,
+                Some(Err(e)) => {
+                    hop_failed(channel, &relay, &e.to_string());
+                    Vec::new()
+                }
+                None => {
+                    hop_failed(channel, &relay, &format!("no answer within {limit_ms} ms"));
+                    Vec::new()
+                }
             }
-            None => {
-                hop_failed(channel, &relay, &format!("no answer within {limit_ms} ms"));
-                Vec::new()
-            }
-        }
+        })
     });
-    join_all(hops).await.into_iter().flatten().collect()
+    join_boxed(hops.collect()).await.into_iter().flatten().collect()
 }

@@ -92,7 +92,7 @@ pub async fn presence_fan_out(
     let deadline = Delay::from(Duration::from_millis(limit_ms)).shared();
     let hops = users.iter().map(|user| {
         let deadline = deadline.clone();
-        async move {
+        Box::pin(async move {
             let hop = Box::pin(super::user::presence(env, user, channel, frame));
             let failed = match select(hop, deadline).await {
                 Either::Left((Ok(stopped), _)) => return stopped.map(|version| (user.clone(), version)),
@@ -104,7 +104,40 @@ pub async fn presence_fan_out(
                 json!({ "channel": channel, "to": user, "message": failed }),
             );
             None
-        }
+        }) as Boxed<'_, Option<(String, u64)>>
     });
-    join_all(hops).await.into_iter().flatten().collect()
+    join_boxed(hops.collect()).await.into_iter().flatten().collect()
+}
+
+/// A boxed future, as [`join_boxed`] takes them.
+pub type Boxed<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + 'a>>;
+
+/// Runs every future at once and returns their outputs in order. Each wake polls the futures not yet
+/// done (at most `CHANNEL_FANOUT`, which keeps that cheap), and there is one instance per output type
+/// instead of `join_all`'s ordered-stream machinery per future type: the presence paths use this to
+/// stay small in the size-budgeted release wasm.
+pub async fn join_boxed<T>(futures: Vec<Boxed<'_, T>>) -> Vec<T> {
+    let mut slots: Vec<Option<Boxed<'_, T>>> = futures.into_iter().map(Some).collect();
+    let mut outputs: Vec<Option<T>> = slots.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (slot, output) in slots.iter_mut().zip(outputs.iter_mut()) {
+            if let Some(future) = slot {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => {
+                        *output = Some(value);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
 }
