@@ -22,9 +22,9 @@
 //! 4. The three runtime roles, which never import each other and talk only through the hop:
 //!    - `edge`: the Worker: routing, authentication, the SSE bridge, multi-user publish;
 //!    - `user_hub`: the `UserHub` Durable Object, one per user, one file per role (state, socket
-//!      frames, publish and acks, history, channels, connections, outbox and alarm);
+//!      frames, publish and acks, history, channels, presence, connections, outbox and alarm);
 //!    - `channel_hub`: the `ChannelHub` Durable Object: a channel's root and the relays of its
-//!      fan-out tree (see `docs/channels.md`).
+//!      fan-out tree, and the root's presence batches (see `docs/channels.md`).
 //!
 //! The runtime layers (2-4, except [`hop::wire`]) build for `wasm32` only; end-to-end tests in
 //! `tests/` run the built wasm in workerd.

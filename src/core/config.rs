@@ -101,6 +101,9 @@ pub struct Config {
     /// How long a user stays a channel's member after its last joined connection closed (not left),
     /// so a client that reconnects and resumes gets what the channel published meanwhile.
     pub channel_linger_seconds: u64,
+    /// Least time between two presence batches of one channel (`PRESENCE_INTERVAL_MS`); a channel
+    /// with many watchers waits longer (see [`crate::core::presence::batch_interval_ms`]).
+    pub presence_interval_ms: u64,
     /// How long past the ack timeout a user's hub (or a relay, per level below it) may take to answer
     /// a multi-user or channel hop before it counts as failed (`HOP_GRACE_MS`).
     pub hop_grace_ms: u64,
@@ -176,6 +179,10 @@ pub const DEFAULT_WEBHOOK_BATCH_MAX: u64 = 1;
 /// <https://developers.cloudflare.com/durable-objects/platform/limits/>
 pub const MAX_STORED_BYTES: u64 = 1_900_000;
 pub const DEFAULT_HOP_GRACE_MS: u64 = 2_000;
+pub const DEFAULT_PRESENCE_INTERVAL_MS: u64 = 1_000;
+/// The most `PRESENCE_DATA_MAX_BYTES` may be: a user's data rides in the URL of its join's hop to
+/// the root, and in every presence frame and snapshot (up to 100 members' data in one snapshot).
+pub const MAX_PRESENCE_DATA_BYTES: u64 = 4_096;
 pub const DEFAULT_CLIENT_PUBLISH_MAX_BYTES: u64 = 16 * 1024;
 pub const DEFAULT_CLIENT_PUBLISH_PER_SECOND: u64 = 10;
 pub const DEFAULT_CHANNEL_CLIENT_PUBLISH_PER_SECOND: u64 = 100;
@@ -219,6 +226,13 @@ impl Config {
             audience: get("JWT_AUDIENCE"),
             require_exp: flag(&get, "JWT_REQUIRE_EXP")?,
             max_ttl_seconds: number(&get, "JWT_MAX_TTL_SECONDS", 0, 0, 365 * 86_400)?,
+            presence_data_max_bytes: number(
+                &get,
+                "PRESENCE_DATA_MAX_BYTES",
+                crate::core::auth::DEFAULT_PRESENCE_DATA_MAX_BYTES as u64,
+                4,
+                MAX_PRESENCE_DATA_BYTES,
+            )? as usize,
         };
         let ticket_seconds = number(&get, "TICKET_SECONDS", DEFAULT_TICKET_SECONDS, 1, 300)?;
         let mut test_faults = TestFaults::default();
@@ -318,6 +332,7 @@ impl Config {
 
         let channel_linger_seconds = number(&get, "CHANNEL_LINGER_SECONDS", DEFAULT_CHANNEL_LINGER_SECONDS, 0, 86_400)?;
         let hop_grace_ms = number(&get, "HOP_GRACE_MS", DEFAULT_HOP_GRACE_MS, 0, 60_000)?;
+        let presence_interval_ms = number(&get, "PRESENCE_INTERVAL_MS", DEFAULT_PRESENCE_INTERVAL_MS, 50, 60_000)?;
 
         let fault_injection = match get("FAULT_INJECTION").as_deref() {
             None | Some("off") => false,
@@ -388,6 +403,7 @@ impl Config {
             test_faults,
             channel_linger_seconds,
             hop_grace_ms,
+            presence_interval_ms,
             channel_fanout,
             max_channel_users,
             max_publish_users,
@@ -465,6 +481,25 @@ mod tests {
         assert_eq!((c.ack_result_max_bytes, c.publish_results_max_bytes), (16384, 512 * 1024));
         assert_eq!((c.replay_page_envelopes, c.replay_page_bytes, c.sse_queue_max_bytes), (200, 1 << 20, 1 << 20));
         assert_eq!(c.hop_grace_ms, 2000);
+    }
+
+    #[test]
+    fn presence_settings_have_defaults_and_bounds() {
+        let c = parse(&[("JWT_SECRET", S)]).unwrap();
+        assert_eq!((c.presence_interval_ms, c.token_rules.presence_data_max_bytes), (1000, 1024));
+        let c =
+            parse(&[("JWT_SECRET", S), ("PRESENCE_INTERVAL_MS", "50"), ("PRESENCE_DATA_MAX_BYTES", "4096")]).unwrap();
+        assert_eq!((c.presence_interval_ms, c.token_rules.presence_data_max_bytes), (50, 4096));
+        for (name, bad) in [
+            ("PRESENCE_INTERVAL_MS", "49"),
+            ("PRESENCE_INTERVAL_MS", "60001"),
+            ("PRESENCE_INTERVAL_MS", "1s"),
+            ("PRESENCE_DATA_MAX_BYTES", "3"),
+            ("PRESENCE_DATA_MAX_BYTES", "4097"),
+        ] {
+            let e = parse(&[("JWT_SECRET", S), (name, bad)]).unwrap_err();
+            assert!(e.to_string().contains(name), "{e}");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! | `/users/{userId}/connections` | GET, DELETE | list or close a user's connections (`publish` scope) |
 //! | `/users/{userId}/connections/{connectionId}` | DELETE | close one connection (`publish` scope) |
 //! | `/channels/{channel}/members` | GET | a page of a channel's members (`publish` scope) |
+//! | `/channels/{channel}/presence` | GET | a page of a channel's present users, with data and connection counts (`publish` scope) |
 //! | `/healthz` | GET, HEAD | liveness, no token |
 //! | any | OPTIONS | CORS preflight |
 

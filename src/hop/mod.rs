@@ -4,8 +4,8 @@
 //! - [`wire`]: paths, headers and the encodings of each call's fields (pure, host-tested);
 //! - [`user`]: calls to a user's hub, and the hub's reading of them;
 //! - [`channel`]: calls to a channel's root and relays, and their reading of them;
-//! - [`fanout`]: one publish to many users' hubs at once, each raced against its deadline (multi-user
-//!   publish at the edge, and each leaf step of a channel's tree).
+//! - [`fanout`]: one publish (or one presence batch) to many users' hubs at once, each raced against
+//!   its deadline (multi-user publish at the edge, and each leaf step of a channel's tree).
 //!
 //! A hop is a `fetch` on the object's stub; objects are reachable only through this Worker, so a hop's
 //! fields are trusted once the Worker has checked them.
@@ -42,6 +42,16 @@ extern "C" {
         payload: &wasm_bindgen::JsValue,
         idempotency_key: Option<&str>,
     ) -> Result<js_sys::Promise, wasm_bindgen::JsValue>;
+    /// `UserHub::presence_rpc`: a channel's presence batch for the user's watching connections.
+    #[wasm_bindgen(method, catch)]
+    fn presence(
+        this: &RawStub,
+        channel: &str,
+        frame: &wasm_bindgen::JsValue,
+    ) -> Result<js_sys::Promise, wasm_bindgen::JsValue>;
+    /// `UserHub::channel_connections_rpc`: how many of the user's connections joined a channel.
+    #[wasm_bindgen(method, catch, js_name = channelConnections)]
+    fn channel_connections(this: &RawStub, channel: &str) -> Result<js_sys::Promise, wasm_bindgen::JsValue>;
 }
 
 /// The stub of the object named `name` in namespace `binding`.

@@ -135,3 +135,26 @@ pub async fn ack(env: &Env, user_id: &str, body: Vec<u8>, cors: Option<&str>) ->
     let url = wire::url("hub", user_path::ACK, &[]);
     send(env, user_id, Request::new_with_init(&url, &init)?).await
 }
+
+/// Hands a channel's presence batch (`frame`, the frame's JSON text as a JS string, shared by every
+/// hop) to the user's hub over RPC. `Ok(Some(version))`: none of the user's connections watches the
+/// channel any more (the root stops sending to it unless a newer update says otherwise).
+pub async fn presence(env: &Env, user_id: &str, channel: &str, frame: &JsValue) -> Result<Option<u64>, Error> {
+    let unavailable =
+        |e: JsValue| Error::Unavailable(format!("the user's hub did not answer: {}", worker::Error::from(e)));
+    let stub: super::RawStub = super::stub(env, wire::USER_HUB_BINDING, user_id)?;
+    let promise = stub.presence(channel, frame).map_err(unavailable)?;
+    let answer = wasm_bindgen_futures::JsFuture::from(promise).await.map_err(unavailable)?;
+    // A number is the version of "not watching"; anything else is "delivered".
+    Ok(answer.as_f64().map(|v| v as u64))
+}
+
+/// How many of the user's connections have joined `channel` right now (0 while the user lingers).
+pub async fn channel_connections(env: &Env, user_id: &str, channel: &str) -> Result<u64, Error> {
+    let unavailable =
+        |e: JsValue| Error::Unavailable(format!("the user's hub did not answer: {}", worker::Error::from(e)));
+    let stub: super::RawStub = super::stub(env, wire::USER_HUB_BINDING, user_id)?;
+    let promise = stub.channel_connections(channel).map_err(unavailable)?;
+    let answer = wasm_bindgen_futures::JsFuture::from(promise).await.map_err(unavailable)?;
+    answer.as_f64().map(|n| n as u64).ok_or_else(|| Error::Unavailable("the user's hub answered unreadably".into()))
+}

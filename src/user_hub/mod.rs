@@ -17,12 +17,14 @@
 //! sockets, client frames, closes), [`publish`] (fan-out, acks, idempotency), [`history`] (the
 //! record of envelopes and replay), [`channels`] (joins, leaves, lingering, client publishes),
 //! [`connections`] (the connection API and lifetimes), [`outbox`] (webhooks and the alarm),
-//! [`tickets`] (one-time connect tickets) and [`reply`] (answers to a client's frame).
+//! [`tickets`] (one-time connect tickets), [`presence`] (a channel's presence batches for the
+//! watching connections) and [`reply`] (answers to a client's frame).
 
 mod channels;
 mod connections;
 mod history;
 mod outbox;
+mod presence;
 mod publish;
 mod reply;
 mod socket;
@@ -60,7 +62,10 @@ CREATE TABLE IF NOT EXISTS grants (conn_id TEXT PRIMARY KEY, join_grants TEXT NO
 CREATE TABLE IF NOT EXISTS channels (name TEXT PRIMARY KEY, version INTEGER NOT NULL, user_id TEXT NOT NULL,
   left_at INTEGER);
 CREATE TABLE IF NOT EXISTS tickets (hash TEXT PRIMARY KEY, expires_at INTEGER NOT NULL, exp INTEGER,
-  join_grants TEXT NOT NULL, publish_grants TEXT NOT NULL);";
+  join_grants TEXT NOT NULL, publish_grants TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS conn_presence (conn_id TEXT PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS ticket_presence (hash TEXT PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS channel_watch (name TEXT PRIMARY KEY);";
 
 /// The Durable Object. Its state lives behind an `Rc` so a handler that must wait can own a handle
 /// to it (`'static` futures): the socket handlers are exported by hand below, synchronous where they
@@ -230,6 +235,30 @@ impl UserHub {
             };
             Ok(js_sys::Array::of2(&JsValue::from(status), &JsValue::from(body)).into())
         })
+    }
+
+    /// RPC: a channel's presence batch (see `hop::user::presence`): sent to this user's connections
+    /// that watch the channel. Answers `undefined`, or a membership version when none watches it any
+    /// more (and the user is not lingering in it), so the root stops sending.
+    #[wasm_bindgen(js_name = presence)]
+    pub fn presence_rpc(&self, channel: String, frame: js_sys::JsString) -> JsValue {
+        match self.deliver_presence(&channel, &frame) {
+            Ok(Some(version)) => JsValue::from_f64(version as f64),
+            Ok(None) => JsValue::UNDEFINED,
+            Err(e) => {
+                log::error("hub_error", json!({ "code": e.code(), "message": e.to_string() }));
+                JsValue::UNDEFINED
+            }
+        }
+    }
+
+    /// RPC: how many of this user's connections joined `channel` (`GET /channels/{c}/presence`).
+    #[wasm_bindgen(js_name = channelConnections)]
+    pub fn channel_connections_rpc(&self, channel: String) -> f64 {
+        if let Err(e) = self.ensure_loaded() {
+            log::error("hub_error", json!({ "code": e.code(), "message": e.to_string() }));
+        }
+        self.joined_count(&channel) as f64
     }
 
     #[wasm_bindgen(js_name = webSocketClose)]
