@@ -17,12 +17,14 @@
 //! sockets, client frames, closes), [`publish`] (fan-out, acks, idempotency), [`history`] (the
 //! record of envelopes and replay), [`channels`] (joins, leaves, lingering, client publishes),
 //! [`connections`] (the connection API and lifetimes), [`outbox`] (webhooks and the alarm),
+//! [`presence`] (online/offline webhooks),
 //! [`tickets`] (one-time connect tickets) and [`reply`] (answers to a client's frame).
 
 mod channels;
 mod connections;
 mod history;
 mod outbox;
+mod presence;
 mod publish;
 mod reply;
 mod socket;
@@ -60,7 +62,8 @@ CREATE TABLE IF NOT EXISTS grants (conn_id TEXT PRIMARY KEY, join_grants TEXT NO
 CREATE TABLE IF NOT EXISTS channels (name TEXT PRIMARY KEY, version INTEGER NOT NULL, user_id TEXT NOT NULL,
   left_at INTEGER);
 CREATE TABLE IF NOT EXISTS tickets (hash TEXT PRIMARY KEY, expires_at INTEGER NOT NULL, exp INTEGER,
-  join_grants TEXT NOT NULL, publish_grants TEXT NOT NULL);";
+  join_grants TEXT NOT NULL, publish_grants TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS presence (user_id TEXT PRIMARY KEY, online_at INTEGER NOT NULL, offline_since INTEGER);";
 
 /// The Durable Object. Its state lives behind an `Rc` so a handler that must wait can own a handle
 /// to it (`'static` futures): the socket handlers are exported by hand below, synchronous where they
@@ -110,7 +113,7 @@ impl std::ops::Deref for UserHub {
 
 impl UserHub {
     /// Another handle to the same hub, for a future that outlives the call that starts it.
-    fn handle(&self) -> UserHub {
+    pub(crate) fn handle(&self) -> UserHub {
         UserHub { inner: Rc::clone(&self.inner) }
     }
 }

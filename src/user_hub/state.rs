@@ -204,6 +204,7 @@ impl UserHub {
         self.oldest.set(oldest);
         log::info("hub_loaded", json!({ "connections": conns.len(), "seq": seq }));
         *self.conns.borrow_mut() = Some(conns);
+        self.presence_after_load();
         Ok(())
     }
 
