@@ -14,7 +14,7 @@
 //! as a hub's outbox (`runtime::webhook`: signing, retry with backoff, permanent 4xx, max age). The
 //! first event that finds the shard idle arms the alarm `PRESENCE_WEBHOOK_FLUSH_MS` later, and a
 //! flush that leaves events behind arms the next one no sooner than that, so a shard makes at most
-//! one flush per interval and each flush sends what gathered as full batches. One flush makes at
+//! one flush per interval and each flush sends what had gathered when it started, as full batches. One flush makes at
 //! most [`MAX_REQUESTS_PER_FLUSH`] requests (within the subrequest limit of one invocation).
 
 use crate::core::config::PresenceWebhookConfig;
@@ -139,6 +139,7 @@ impl EventHub {
             batch_max: presence.batch_max,
             always_batch: true,
             max_events: MAX_REQUESTS_PER_FLUSH * presence.batch_max,
+            until_id: i64::MAX,
             context: json!({ "shard": self.shard.get() }),
         })
     }
@@ -196,7 +197,10 @@ impl EventHub {
         let config = settings::get(&self.env)?;
         let Some(hook) = &config.webhook else { return Ok(()) };
         let presence = config.presence_webhooks.clone().unwrap_or_default();
-        let queue = self.queue(&presence)?;
+        let mut queue = self.queue(&presence)?;
+        // What gathered until now: events that arrive during this flush wait for the next one, so a
+        // flush sends whole batches and makes ceil(events / PRESENCE_WEBHOOK_BATCH_MAX) requests.
+        queue.until_id = queue.last_id()?;
         let started = Date::now().as_millis();
         // Every row goes to WEBHOOK_URL: a shard hands nothing on.
         let done = queue

@@ -129,6 +129,9 @@ pub struct Queue<'a> {
     pub always_batch: bool,
     /// Events sent per run at most; the owner's next alarm continues.
     pub max_events: usize,
+    /// Send only rows up to this id (an event shard's flush sends what had gathered when it started;
+    /// later events wait for the next flush). `i64::MAX`: everything.
+    pub until_id: i64,
     /// Fields naming the queue in its log lines (e.g. `{"shard": 3}`).
     pub context: Value,
 }
@@ -143,6 +146,12 @@ impl Queue<'_> {
             Some(SpanRow { lo: Some(lo), hi: Some(hi) }) => (hi - lo + 1).max(0) as u64,
             _ => 0,
         })
+    }
+
+    /// The newest row's id (0 when empty).
+    pub fn last_id(&self) -> Result<i64, Error> {
+        let span = self.sql.exec("SELECT min(id) AS lo, max(id) AS hi FROM outbox", None)?.to_array::<SpanRow>()?;
+        Ok(span.first().and_then(|s| s.hi).unwrap_or(0))
     }
 
     /// When the head event is due, if any event waits.
@@ -186,8 +195,8 @@ impl Queue<'_> {
             let rows = self
                 .sql
                 .exec(
-                    "SELECT id, event_id, body, created, attempts, next_at FROM outbox ORDER BY id LIMIT ?",
-                    vec![(limit as i64).into()],
+                    "SELECT id, event_id, body, created, attempts, next_at FROM outbox WHERE id <= ? ORDER BY id LIMIT ?",
+                    vec![self.until_id.into(), (limit as i64).into()],
                 )?
                 .to_array::<Row>()?;
             let Some(head) = rows.first() else { return Ok(done) };

@@ -16,6 +16,12 @@
 //! refused with `backlog_full`, and connection events are merged into one `connection.coalesced`
 //! event (counts, and the connections open after the last of them) instead of growing the queue.
 //!
+//! With `PRESENCE_WEBHOOKS=on` the outbox also holds the user's online/offline events (ids
+//! `evs_…`, see `presence.rs`): their delivery is the hop to the user's event shard
+//! (`hop::events`), which batches them with other users' events; a failed hand-off is retried like
+//! a failed request. The sending and the in-order drain are shared with the event shards
+//! (`runtime::webhook`).
+//!
 //! The same alarm enforces connection lifetimes (token `exp`, `MAX_CONNECTION_SECONDS`), ends
 //! lingering channel memberships, and deletes history past `HISTORY_SECONDS`: the hub keeps one
 //! alarm at the earliest moment any of them is due. It always re-arms, after an error too.
@@ -72,6 +78,7 @@ impl UserHub {
             batch_max,
             always_batch: false,
             max_events: MAX_EVENTS_PER_RUN,
+            until_id: i64::MAX,
             context: json!({}),
         }
     }
