@@ -40,7 +40,8 @@ pub const MAX_REQUESTS_PER_FLUSH: usize = 50;
 const ALARM_RETRY_MS: i64 = 1_000;
 const ALARM_RETRY_MAX_MS: i64 = 60_000;
 
-#[durable_object]
+/// Only `fetch` and `alarm` are exported (no sockets here), which keeps the wasm small.
+#[durable_object(alarm)]
 pub struct EventHub {
     state: State,
     env: Env,
@@ -204,7 +205,7 @@ impl EventHub {
         let started = Date::now().as_millis();
         // Every row goes to WEBHOOK_URL: a shard hands nothing on.
         let done = queue
-            .drain(hook, |_| Target::Webhook, |_| async { Err(Failure::retry("an event shard does not hop")) })
+            .drain(hook, &|_| Target::Webhook, &|_| Box::pin(async { Err(Failure::retry("an event shard does not hop")) }))
             .await?;
         log::info(
             "events_flushed",

@@ -20,6 +20,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::cell::Cell;
 use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 use worker::{AbortController, Date, Delay, Fetch, Headers, Method, Request, RequestInit, SqlStorage};
 
@@ -115,6 +116,9 @@ pub struct Drained {
     pub requests: usize,
 }
 
+/// Hands a run of rows' bodies on (see [`Target::Hop`]).
+pub type Hop<'a> = dyn Fn(Vec<String>) -> Pin<Box<dyn Future<Output = Result<(), Failure>> + 'a>> + 'a;
+
 /// A queue in an object's SQLite storage, and how it is drained.
 pub struct Queue<'a> {
     pub sql: SqlStorage,
@@ -179,16 +183,8 @@ impl Queue<'_> {
     /// were sent. `target` says where each row goes; a run of consecutive rows with the same target
     /// goes in one request (or one `hop` call, with the rows' bodies). A hop's failure is always
     /// retried.
-    pub async fn drain<H, F>(
-        &self,
-        hook: &WebhookConfig,
-        target: impl Fn(&Row) -> Target,
-        hop: H,
-    ) -> Result<Drained, Error>
-    where
-        H: Fn(Vec<String>) -> F,
-        F: Future<Output = Result<(), Failure>>,
-    {
+    /// (Trait objects, not generics: one copy of this code in the wasm for every queue.)
+    pub async fn drain(&self, hook: &WebhookConfig, target: &dyn Fn(&Row) -> Target, hop: &Hop<'_>) -> Result<Drained, Error> {
         let mut done = Drained::default();
         while done.events < self.max_events {
             let limit = if self.solo.get() > 0 { 1 } else { self.batch_max };
