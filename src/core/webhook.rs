@@ -222,8 +222,8 @@ mod tests {
     #[test]
     fn shards_are_stable_and_spread() {
         // FNV-1a 32 test vectors: "" and "a".
-        assert_eq!(shard_of("", u32::MAX), 0x811c_9dc5 % u32::MAX);
-        assert_eq!(shard_of("a", u32::MAX), 0xe40c_292c % u32::MAX);
+        assert_eq!(shard_of("", u32::MAX), 0x811c_9dc5);
+        assert_eq!(shard_of("a", u32::MAX), 0xe40c_292c);
         assert_eq!(shard_of("alice", 1), 0);
         assert_eq!(shard_of("alice", 0), 0);
         let mut counts = [0u32; 8];

@@ -205,7 +205,9 @@ impl EventHub {
         let started = Date::now().as_millis();
         // Every row goes to WEBHOOK_URL: a shard hands nothing on.
         let done = queue
-            .drain(hook, &|_| Target::Webhook, &|_| Box::pin(async { Err(Failure::retry("an event shard does not hop")) }))
+            .drain(hook, &|_| Target::Webhook, &|_| {
+                Box::pin(async { Err(Failure::retry("an event shard does not hop")) })
+            })
             .await?;
         log::info(
             "events_flushed",

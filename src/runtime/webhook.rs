@@ -184,7 +184,12 @@ impl Queue<'_> {
     /// goes in one request (or one `hop` call, with the rows' bodies). A hop's failure is always
     /// retried.
     /// (Trait objects, not generics: one copy of this code in the wasm for every queue.)
-    pub async fn drain(&self, hook: &WebhookConfig, target: &dyn Fn(&Row) -> Target, hop: &Hop<'_>) -> Result<Drained, Error> {
+    pub async fn drain(
+        &self,
+        hook: &WebhookConfig,
+        target: &dyn Fn(&Row) -> Target,
+        hop: &Hop<'_>,
+    ) -> Result<Drained, Error> {
         let mut done = Drained::default();
         while done.events < self.max_events {
             let limit = if self.solo.get() > 0 { 1 } else { self.batch_max };

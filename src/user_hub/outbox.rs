@@ -267,21 +267,22 @@ impl UserHub {
                 Target::Webhook
             }
         };
-        let hand_off = |bodies: Vec<String>| -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Failure>> + '_>> {
-            let env = &self.env;
-            let config = &config;
-            Box::pin(async move {
-                // The shard is the user's (the subject of the events): one user's events keep their order.
-                let subject = serde_json::from_str::<Value>(bodies.first().map_or("null", String::as_str))
-                    .ok()
-                    .and_then(|e| e["subject"].as_str().map(str::to_string))
-                    .unwrap_or_default();
-                let shards = config.presence_webhooks.clone().unwrap_or_default().shards;
-                hop::events::send_bodies(env, webhook::shard_of(&subject, shards), &bodies)
-                    .await
-                    .map_err(|e| Failure::retry(e.to_string()))
-            })
-        };
+        let hand_off =
+            |bodies: Vec<String>| -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Failure>> + '_>> {
+                let env = &self.env;
+                let config = &config;
+                Box::pin(async move {
+                    // The shard is the user's (the subject of the events): one user's events keep their order.
+                    let subject = serde_json::from_str::<Value>(bodies.first().map_or("null", String::as_str))
+                        .ok()
+                        .and_then(|e| e["subject"].as_str().map(str::to_string))
+                        .unwrap_or_default();
+                    let shards = config.presence_webhooks.clone().unwrap_or_default().shards;
+                    hop::events::send_bodies(env, webhook::shard_of(&subject, shards), &bodies)
+                        .await
+                        .map_err(|e| Failure::retry(e.to_string()))
+                })
+            };
         self.outbox(hook.batch_max).drain(hook, &target, &hand_off).await?;
         Ok(())
     }
