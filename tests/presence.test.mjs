@@ -5,11 +5,34 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { startWorker, Client, publish, clientToken, publishToken } from "./harness.mjs";
+import { Receiver, WEBHOOK_SECRET } from "./receiver.mjs";
 
 let w;
+// The member webhooks (switchboard.channel.member.joined/left.v1) go to a real receiver, which verifies
+// every signature; the batched event path itself is tested in presence.webhooks.test.mjs.
+const hooks = new Receiver();
+const hookVars = () => ({
+  WEBHOOK_URL: hooks.url, WEBHOOK_SECRET, PRESENCE_WEBHOOKS: "on", PRESENCE_WEBHOOK_FLUSH_MS: "100",
+});
+/** The member event of `user` in `channel` of kind `joined`/`left` that arrives first. */
+async function memberEvent(user, channel, kind, ms = 10000) {
+  const end = Date.now() + ms;
+  for (;;) {
+    const e = hooks.of(user).find((x) => x.type === `switchboard.channel.member.${kind}.v1` && x.data.channel === channel);
+    if (e) return e;
+    if (Date.now() > end) throw new Error(`no member.${kind} event for ${user} in ${channel}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
 // A short interval keeps the tests quick; the coalescing test starts its own worker with a long one.
-before(async () => (w = await startWorker({ PRESENCE_INTERVAL_MS: "100", CHANNEL_LINGER_SECONDS: "0" })));
-after(() => w.stop());
+before(async () => {
+  await hooks.start();
+  w = await startWorker({ PRESENCE_INTERVAL_MS: "100", CHANNEL_LINGER_SECONDS: "0", ...hookVars() });
+});
+after(async () => {
+  await w.stop();
+  await hooks.stop();
+});
 
 let n = 0;
 const uid = (p = "pr") => `${p}-${++n}-${Math.random().toString(36).slice(2, 8)}`;
@@ -119,7 +142,7 @@ test("changes within one interval are one batch holding each user's net change; 
 });
 
 test("a reconnect within the linger emits nothing; the end of the linger is one left", { timeout: 30000 }, async () => {
-  const t = await startWorker({ PRESENCE_INTERVAL_MS: "100", CHANNEL_LINGER_SECONDS: "2" });
+  const t = await startWorker({ PRESENCE_INTERVAL_MS: "100", CHANNEL_LINGER_SECONDS: "2", ...hookVars() });
   try {
     const channel = room();
     const [alice, bob] = [uid("a"), uid("b")];
@@ -144,8 +167,11 @@ test("a reconnect within the linger emits nothing; the end of the linger is one 
     await b.close();
     const left = await frameAfter(a, channel, f.version, 10000);
     assert.deepEqual(strip(left), { joined: [], left: [bob], count: 1 });
-    const event = await t.event((e) => e.event === "member_event" && e.subject === bob && e.type.endsWith(".left.v1"));
+    const event = await memberEvent(bob, channel, "left");
     assert.deepEqual(event.data, { channel, userId: bob, reason: "linger" });
+    // One joined and one left for bob: the reconnect within the linger sent no webhook either.
+    const bobs = hooks.of(bob).filter((x) => x.data.channel === channel).map((x) => [x.type.split(".")[3], x.data.reason]);
+    assert.deepEqual(bobs, [["joined", "join"], ["left", "linger"]]);
     assert.deepEqual(await a.since(mark2), [left]);
     await a.close();
   } finally {
@@ -215,9 +241,9 @@ test("a crashed member leaves when the next publish prunes it; a kicked one at o
   assert.deepEqual(strip(kicked), { joined: [], left: [carol], count: 1 });
   const frames = (await a.since(m)).filter((x) => x.envelopeId === undefined);
   assert.deepEqual(frames, [kicked]);
-  // The member events carry the reasons (their webhook path is built in part B; logged until then).
+  // The member webhooks carry the reasons.
   for (const [user, reason] of [[bob, "pruned"], [carol, "kick"]]) {
-    const e = await w.event((e) => e.event === "member_event" && e.subject === user && e.type.endsWith(".left.v1"));
+    const e = await memberEvent(user, channel, "left");
     assert.deepEqual(e.data, { channel, userId: user, reason });
   }
   await a.close();

@@ -406,23 +406,19 @@ impl ChannelHub {
     }
 }
 
-/// Hands a batch's member webhook events (`switchboard.channel.member.joined.v1` / `.left.v1`, built
-/// by [`member_events`]) to the batched webhook path. This is the one call to change when that path
-/// (`hop::events::send(env, channel, &events)`, issue 15 part B) is merged: until then it logs each
-/// event (`member_event`) and hands nothing. `Err` means nothing may be assumed handed: the caller
-/// keeps the events in `presence_events` and the next alarm tries again, in order.
-async fn send_member_events(_env: &Env, _channel: &str, events: &[Value]) -> Result<(), Error> {
-    for e in events {
-        log::info("member_event", e.clone());
-    }
-    Ok(())
+/// Hands member events to the channel's event shard (`hop::events`, keyed by the channel so one
+/// channel's events stay in order); nothing, without a hop, when `PRESENCE_WEBHOOKS` is off. `Err`
+/// means nothing may be assumed handed: the caller keeps the events in `presence_events` and the
+/// next alarm tries again, in order (each event keeps its id, so a retry is deduplicated).
+async fn send_member_events(env: &Env, channel: &str, events: &[Value]) -> Result<(), Error> {
+    crate::hop::events::send(env, channel, events).await.map(|_| ())
 }
 
 /// The member webhook events of a batch's changes: `subject` is the user id.
 fn member_events(channel: &str, changes: &[Change]) -> Vec<Value> {
     changes
         .iter()
-        .map(|c| json!({ "type": presence::event_type(c), "subject": c.user_id, "data": presence::event_data(channel, c) }))
+        .map(|c| crate::hop::events::event(presence::event_type(c), &c.user_id, presence::event_data(channel, c)))
         .collect()
 }
 

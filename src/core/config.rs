@@ -56,6 +56,37 @@ pub struct WebhookConfig {
     pub batch_max: usize,
 }
 
+/// User online/offline webhooks and the batched cross-user event path (`PRESENCE_WEBHOOKS=on`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceWebhookConfig {
+    /// How long a user whose last connection closed stays online before `user.offline` is sent; a
+    /// reconnect within it sends nothing (`USER_OFFLINE_DEBOUNCE_SECONDS`).
+    pub offline_debounce_seconds: u64,
+    /// Event shards (`events/{shard}` objects) the events of all users are spread over
+    /// (`PRESENCE_WEBHOOK_SHARDS`); each sends its own batches.
+    pub shards: u32,
+    /// Events per batch request a shard sends (`PRESENCE_WEBHOOK_BATCH_MAX`).
+    pub batch_max: usize,
+    /// How long a shard gathers events before a flush, and the least time between its flushes
+    /// (`PRESENCE_WEBHOOK_FLUSH_MS`).
+    pub flush_ms: u64,
+    /// Events one shard may hold (`PRESENCE_WEBHOOK_MAX_BACKLOG`); past it, hand-offs are refused and
+    /// stay with their senders (a hub's outbox retries them), so nothing is dropped for room.
+    pub max_backlog: u64,
+}
+
+impl Default for PresenceWebhookConfig {
+    fn default() -> Self {
+        PresenceWebhookConfig {
+            offline_debounce_seconds: DEFAULT_USER_OFFLINE_DEBOUNCE_SECONDS,
+            shards: DEFAULT_PRESENCE_WEBHOOK_SHARDS as u32,
+            batch_max: DEFAULT_PRESENCE_WEBHOOK_BATCH_MAX as usize,
+            flush_ms: DEFAULT_PRESENCE_WEBHOOK_FLUSH_MS,
+            max_backlog: DEFAULT_PRESENCE_WEBHOOK_MAX_BACKLOG,
+        }
+    }
+}
+
 /// Every setting Switchboard reads. See the README's "Settings" table.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -92,6 +123,8 @@ pub struct Config {
     pub max_connection_seconds: u64,
     /// Backend webhooks, when `WEBHOOK_URL` and `WEBHOOK_SECRET` are set.
     pub webhook: Option<WebhookConfig>,
+    /// User online/offline and channel member webhooks, when `PRESENCE_WEBHOOKS=on` (needs `webhook`).
+    pub presence_webhooks: Option<PresenceWebhookConfig>,
     /// Most users one publish may name with `userIds` (each is one subrequest).
     pub max_publish_users: usize,
     /// Most hops one step of a channel's fan-out makes (users, or relays below it).
@@ -174,6 +207,11 @@ pub const DEFAULT_IDEMPOTENCY_SECONDS: u64 = 3_600;
 pub const DEFAULT_IDEMPOTENCY_MAX_RESPONSE_BYTES: u64 = 1_000_000;
 pub const DEFAULT_WEBHOOK_MAX_BACKLOG: u64 = 1_000;
 pub const DEFAULT_WEBHOOK_BATCH_MAX: u64 = 1;
+pub const DEFAULT_USER_OFFLINE_DEBOUNCE_SECONDS: u64 = 30;
+pub const DEFAULT_PRESENCE_WEBHOOK_SHARDS: u64 = 8;
+pub const DEFAULT_PRESENCE_WEBHOOK_BATCH_MAX: u64 = 100;
+pub const DEFAULT_PRESENCE_WEBHOOK_FLUSH_MS: u64 = 1_000;
+pub const DEFAULT_PRESENCE_WEBHOOK_MAX_BACKLOG: u64 = 100_000;
 /// The largest value a Durable Object's SQLite row holds is 2 MB; a stored envelope or webhook event
 /// carries a few hundred bytes around the payload, so payloads stay under this.
 /// <https://developers.cloudflare.com/durable-objects/platform/limits/>
@@ -323,6 +361,37 @@ impl Config {
             }
         };
 
+        // Read (and checked) even while off, so a bad value is found before it is switched on.
+        let presence = PresenceWebhookConfig {
+            offline_debounce_seconds: number(
+                &get,
+                "USER_OFFLINE_DEBOUNCE_SECONDS",
+                DEFAULT_USER_OFFLINE_DEBOUNCE_SECONDS,
+                0,
+                86_400,
+            )?,
+            shards: number(&get, "PRESENCE_WEBHOOK_SHARDS", DEFAULT_PRESENCE_WEBHOOK_SHARDS, 1, 1_024)? as u32,
+            batch_max: number(&get, "PRESENCE_WEBHOOK_BATCH_MAX", DEFAULT_PRESENCE_WEBHOOK_BATCH_MAX, 1, 100)? as usize,
+            flush_ms: number(&get, "PRESENCE_WEBHOOK_FLUSH_MS", DEFAULT_PRESENCE_WEBHOOK_FLUSH_MS, 0, 60_000)?,
+            max_backlog: number(
+                &get,
+                "PRESENCE_WEBHOOK_MAX_BACKLOG",
+                DEFAULT_PRESENCE_WEBHOOK_MAX_BACKLOG,
+                100,
+                10_000_000,
+            )?,
+        };
+        let presence_webhooks = match get("PRESENCE_WEBHOOKS").as_deref() {
+            None | Some("off") => None,
+            Some("on") if webhook.is_none() => {
+                return Err(
+                    "PRESENCE_WEBHOOKS=on needs WEBHOOK_URL and WEBHOOK_SECRET (where to send the events)".into()
+                )
+            }
+            Some("on") => Some(presence),
+            Some(_) => return Err("PRESENCE_WEBHOOKS must be `on` or `off`".into()),
+        };
+
         let max_publish_users =
             number(&get, "MAX_PUBLISH_USERS", 1_000, 1, crate::core::protocol::MAX_PUBLISH_USERS_LIMIT as u64)?
                 as usize;
@@ -410,6 +479,7 @@ impl Config {
             max_connections_per_user,
             max_connection_seconds,
             webhook,
+            presence_webhooks,
             history_seconds,
             history_limit,
             sse_keepalive_seconds,
@@ -675,6 +745,43 @@ mod tests {
         let mut bad = hook.to_vec();
         bad.push(("WEBHOOK_BATCH_MAX", "101"));
         assert!(parse(&bad).unwrap_err().contains("WEBHOOK_BATCH_MAX"));
+    }
+
+    #[test]
+    fn presence_webhooks_are_opt_in_and_need_a_webhook() {
+        let hook = [("JWT_SECRET", S), ("WEBHOOK_URL", "https://b.example/h"), ("WEBHOOK_SECRET", "x")];
+        assert!(parse(&hook).unwrap().presence_webhooks.is_none());
+        let mut on = hook.to_vec();
+        on.push(("PRESENCE_WEBHOOKS", "on"));
+        let p = parse(&on).unwrap().presence_webhooks.unwrap();
+        assert_eq!(
+            p,
+            PresenceWebhookConfig {
+                offline_debounce_seconds: 30,
+                shards: 8,
+                batch_max: 100,
+                flush_ms: 1000,
+                max_backlog: 100_000
+            }
+        );
+        assert_eq!(p, PresenceWebhookConfig::default());
+        let err = parse(&[("JWT_SECRET", S), ("PRESENCE_WEBHOOKS", "on")]).unwrap_err();
+        assert!(err.contains("PRESENCE_WEBHOOKS") && err.contains("WEBHOOK_URL"), "{err}");
+        assert!(parse(&[("JWT_SECRET", S), ("PRESENCE_WEBHOOKS", "yes")]).unwrap_err().contains("PRESENCE_WEBHOOKS"));
+        for (k, v) in [
+            ("USER_OFFLINE_DEBOUNCE_SECONDS", "86401"),
+            ("PRESENCE_WEBHOOK_SHARDS", "0"),
+            ("PRESENCE_WEBHOOK_BATCH_MAX", "101"),
+            ("PRESENCE_WEBHOOK_FLUSH_MS", "x"),
+            ("PRESENCE_WEBHOOK_MAX_BACKLOG", "99"),
+        ] {
+            // Checked while off too.
+            assert!(parse(&[("JWT_SECRET", S), (k, v)]).unwrap_err().contains(k), "{k}");
+        }
+        let mut tuned = on.clone();
+        tuned.extend([("USER_OFFLINE_DEBOUNCE_SECONDS", "0"), ("PRESENCE_WEBHOOK_SHARDS", "2")]);
+        let p = parse(&tuned).unwrap().presence_webhooks.unwrap();
+        assert_eq!((p.offline_debounce_seconds, p.shards), (0, 2));
     }
 
     #[test]

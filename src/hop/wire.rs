@@ -15,6 +15,14 @@ pub const USER_HUB_BINDING: &str = "USER_HUB";
 /// The binding name of the `ChannelHub` namespace in wrangler.toml.
 pub const CHANNEL_HUB_BINDING: &str = "CHANNEL_HUB";
 
+/// The binding name of the `EventHub` namespace (the event shards) in wrangler.toml.
+pub const EVENT_HUB_BINDING: &str = "EVENT_HUB";
+
+/// The name of event shard `shard`.
+pub fn events_name(shard: u32) -> String {
+    format!("events/{shard}")
+}
+
 /// Carries the Worker's CORS origin decision to the object, so the object's response is returned to
 /// the client as it is.
 pub const CORS_HEADER: &str = "x-switchboard-cors";
@@ -27,6 +35,12 @@ pub mod user_path {
     pub const ACK: &str = "/ack";
     pub const CONNECTIONS: &str = "/connections";
     pub const TICKETS: &str = "/tickets";
+}
+
+/// An event shard's routes.
+pub mod events_path {
+    /// Queue a JSON array of CloudEvents.
+    pub const ENQUEUE: &str = "/enqueue";
 }
 
 /// A channel object's routes.

@@ -18,11 +18,13 @@
 //! record of envelopes and replay), [`channels`] (joins, leaves, lingering, client publishes),
 //! [`connections`] (the connection API and lifetimes), [`outbox`] (webhooks and the alarm),
 //! [`tickets`] (one-time connect tickets), [`presence`] (a channel's presence batches for the
-//! watching connections) and [`reply`] (answers to a client's frame).
+//! watching connections), [`online`] (online/offline webhooks) and [`reply`] (answers to a client's
+//! frame).
 
 mod channels;
 mod connections;
 mod history;
+mod online;
 mod outbox;
 mod presence;
 mod publish;
@@ -65,7 +67,8 @@ CREATE TABLE IF NOT EXISTS tickets (hash TEXT PRIMARY KEY, expires_at INTEGER NO
   join_grants TEXT NOT NULL, publish_grants TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS conn_presence (conn_id TEXT PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS ticket_presence (hash TEXT PRIMARY KEY, data TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS channel_watch (name TEXT PRIMARY KEY);";
+CREATE TABLE IF NOT EXISTS channel_watch (name TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS presence (user_id TEXT PRIMARY KEY, online_at INTEGER NOT NULL, offline_since INTEGER);";
 
 /// The Durable Object. Its state lives behind an `Rc` so a handler that must wait can own a handle
 /// to it (`'static` futures): the socket handlers are exported by hand below, synchronous where they
@@ -119,7 +122,7 @@ impl std::ops::Deref for UserHub {
 
 impl UserHub {
     /// Another handle to the same hub, for a future that outlives the call that starts it.
-    fn handle(&self) -> UserHub {
+    pub(crate) fn handle(&self) -> UserHub {
         UserHub { inner: Rc::clone(&self.inner) }
     }
 }

@@ -136,6 +136,9 @@ impl UserHub {
         );
         let data = json!({ "connectionId": id, "transport": transport.name(), "connectedAt": rfc3339(now as u64) });
         let mut stored = self.enqueue_event(webhook::CONNECTION_OPENED, &user_id, data).await.map(|_| ());
+        if stored.is_ok() {
+            stored = self.online_opened(&id, transport).await;
+        }
         if let (Ok(()), Some(d)) = (&stored, deadline) {
             stored = self.schedule_alarm(Some(d.ceil() as i64), false).await;
         }
@@ -144,6 +147,7 @@ impl UserHub {
             // MAX_CONNECTIONS_PER_USER and is never closed at its deadline.
             if let Some(conn) = self.forget(&id) {
                 let _ = conn.ws.close(Some(1011), Some("could not be set up; reconnect"));
+                self.online_closed().await;
             }
             return Err(e);
         }
@@ -431,6 +435,7 @@ impl UserHub {
             json!({ "userId": conn.user_id, "connectionId": id, "code": code, "reason": reason, "by": by }),
         );
         self.report_close(&conn, id, code, reason, by).await;
+        self.online_closed().await;
     }
 
     async fn report_close(&self, conn: &Conn, id: &str, code: u16, reason: &str, by: &str) {
@@ -458,6 +463,7 @@ impl UserHub {
             json!({ "userId": conn.user_id, "connectionId": id, "code": code, "reason": reason, "clean": was_clean, "by": "client" }),
         );
         self.report_close(&conn, &id, code.min(u16::MAX as usize) as u16, reason, "client").await;
+        self.online_closed().await;
     }
 
     pub(crate) async fn on_error(&self, ws: &WebSocket, error: &str) {
@@ -468,5 +474,6 @@ impl UserHub {
         self.left_channels(&conn, true).await;
         log::error("socket_error", json!({ "connectionId": id, "message": error }));
         self.report_close(&conn, &id, 1011, "socket error", "error").await;
+        self.online_closed().await;
     }
 }

@@ -250,6 +250,7 @@ impl UserHub {
         self.oldest.set(oldest);
         log::info("hub_loaded", json!({ "connections": conns.len(), "seq": seq }));
         *self.conns.borrow_mut() = Some(conns);
+        self.online_after_load();
         Ok(())
     }
 
