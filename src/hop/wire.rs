@@ -5,6 +5,9 @@
 //!
 //! Fields travel in the URL's query (header values cannot carry every Unicode user id); a payload
 //! travels as the body, as the JSON text the backend sent.
+//!
+//! Why one file: every hop's encoding sits beside its decoding and its round-trip test; split by
+//! hop kind, the shared field helpers and the tests would be spread over four files.
 
 use crate::core::channel::Grants;
 use crate::core::protocol::{fingerprint, PublishRequest, Recipients, Transport};
