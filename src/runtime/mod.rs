@@ -1,9 +1,11 @@
 //! Glue to the Workers runtime shared by the Worker and both Durable Object kinds: JSON responses and
 //! CORS ([`http`]), log lines ([`log`]), the settings parsed once per isolate ([`settings`]), and JS
-//! strings handed to the runtime without a copy through wasm ([`js`]). It knows nothing of routes,
+//! strings handed to the runtime without a copy through wasm ([`js`]), the operator counters and their
+//! exports ([`metrics`]). It knows nothing of routes,
 //! hubs or hops.
 
 pub mod http;
 pub mod js;
 pub mod log;
+pub mod metrics;
 pub mod settings;

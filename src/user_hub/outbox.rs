@@ -26,7 +26,7 @@ use crate::core::error::Error;
 use crate::core::ids;
 use crate::core::protocol::rfc3339;
 use crate::core::webhook::{self, Delivery};
-use crate::runtime::log;
+use crate::runtime::{log, metrics};
 use futures_util::future::{select, Either};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -284,6 +284,7 @@ impl UserHub {
             let started = Date::now().as_millis();
             self.outbox_sending.set(last);
             let outcome = send(hook, &webhook_id, &body, content_type).await;
+            metrics::webhook_attempt(outcome.as_ref().map_or_else(|f| f.status, |s| Some(*s)), is_timeout(&outcome));
             self.outbox_sending.set(0);
             let ms = Date::now().as_millis().saturating_sub(started);
             let failure = match outcome {
@@ -334,6 +335,7 @@ impl UserHub {
     /// line is the dead letter; the event's body stays out of the log).
     fn drop_event(&self, row: &OutboxRow, status: Option<u16>, reason: &str) -> Result<(), Error> {
         self.sql_exec("DELETE FROM outbox WHERE id = ?", vec![row.id.into()])?;
+        metrics::webhook_dropped();
         self.sql_exec(
             "INSERT INTO meta (key, value) VALUES ('webhook_dropped', 1) ON CONFLICT(key) DO UPDATE SET value = value + 1",
             Vec::new(),
@@ -379,8 +381,13 @@ async fn send(hook: &WebhookConfig, webhook_id: &str, body: &str, content_type: 
             Either::Right(_) => Err(fail(format!("no answer within {} ms", hook.timeout_ms))),
         }
     };
-    if outcome.as_ref().is_err_and(|e| e.status.is_none() && e.reason.starts_with("no answer")) {
+    if is_timeout(&outcome) {
         controller.abort();
     }
     outcome
+}
+
+/// Whether the attempt ended at `WEBHOOK_TIMEOUT_MS` with no answer.
+fn is_timeout(outcome: &Result<u16, Failure>) -> bool {
+    outcome.as_ref().is_err_and(|e| e.status.is_none() && e.reason.starts_with("no answer"))
 }

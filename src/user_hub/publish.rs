@@ -11,7 +11,7 @@ use crate::core::ids;
 use crate::core::protocol::{self, rfc3339, AckOut, PublishResponse, Transport};
 use crate::hop::wire::PublishMeta;
 use crate::runtime::js::send_shared;
-use crate::runtime::{http, log};
+use crate::runtime::{http, log, metrics};
 use futures_util::future::{select, Either};
 use serde::Deserialize;
 use serde_json::json;
@@ -173,6 +173,8 @@ impl UserHub {
             joined,
             lingering,
         };
+        metrics::delivered(client_count, response.acks.len(), response.pending.len());
+        metrics::flush(&self.env);
         log::info(
             "publish",
             json!({
