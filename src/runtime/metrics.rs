@@ -11,9 +11,10 @@
 //! A data point carries the invocation's own fields (event, label, status, duration) and the
 //! counters' change since this isolate's previous data point ([`crate::core::metrics::COLUMN_NAMES`]),
 //! so no count is written twice and none is lost while its isolate lives. The Worker writes one per
-//! publish and per connect, a hub one per alarm run; a hub's publish, connect and close handlers add
-//! a `flush` point only when the isolate has unwritten counts and wrote nothing for
-//! [`FLUSH_INTERVAL_MS`], so a channel publish to 1,000 hubs does not cost 1,000 points.
+//! publish and per connect request (its own event, label, status and duration); a hub's publish,
+//! connect, close and alarm handlers add a `flush` point only when the isolate has unwritten counts
+//! and wrote nothing for [`FLUSH_INTERVAL_MS`], so a channel publish to 1,000 hubs does not cost
+//! 1,000 points.
 
 use crate::core::metrics::{self as m, Counters, COLUMNS};
 use crate::core::protocol::{Recipients, Transport};
@@ -164,7 +165,7 @@ fn write(env: &Env, event: &'static str, label: &str, status: u16, ms: f64) {
     }
 }
 
-/// From a hub's publish, connect or close: a `flush` point with the isolate's unwritten counts, at
+/// From a hub's publish, connect, close or alarm: a `flush` point with the isolate's unwritten counts, at
 /// most once per [`FLUSH_INTERVAL_MS`], only when `METRICS` is bound.
 pub fn flush(env: &Env) {
     if dataset(env).is_none() || Date::now().as_millis() as f64 - LAST_POINT_AT.get() < FLUSH_INTERVAL_MS {
@@ -181,8 +182,8 @@ pub fn clock(env: &Env) -> Option<f64> {
     dataset(env).map(|_| Date::now().as_millis() as f64)
 }
 
-/// The data point of a publish, a connect (the Worker) or an alarm run (a hub) that started at
-/// `started` (see [`clock`]) and answered `status`.
+/// The Worker's data point for a publish or a connect request that started at `started` (see
+/// [`clock`]) and was answered with `status`.
 pub fn record(env: &Env, started: Option<f64>, event: &'static str, label: &str, status: u16) {
     if let Some(started) = started {
         write(env, event, label, status, Date::now().as_millis() as f64 - started);

@@ -35,7 +35,7 @@ use crate::core::error::Error;
 use crate::core::ratelimit::TokenBucket;
 use crate::hop::wire::PublishMeta;
 use crate::hop::{self, user, user::Call};
-use crate::runtime::{http, js, log, metrics, settings};
+use crate::runtime::{http, js, log, settings};
 use js_sys::Promise;
 use serde::Deserialize;
 use serde_json::json;
@@ -163,10 +163,7 @@ impl worker::DurableObject for UserHub {
     async fn alarm(&self) -> worker::Result<Response> {
         // The run re-arms itself, after a failure too; only when no alarm could be set does this
         // throw, so the runtime retries the alarm (with its own backoff).
-        let started = metrics::clock(&self.env);
-        let ran = self.run_alarm().await;
-        metrics::record(&self.env, started, "alarm", "", ran.as_ref().map_or_else(Error::status, |_| 200));
-        if let Err(e) = ran {
+        if let Err(e) = self.run_alarm().await {
             log::error("alarm_error", json!({ "op": "rearm", "message": e.to_string() }));
             return Err(worker::Error::RustError(format!("the alarm could not be re-armed: {e}")));
         }
