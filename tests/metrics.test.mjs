@@ -7,7 +7,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import crypto from "node:crypto";
-import { startWorker, Client, WebhookReceiver, publish, clientToken, publishToken } from "./harness.mjs";
+import { startWorker, Client, SseClient, WebhookReceiver, publish, clientToken, publishToken } from "./harness.mjs";
 
 const SECRET_BYTES = crypto.randomBytes(24);
 const WEBHOOK_SECRET = `whsec_${SECRET_BYTES.toString("base64")}`;
@@ -149,6 +149,30 @@ test("closes count by code: the client's own code, and the backend's 4002", asyn
     'switchboard_closes_total{code="4321"}': 1,
     'switchboard_closes_total{code="4002"}': 1,
   });
+});
+
+test("an SSE stream counts as an sse connect, its delivery and HTTP ack count, and its end is a 1000 close", async () => {
+  // The Worker notices a vanished SSE client at its next write at the latest: keep-alives every second.
+  const ws = await startWorker({ SSE_KEEPALIVE_SECONDS: "1" });
+  try {
+    const u = user();
+    const base = await scrape(ws);
+    const s = await SseClient.open(ws, clientToken(u), { filters: [{ type: "t" }] });
+    const answer = publish(ws, { userId: u, type: "t", payload: 1 });
+    const event = await s.next((e) => e.json?.envelopeId);
+    assert.equal((await s.ack(ws, clientToken(u), event.json.envelopeId, { ok: true })).status, 200);
+    assert.equal((await answer).body.acks.length, 1);
+    assert.deepEqual(await s.close(), { how: "aborted" });
+    assert.deepEqual(await settle(base, { 'switchboard_closes_total{code="1000"}': 1 }, ws), {
+      'switchboard_connects_total{transport="sse"}': 1,
+      'switchboard_publishes_total{kind="userId"}': 1,
+      "switchboard_deliveries_total": 1,
+      "switchboard_acks_total": 1,
+      'switchboard_closes_total{code="1000"}': 1,
+    });
+  } finally {
+    await ws.stop();
+  }
 });
 
 test("refused client frames count by error code, and only those", async () => {
