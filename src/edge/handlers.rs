@@ -76,7 +76,7 @@ pub(super) async fn issue_ticket(
     let body = serde_json::json!({
         "ticket": crate::core::ticket::make(&user_id, &secret), "expiresIn": config.ticket_seconds,
     });
-    Ok(http::json(200, body.to_string(), cors)?.into())
+    Ok(http::respond(200, &body.to_string().into(), cors))
 }
 
 pub(super) async fn open_sse(req: Request, env: &Env, config: &Config, cors: Option<&str>) -> Result<Response, Error> {
@@ -186,11 +186,11 @@ pub(super) async fn publish(
         Recipients::One(user_id) => {
             let meta = PublishMeta::from_request(&p, user_id, &body, idempotency_key.is_some());
             let payload = wasm_bindgen::JsValue::from_str(p.payload.get());
-            let (status, answer) = user::publish(env, &meta, &payload, idempotency_key.as_deref()).await?;
-            Ok(http::json(status, answer, cors)?.into())
+            let (status, answer) = user::publish_js(env, &meta, &payload, idempotency_key.as_deref()).await?;
+            Ok(http::respond(status, &answer, cors))
         }
         Recipients::Many(users) => {
-            Ok(multi::publish(env, config, &p, users, &body, cors, idempotency_key.as_deref()).await?.into())
+            multi::publish(env, config, &p, users, &body, cors, idempotency_key.as_deref()).await
         }
         Recipients::Channel(_) => {
             let meta = PublishMeta::from_request(&p, "", &body, idempotency_key.is_some());

@@ -96,14 +96,27 @@ pub async fn publish(
     payload: &JsValue,
     idempotency_key: Option<&str>,
 ) -> Result<(u16, String), Error> {
+    let (status, body) = publish_js(env, meta, payload, idempotency_key).await?;
+    Ok((status, body.as_string().unwrap_or_default()))
+}
+
+/// [`publish`], with the answer's body left the JS string the hub made: the Worker hands it on in
+/// its own Response without copying it into wasm and back.
+pub async fn publish_js(
+    env: &Env,
+    meta: &PublishMeta,
+    payload: &JsValue,
+    idempotency_key: Option<&str>,
+) -> Result<(u16, JsValue), Error> {
     let unavailable =
         |e: JsValue| Error::Unavailable(format!("the user's hub did not answer: {}", worker::Error::from(e)));
     let stub: super::RawStub = super::stub(env, wire::USER_HUB_BINDING, &meta.user_id)?;
     let promise = stub.publish(&meta.to_query_string(), payload, idempotency_key).map_err(unavailable)?;
     let answer: js_sys::Array =
         wasm_bindgen_futures::JsFuture::from(promise).await.map_err(unavailable)?.unchecked_into();
-    match (answer.get(0).as_f64(), answer.get(1).as_string()) {
-        (Some(status), Some(body)) => Ok((status as u16, body)),
+    let (status, body) = (answer.get(0).as_f64(), answer.get(1));
+    match status {
+        Some(status) if body.is_string() => Ok((status as u16, body)),
         _ => Err(Error::Unavailable("the user's hub answered with something unreadable".into())),
     }
 }

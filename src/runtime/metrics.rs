@@ -22,7 +22,7 @@ use std::cell::{Cell, OnceCell, RefCell};
 use std::fmt::Write;
 use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::{JsCast, JsValue};
-use worker::{Date, Env};
+use worker::Env;
 
 /// The least time between two `flush` points of one isolate.
 pub const FLUSH_INTERVAL_MS: f64 = 10_000.0;
@@ -154,7 +154,7 @@ fn write(env: &Env, event: &'static str, label: &str, status: u16, ms: f64) {
     match js_sys::JSON::parse(&point).and_then(|p| dataset.write_data_point(&p)) {
         Ok(()) => {
             WRITTEN.set(now);
-            LAST_POINT_AT.set(Date::now().as_millis() as f64);
+            LAST_POINT_AT.set(crate::runtime::js::now_ms() as f64);
             bump(m::ANALYTICS_POINTS, event);
         }
         Err(e) => {
@@ -168,7 +168,7 @@ fn write(env: &Env, event: &'static str, label: &str, status: u16, ms: f64) {
 /// From a hub's publish, connect, close or alarm: a `flush` point with the isolate's unwritten counts, at
 /// most once per [`FLUSH_INTERVAL_MS`], only when `METRICS` is bound.
 pub fn flush(env: &Env) {
-    if dataset(env).is_none() || Date::now().as_millis() as f64 - LAST_POINT_AT.get() < FLUSH_INTERVAL_MS {
+    if dataset(env).is_none() || crate::runtime::js::now_ms() as f64 - LAST_POINT_AT.get() < FLUSH_INTERVAL_MS {
         return;
     }
     if columns() != WRITTEN.get() {
@@ -179,13 +179,13 @@ pub fn flush(env: &Env) {
 /// The clock for an invocation's duration: `Some(now)` only when `METRICS` is bound, so an unbound
 /// Worker makes no extra call.
 pub fn clock(env: &Env) -> Option<f64> {
-    dataset(env).map(|_| Date::now().as_millis() as f64)
+    dataset(env).map(|_| crate::runtime::js::now_ms() as f64)
 }
 
 /// The Worker's data point for a publish or a connect request that started at `started` (see
 /// [`clock`]) and was answered with `status`.
 pub fn record(env: &Env, started: Option<f64>, event: &'static str, label: &str, status: u16) {
     if let Some(started) = started {
-        write(env, event, label, status, Date::now().as_millis() as f64 - started);
+        write(env, event, label, status, crate::runtime::js::now_ms() as f64 - started);
     }
 }

@@ -77,6 +77,8 @@ pub struct Inner {
     /// Open connections by id; `None` until rebuilt after construction (or a wake).
     pub(crate) conns: RefCell<Option<HashMap<String, Conn>>>,
     pub(crate) acks: RefCell<AckRegistry>,
+    /// Ends the waits of [`acks`](Self::acks) at their deadlines: one timer for every publish in flight.
+    pub(crate) ack_timer: js::Timer,
     /// The last `seq` handed out; valid once `conns` is loaded.
     seq: Cell<u64>,
     /// The oldest stored envelope's `(seq, at)`, to trim history without scanning it.
@@ -87,6 +89,8 @@ pub struct Inner {
     outbox_sending: Cell<i64>,
     /// Events still to send one at a time after the backend refused a batch (to find the culprit).
     outbox_solo: Cell<usize>,
+    /// When this object last set its alarm, until that alarm runs (`None`: unknown, ask storage).
+    pub(crate) alarm_set_at: Cell<Option<i64>>,
     /// Alarm runs that failed in a row (their retry backs off).
     alarm_failures: Cell<u32>,
     /// `TEST_FAULTS=alarm` has failed this object's alarm once already.
@@ -122,16 +126,25 @@ impl worker::DurableObject for UserHub {
             state.set_websocket_auto_response(&pair);
         }
         js::install_fast_microtasks();
-        let inner = Inner {
+        let inner = |hub: &std::rc::Weak<Inner>| Inner {
             state,
             env,
             conns: RefCell::new(None),
             acks: RefCell::default(),
+            ack_timer: {
+                let hub = hub.clone();
+                js::Timer::new(move || {
+                    if let Some(hub) = hub.upgrade() {
+                        hub.expire_acks();
+                    }
+                })
+            },
             seq: Cell::new(0),
             oldest: Cell::new(None),
             version: Cell::new(0),
             outbox_sending: Cell::new(0),
             outbox_solo: Cell::new(0),
+            alarm_set_at: Cell::new(None),
             alarm_failures: Cell::new(0),
             fault_spent: Cell::new(false),
             connect_fault_spent: Cell::new(false),
@@ -139,7 +152,7 @@ impl worker::DurableObject for UserHub {
             publish_bucket: RefCell::new(None),
             join_bucket: RefCell::new(None),
         };
-        UserHub { inner: Rc::new(inner) }
+        UserHub { inner: Rc::new_cyclic(inner) }
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
@@ -161,6 +174,8 @@ impl worker::DurableObject for UserHub {
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
+        self.alarm_set_at.set(None); // this alarm is spent
+
         // The run re-arms itself, after a failure too; only when no alarm could be set does this
         // throw, so the runtime retries the alarm (with its own backoff).
         if let Err(e) = self.run_alarm().await {

@@ -198,6 +198,11 @@ impl UserHub {
     async fn set_alarm_at(&self, due: i64, rearm: bool) -> Result<(), Error> {
         let storage = self.state.storage();
         if !rearm {
+            // Set by this object and not run yet: no need to ask storage (a connect used to pay a
+            // `getAlarm` round trip every time).
+            if self.alarm_set_at.get().is_some_and(|at| at <= due) {
+                return Ok(());
+            }
             if let Some(current) = storage.get_alarm().await? {
                 if current <= due {
                     return Ok(());
@@ -206,6 +211,7 @@ impl UserHub {
         }
         let at = js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(due as f64));
         storage.set_alarm(worker::ScheduledTime::new(at)).await?;
+        self.alarm_set_at.set(Some(due));
         log::info("alarm_set", json!({ "at": due, "inMs": due - Date::now().as_millis() as i64 }));
         Ok(())
     }

@@ -104,7 +104,7 @@ fn websocket() -> String {
 
 /// A socket's connection id: its tag.
 pub(super) fn conn_id(hub: &UserHub, ws: &WebSocket) -> Option<String> {
-    hub.state.get_tags(ws).into_iter().next()
+    crate::runtime::js::socket_id(ws, || hub.state.get_tags(ws).into_iter().next())
 }
 
 #[derive(Deserialize)]
@@ -172,7 +172,9 @@ impl UserHub {
         let now = Date::now().as_millis() as f64;
         let mut conns = HashMap::new();
         for ws in self.state.get_websockets() {
-            let Some(id) = self.state.get_tags(&ws).into_iter().next() else { continue };
+            let Some(id) = crate::runtime::js::socket_id(&ws, || self.state.get_tags(&ws).into_iter().next()) else {
+                continue;
+            };
             let Some(a) = ws.deserialize_attachment::<Attachment>().ok().flatten() else { continue };
             let filters = stored.remove(&id).map(|t| FilterSet::from_json(&t)).unwrap_or_default();
             let conn_grants = grants.remove(&id).unwrap_or_default();
