@@ -226,6 +226,32 @@ test("webhook attempts and failures count by status class: 503s, then the 2xx th
   }
 });
 
+test("a permanent refusal counts as a 4xx failure and a dropped event", async () => {
+  const receiver = await new WebhookReceiver(SECRET_BYTES).start();
+  // Signed with another secret: the receiver answers 400, which Switchboard treats as permanent.
+  const wh = await startWorker({
+    WEBHOOK_URL: `http://127.0.0.1:${receiver.port}/hooks`,
+    WEBHOOK_SECRET: `whsec_${crypto.randomBytes(24).toString("base64")}`,
+  });
+  try {
+    const base = await scrape(wh);
+    const c = await Client.connect(wh, clientToken(user()));
+    await receiver.until((r) => r.attempts.length === 1);
+    assert.equal(receiver.attempts[0].status, 400);
+    assert.deepEqual(await settle(base, { "switchboard_webhook_dropped_total": 1 }, wh), {
+      'switchboard_connects_total{transport="websocket"}': 1,
+      'switchboard_webhook_attempts_total{class="4xx"}': 1,
+      'switchboard_webhook_failures_total{class="4xx"}': 1,
+      "switchboard_webhook_dropped_total": 1,
+    });
+    assert.equal(receiver.attempts.length, 1); // dropped, not retried
+    c.ws.terminate();
+  } finally {
+    await wh.stop();
+    await receiver.stop();
+  }
+});
+
 test("with the METRICS dataset bound: one data point per publish and per connect, a hub's flush at most every 10 s", async () => {
   const wa = await startWorker({}, { analytics: true });
   try {
