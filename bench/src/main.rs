@@ -60,6 +60,9 @@ const ALL_SCENARIOS: &[&str] = &[
     "channel100",
     "users2000",
     "channel2000",
+    "rtt_deflate",
+    "fanout100_deflate",
+    "idle_deflate",
 ];
 
 impl Config {
@@ -94,13 +97,15 @@ impl Config {
         }
     }
 
-    /// The CI smoke: every answer and delivery checked as always, on ~650 publishes (rtt 300,
-    /// fanout100 40 x 100 sockets, throughput 300 over 20 users, channel100 10 x 100 members), one
-    /// run, with the wasm size budget enforced. Not for figures: the counts are too small.
+    /// The CI smoke: every answer and delivery checked as always, on ~950 publishes (rtt 300,
+    /// fanout100 40 x 100 sockets, throughput 300 over 20 users, channel100 10 x 100 members,
+    /// rtt_deflate 300 through bench/deflate.mjs), one run, with the wasm size budget enforced. Not for
+    /// figures: the counts are too small.
     fn smoke() -> Config {
         let mut c = Config::new(true);
         c.smoke = true;
-        c.scenarios = ["rtt", "fanout100", "throughput", "channel100"].iter().map(|s| s.to_string()).collect();
+        c.scenarios =
+            ["rtt", "fanout100", "throughput", "channel100", "rtt_deflate"].iter().map(|s| s.to_string()).collect();
         c.rtt_n = 300;
         c.fanout_small_n = 40;
         c.tp_users = 20;
@@ -117,7 +122,9 @@ const HELP: &str = "switchboard-bench [--quick | --smoke] [--runs N] [--scenario
   [--connect-concurrency N]
 Every numeric flag can also be set as BENCH_<NAME> (e.g. BENCH_RTT_N=500). Scenarios:
   rtt fanout100 fanout1000 throughput throughput50 idle payload1k payload64k payload512k
-  users100 channel100 users2000 channel2000 (Switchboard only: a group via `userIds` vs a channel)";
+  users100 channel100 users2000 channel2000 (Switchboard only: a group via `userIds` vs a channel)
+  rtt_deflate fanout100_deflate idle_deflate (rtt, fanout100 and idle with permessage-deflate negotiated,
+  through bench/deflate.mjs; same counts as their plain scenarios)";
 
 fn parse_args() -> Result<Config, String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
