@@ -44,6 +44,10 @@ pub struct Config {
     pub connect_concurrency: usize,
     pub group_small_n: usize,
     pub group_large_n: usize,
+    /// `timeoutMs` of the group publishes (`users*`, `channel*`). A channel relay must answer within
+    /// it plus `HOP_GRACE_MS` per level, and on a loaded machine a 500-member relay takes longer than
+    /// 5 s + 4 s; raise it there (it changes nothing when every ack comes in time).
+    pub group_timeout_ms: usize,
 }
 
 const ALL_SCENARIOS: &[&str] = &[
@@ -94,6 +98,7 @@ impl Config {
             connect_concurrency: 32,
             group_small_n: pick(100, 10),
             group_large_n: pick(20, 3),
+            group_timeout_ms: 5000,
         }
     }
 
@@ -119,7 +124,7 @@ const HELP: &str = "switchboard-bench [--quick | --smoke] [--runs N] [--scenario
   [--out FILE] [--extra FILE] [--rtt-n N] [--fanout-small-sockets N] [--fanout-small-n N]
   [--fanout-large-sockets N] [--fanout-large-n N] [--tp-users N] [--tp-publishers N] [--tp-n N]
   [--idle-sockets N] [--idle-per-user N] [--idle-hibernate-s N] [--payload-1k-n N] [--payload-64k-n N] [--payload-512k-n N]
-  [--connect-concurrency N]
+  [--connect-concurrency N] [--group-small-n N] [--group-large-n N] [--group-timeout-ms N]
 Every numeric flag can also be set as BENCH_<NAME> (e.g. BENCH_RTT_N=500). Scenarios:
   rtt fanout100 fanout1000 throughput throughput50 idle payload1k payload64k payload512k
   users100 channel100 users2000 channel2000 (Switchboard only: a group via `userIds` vs a channel)
@@ -190,6 +195,7 @@ fn parse_args() -> Result<Config, String> {
             "connect-concurrency" => c.connect_concurrency = num()?.max(1),
             "group-small-n" => c.group_small_n = num()?,
             "group-large-n" => c.group_large_n = num()?,
+            "group-timeout-ms" => c.group_timeout_ms = num()?,
             // Environment variables the scripts use for other things.
             "quick" | "smoke" | "no-build" | "coldstart-samples" | "node" | "serve-max-s" | "build-dir"
             | "show-stderr" | "timeout" => {}

@@ -499,7 +499,7 @@ async fn group(server: &Server, c: &Config, tag: &str, users: usize, n: usize, v
             cpu0 = cpu_ns(server.pid);
             t0 = Instant::now();
         }
-        let body = format!(r#"{{{target},"type":"bench","payload":{{"n":{i}}},"timeoutMs":5000}}"#);
+        let body = format!(r#"{{{target},"type":"bench","payload":{{"n":{i}}},"timeoutMs":{}}}"#, c.group_timeout_ms);
         let sent = Instant::now();
         let r = http.publish(body.as_bytes()).await;
         let took = sent.elapsed();
@@ -511,7 +511,10 @@ async fn group(server: &Server, c: &Config, tag: &str, users: usize, n: usize, v
             let t = &v["totals"];
             let want = users as u64;
             if t["users"] != want || t["failed"] != 0 || t["clientCount"] != want || t["acked"] != want {
-                return Err(format!("totals {t} (expected {users} users, all acked)"));
+                // The answer lists failures first: the first one says why (a relay's or a user's error).
+                let first: String =
+                    v["users"].get(0).map(|u| u.to_string()).unwrap_or_default().chars().take(400).collect();
+                return Err(format!("totals {t} (expected {users} users, all acked); first of users: {first}"));
             }
             Ok(())
         });
