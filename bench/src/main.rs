@@ -44,6 +44,10 @@ pub struct Config {
     pub connect_concurrency: usize,
     pub group_small_n: usize,
     pub group_large_n: usize,
+    /// `timeoutMs` of the group publishes (`users*`, `channel*`). A channel relay must answer within
+    /// it plus `HOP_GRACE_MS` per level, and on a loaded machine a 500-member relay takes longer than
+    /// 5 s + 4 s; raise it there (it changes nothing when every ack comes in time).
+    pub group_timeout_ms: usize,
 }
 
 const ALL_SCENARIOS: &[&str] = &[
@@ -60,6 +64,9 @@ const ALL_SCENARIOS: &[&str] = &[
     "channel100",
     "users2000",
     "channel2000",
+    "rtt_deflate",
+    "fanout100_deflate",
+    "idle_deflate",
 ];
 
 impl Config {
@@ -91,16 +98,19 @@ impl Config {
             connect_concurrency: 32,
             group_small_n: pick(100, 10),
             group_large_n: pick(20, 3),
+            group_timeout_ms: 5000,
         }
     }
 
-    /// The CI smoke: every answer and delivery checked as always, on ~650 publishes (rtt 300,
-    /// fanout100 40 x 100 sockets, throughput 300 over 20 users, channel100 10 x 100 members), one
-    /// run, with the wasm size budget enforced. Not for figures: the counts are too small.
+    /// The CI smoke: every answer and delivery checked as always, on ~950 publishes (rtt 300,
+    /// fanout100 40 x 100 sockets, throughput 300 over 20 users, channel100 10 x 100 members,
+    /// rtt_deflate 300 through bench/deflate.mjs), one run, with the wasm size budget enforced. Not for
+    /// figures: the counts are too small.
     fn smoke() -> Config {
         let mut c = Config::new(true);
         c.smoke = true;
-        c.scenarios = ["rtt", "fanout100", "throughput", "channel100"].iter().map(|s| s.to_string()).collect();
+        c.scenarios =
+            ["rtt", "fanout100", "throughput", "channel100", "rtt_deflate"].iter().map(|s| s.to_string()).collect();
         c.rtt_n = 300;
         c.fanout_small_n = 40;
         c.tp_users = 20;
@@ -114,10 +124,12 @@ const HELP: &str = "switchboard-bench [--quick | --smoke] [--runs N] [--scenario
   [--out FILE] [--extra FILE] [--rtt-n N] [--fanout-small-sockets N] [--fanout-small-n N]
   [--fanout-large-sockets N] [--fanout-large-n N] [--tp-users N] [--tp-publishers N] [--tp-n N]
   [--idle-sockets N] [--idle-per-user N] [--idle-hibernate-s N] [--payload-1k-n N] [--payload-64k-n N] [--payload-512k-n N]
-  [--connect-concurrency N]
+  [--connect-concurrency N] [--group-small-n N] [--group-large-n N] [--group-timeout-ms N]
 Every numeric flag can also be set as BENCH_<NAME> (e.g. BENCH_RTT_N=500). Scenarios:
   rtt fanout100 fanout1000 throughput throughput50 idle payload1k payload64k payload512k
-  users100 channel100 users2000 channel2000 (Switchboard only: a group via `userIds` vs a channel)";
+  users100 channel100 users2000 channel2000 (Switchboard only: a group via `userIds` vs a channel)
+  rtt_deflate fanout100_deflate idle_deflate (rtt, fanout100 and idle with permessage-deflate negotiated,
+  through bench/deflate.mjs; same counts as their plain scenarios)";
 
 fn parse_args() -> Result<Config, String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -183,6 +195,7 @@ fn parse_args() -> Result<Config, String> {
             "connect-concurrency" => c.connect_concurrency = num()?.max(1),
             "group-small-n" => c.group_small_n = num()?,
             "group-large-n" => c.group_large_n = num()?,
+            "group-timeout-ms" => c.group_timeout_ms = num()?,
             // Environment variables the scripts use for other things.
             "quick" | "smoke" | "no-build" | "coldstart-samples" | "node" | "serve-max-s" | "build-dir"
             | "show-stderr" | "timeout" => {}

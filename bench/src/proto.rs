@@ -15,7 +15,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 
-pub const TIMEOUT: Duration = Duration::from_secs(30);
+/// Per connect and per publish answer. Past the longest `--group-timeout-ms` a loaded machine needs.
+pub const TIMEOUT: Duration = Duration::from_secs(60);
 
 // ---- tokens ------------------------------------------------------------------------------------
 
@@ -64,7 +65,7 @@ impl Http {
             Ok(r) => r,
             Err(_) => {
                 self.conn = None;
-                Err("publish timed out after 30 s".into())
+                Err(format!("publish timed out after {} s", TIMEOUT.as_secs()))
             }
         }
     }

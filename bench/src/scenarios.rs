@@ -57,6 +57,37 @@ pub async fn run(name: &str, server: &Server, c: &Config, run: usize) -> Outcome
         "channel2000" => group(server, c, &format!("ch-{tag}"), 2000, c.group_large_n, true).await,
         "users100" => group(server, c, &format!("us-{tag}"), 100, c.group_small_n, false).await,
         "users2000" => group(server, c, &format!("us-{tag}"), 2000, c.group_large_n, false).await,
+        // The same shapes with permessage-deflate negotiated, through the Node driver (bench/deflate.mjs).
+        "rtt_deflate" => {
+            let n = c.rtt_n.to_string();
+            deflate(server, &["sequential", "--user", &format!("rttz-{tag}"), "--sockets", "1", "--n", &n]).await
+        }
+        "fanout100_deflate" => {
+            let (s, n) = (c.fanout_small_sockets.to_string(), c.fanout_small_n.to_string());
+            deflate(server, &["sequential", "--user", &format!("fanz-{tag}"), "--sockets", &s, "--n", &n]).await
+        }
+        "idle_deflate" => {
+            let (s, per, h) = (c.idle_sockets.to_string(), c.idle_per_user.to_string(), c.idle_hibernate_s.to_string());
+            let user = format!("idlez-{tag}");
+            let cc = c.connect_concurrency.to_string();
+            deflate(
+                server,
+                &[
+                    "idle",
+                    "--user",
+                    &user,
+                    "--sockets",
+                    &s,
+                    "--per-user",
+                    &per,
+                    "--hibernate-s",
+                    &h,
+                    "--concurrency",
+                    &cc,
+                ],
+            )
+            .await
+        }
         other => Outcome::failed(&format!("unknown scenario {other}")),
     }
 }
@@ -468,7 +499,7 @@ async fn group(server: &Server, c: &Config, tag: &str, users: usize, n: usize, v
             cpu0 = cpu_ns(server.pid);
             t0 = Instant::now();
         }
-        let body = format!(r#"{{{target},"type":"bench","payload":{{"n":{i}}},"timeoutMs":5000}}"#);
+        let body = format!(r#"{{{target},"type":"bench","payload":{{"n":{i}}},"timeoutMs":{}}}"#, c.group_timeout_ms);
         let sent = Instant::now();
         let r = http.publish(body.as_bytes()).await;
         let took = sent.elapsed();
@@ -480,7 +511,10 @@ async fn group(server: &Server, c: &Config, tag: &str, users: usize, n: usize, v
             let t = &v["totals"];
             let want = users as u64;
             if t["users"] != want || t["failed"] != 0 || t["clientCount"] != want || t["acked"] != want {
-                return Err(format!("totals {t} (expected {users} users, all acked)"));
+                // The answer lists failures first: the first one says why (a relay's or a user's error).
+                let first: String =
+                    v["users"].get(0).map(|u| u.to_string()).unwrap_or_default().chars().take(400).collect();
+                return Err(format!("totals {t} (expected {users} users, all acked); first of users: {first}"));
             }
             Ok(())
         });
@@ -516,4 +550,43 @@ async fn group(server: &Server, c: &Config, tag: &str, users: usize, n: usize, v
     latency_metrics(&mut m, "", lat);
     latency_metrics(&mut m, "last_delivery_", dlast);
     Outcome { metrics: m, errors: errors.count, error_samples: errors.samples }
+}
+
+/// Runs bench/deflate.mjs (`mode` first in `args`, then its flags) against `server` and reads its one
+/// JSON line: the Rust WebSocket client has no permessage-deflate, `ws` has. The driver measures the
+/// same metrics the same way (see its header); the child is killed if the scenario times out.
+async fn deflate(server: &Server, args: &[&str]) -> Outcome {
+    let node = std::env::var("BENCH_NODE").unwrap_or_else(|_| "node".into());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/deflate.mjs");
+    let pid = server.pid.to_string();
+    let child = tokio::process::Command::new(&node)
+        .arg(script)
+        .arg("--mode")
+        .args(args)
+        .args(["--url", &server.url, "--secret", &server.secret, "--pid", &pid])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .output()
+        .await;
+    let out = match child {
+        Ok(o) => o,
+        Err(e) => return Outcome::failed(&format!("{node} {script}: {e}")),
+    };
+    #[derive(serde::Deserialize)]
+    struct Report {
+        metrics: std::collections::BTreeMap<String, f64>,
+        errors: u64,
+        error_samples: Vec<String>,
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    match text.lines().last().map(serde_json::from_str::<Report>) {
+        Some(Ok(r)) => Outcome { metrics: r.metrics, errors: r.errors, error_samples: r.error_samples },
+        _ => Outcome::failed(&format!(
+            "deflate.mjs exited with {} and said {:?}",
+            out.status,
+            &text[..text.len().min(300)]
+        )),
+    }
 }
