@@ -220,7 +220,10 @@ pub fn summarize(
         line("throughput: publishes/s >= 0.9x reference".into(), ratio("throughput", "publishes_per_s"), 0.9, false);
     }
     if let Some(gz) = extra.as_ref().and_then(|e| e.pointer("/wasm/gzip_bytes")).and_then(Value::as_f64) {
-        line("release wasm gzip <= 300 KB (300,000 bytes), in KB".into(), Some(gz / 1000.0), 300.0, true);
+        // Issue 12's target (reported), and the budget a run fails on (scripts/test.sh enforces the
+        // same): 350 KB since issue 15's presence, event shards and metrics.
+        line("release wasm gzip <= 300 KB (issue 12's target), in KB".into(), Some(gz / 1000.0), 300.0, true);
+        line("release wasm gzip <= 350 KB (350,000 bytes, enforced), in KB".into(), Some(gz / 1000.0), 350.0, true);
     }
 
     json!({
@@ -254,7 +257,7 @@ pub fn wasm_gzip_bytes(summary: &Value) -> Option<f64> {
 pub fn failed_size_budget(summary: &Value) -> Option<String> {
     summary["budget"].as_array()?.iter().find_map(|b| {
         let line = b["line"].as_str()?;
-        (line.starts_with("release wasm gzip") && b["holds"].as_bool() == Some(false))
+        (line.starts_with("release wasm gzip <= 350 KB") && b["holds"].as_bool() == Some(false))
             .then(|| format!("{line}: {}", b["value"]))
     })
 }
@@ -397,7 +400,8 @@ mod tests {
             ("channel100: server CPU per member delivery <= 0.25 ms", 0.25, true),
             ("channel2000: server CPU per member delivery <= 0.25 ms", 0.25, true),
             ("cold start: first connect + welcome on a fresh workerd <= 1.2x reference", 1.2, true),
-            ("release wasm gzip <= 300 KB (300,000 bytes), in KB", 300.0, true),
+            ("release wasm gzip <= 300 KB (issue 12's target), in KB", 300.0, true),
+            ("release wasm gzip <= 350 KB (350,000 bytes, enforced), in KB", 350.0, true),
         ];
         for (line, limit, holds) in want {
             assert_eq!(got.get(*line), Some(&(*limit, *holds)), "{line}");
