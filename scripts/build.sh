@@ -10,7 +10,7 @@ bash scripts/setup.sh
 worker-build --release
 
 # worker-build keeps the wasm name section (readable stack traces) and optimizes with -O. The release
-# artifact drops the names and is optimized for size, which keeps it under the 300 KB (gzip) budget
+# artifact drops the names and is optimized for size, which keeps it under the 350 KB (gzip) budget
 # (see BENCHMARKS.md). SWITCHBOARD_KEEP_NAMES=1 keeps them, for debugging a panic in `wrangler tail`.
 if [ "${SWITCHBOARD_KEEP_NAMES:-}" != "1" ]; then
   wasm-opt -Oz --strip-debug --strip-producers \

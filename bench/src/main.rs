@@ -62,6 +62,7 @@ const ALL_SCENARIOS: &[&str] = &[
     "payload512k",
     "users100",
     "channel100",
+    "channel100_presence",
     "users2000",
     "channel2000",
     "rtt_deflate",

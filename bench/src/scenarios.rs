@@ -53,10 +53,11 @@ pub async fn run(name: &str, server: &Server, c: &Config, run: usize) -> Outcome
         // The issue-12 shape: fewer users than publishers' backlog, so publishes to one user overlap.
         "throughput50" => throughput(server, c, &format!("{tag}-50"), 50).await,
         "idle" => idle(server, c, &tag).await,
-        "channel100" => group(server, c, &format!("ch-{tag}"), 100, c.group_small_n, true).await,
-        "channel2000" => group(server, c, &format!("ch-{tag}"), 2000, c.group_large_n, true).await,
-        "users100" => group(server, c, &format!("us-{tag}"), 100, c.group_small_n, false).await,
-        "users2000" => group(server, c, &format!("us-{tag}"), 2000, c.group_large_n, false).await,
+        "channel100" => group(server, c, &format!("ch-{tag}"), 100, c.group_small_n, true, false).await,
+        "channel100_presence" => group(server, c, &format!("chp-{tag}"), 100, c.group_small_n, true, true).await,
+        "channel2000" => group(server, c, &format!("ch-{tag}"), 2000, c.group_large_n, true, false).await,
+        "users100" => group(server, c, &format!("us-{tag}"), 100, c.group_small_n, false, false).await,
+        "users2000" => group(server, c, &format!("us-{tag}"), 2000, c.group_large_n, false, false).await,
         // The same shapes with permessage-deflate negotiated, through the Node driver (bench/deflate.mjs).
         "rtt_deflate" => {
             let n = c.rtt_n.to_string();
@@ -98,6 +99,7 @@ async fn connect_many(
     server: &Server,
     users: &[(String, usize)],
     channel: Option<&str>,
+    presence: bool,
     concurrency: usize,
     deliveries: Option<mpsc::UnboundedSender<Delivery>>,
     shutdown: &watch::Receiver<bool>,
@@ -115,7 +117,9 @@ async fn connect_many(
         .map(|(u, user, n)| {
             let (host, secret, d, s) = (host.clone(), server.secret.clone(), deliveries.clone(), shutdown.clone());
             let channel = channel.map(str::to_string);
-            async move { proto::connect(&host, &secret, &user, n, channel.as_deref(), d, s).await.map(|sock| (u, sock)) }
+            async move {
+                proto::connect(&host, &secret, &user, n, channel.as_deref(), presence, d, s).await.map(|sock| (u, sock))
+            }
         })
         .buffer_unordered(concurrency)
         .collect()
@@ -210,13 +214,20 @@ async fn sequential(server: &Server, c: &Config, user: &str, sockets: usize, n: 
     let (stop_tx, stop_rx) = watch::channel(false);
     let cpu_c0 = cpu_ns(server.pid);
     let t_c = Instant::now();
-    let socks =
-        match connect_many(server, &[(user.to_string(), sockets)], None, c.connect_concurrency, Some(tx), &stop_rx)
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => return Outcome::failed(&e),
-        };
+    let socks = match connect_many(
+        server,
+        &[(user.to_string(), sockets)],
+        None,
+        false,
+        c.connect_concurrency,
+        Some(tx),
+        &stop_rx,
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => return Outcome::failed(&e),
+    };
     let connect_s = t_c.elapsed().as_secs_f64();
     let cpu_connect = cpu_ns(server.pid) - cpu_c0;
     let expected: HashMap<String, u64> = socks.iter().map(|(_, s)| (s.connection_id.clone(), s.number)).collect();
@@ -291,7 +302,7 @@ async fn throughput(server: &Server, c: &Config, tag: &str, n_users: usize) -> O
     let (stop_tx, stop_rx) = watch::channel(false);
     let users: Vec<(String, usize)> = (0..n_users).map(|u| (format!("tp-{tag}-{u}"), 1 + u % 4)).collect();
     let t_c = Instant::now();
-    let socks = match connect_many(server, &users, None, c.connect_concurrency, None, &stop_rx).await {
+    let socks = match connect_many(server, &users, None, false, c.connect_concurrency, None, &stop_rx).await {
         Ok(s) => s,
         Err(e) => return Outcome::failed(&e),
     };
@@ -408,7 +419,7 @@ async fn idle(server: &Server, c: &Config, tag: &str) -> Outcome {
     let rss0 = rss_kb(server.pid);
     let cpu0 = cpu_ns(server.pid);
     let t0 = Instant::now();
-    let socks = match connect_many(server, &users, None, c.connect_concurrency, None, &stop_rx).await {
+    let socks = match connect_many(server, &users, None, false, c.connect_concurrency, None, &stop_rx).await {
         Ok(s) => s,
         Err(e) => return Outcome::failed(&e),
     };
@@ -470,7 +481,16 @@ pub fn switchboard_only(name: &str) -> bool {
 /// `users` users with one socket each; `n` sequential publishes that reach all of them, either to
 /// a channel they all joined (`via_channel`) or with `userIds` naming them all (the only way to
 /// reach a group before channels). Every answer must count every user and every ack.
-async fn group(server: &Server, c: &Config, tag: &str, users: usize, n: usize, via_channel: bool) -> Outcome {
+/// `presence`: the channel's members join with `presence: true` (they watch, and get presence batches).
+async fn group(
+    server: &Server,
+    c: &Config,
+    tag: &str,
+    users: usize,
+    n: usize,
+    via_channel: bool,
+    presence: bool,
+) -> Outcome {
     let mut errors = Errors::default();
     let (tx, mut rx) = mpsc::unbounded_channel::<Delivery>();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -479,7 +499,7 @@ async fn group(server: &Server, c: &Config, tag: &str, users: usize, n: usize, v
     let cpu_c0 = cpu_ns(server.pid);
     let t_c = Instant::now();
     let join = via_channel.then_some(channel.as_str());
-    let socks = match connect_many(server, &names, join, c.connect_concurrency, Some(tx), &stop_rx).await {
+    let socks = match connect_many(server, &names, join, presence, c.connect_concurrency, Some(tx), &stop_rx).await {
         Ok(s) => s,
         Err(e) => return Outcome::failed(&e),
     };
