@@ -257,6 +257,8 @@ interface ChannelEntry {
   presence: PresenceCore | undefined;
   /** The current connection's join request, and whether it asked for presence. */
   joined: Promise<unknown> | undefined;
+  /** A join is due at the end of this task (holds taken together share one join). */
+  queued: boolean;
   watching: boolean;
   releaseTimer?: ReturnType<typeof setTimeout>;
   ready: Promise<void>;
@@ -584,15 +586,23 @@ export class SwitchboardClient {
       let resolve!: () => void, reject!: (e: SwitchboardError) => void;
       const ready = new Promise<void>((res, rej) => ((resolve = res), (reject = rej)));
       ready.catch(() => {}); // also reported as an "error" event
-      e = { name, handlers: new Set(), explicit: false, holds: 0, presence: undefined, joined: undefined, watching: false, ready, settle: { resolve, reject, done: false } };
+      e = { name, handlers: new Set(), explicit: false, holds: 0, presence: undefined, joined: undefined, queued: false, watching: false, ready, settle: { resolve, reject, done: false } };
       this.#channels.set(name, e);
     }
     e.holds++;
     const upgrade = presence && !e.presence;
     if (presence) e.presence ??= new PresenceCore(name);
     if (this.#state === "open") {
-      if (!e.joined) this.#sendJoin(e);
-      else if (upgrade && !e.watching) {
+      if (!e.joined && !e.queued) {
+        // At the end of this task, so that holds taken together (a component's useChannel and
+        // usePresence effects) send one join, with presence if any of them wants it.
+        e.queued = true;
+        const entry = e;
+        queueMicrotask(() => {
+          entry.queued = false;
+          if (this.#channels.get(name) === entry && this.#state === "open" && !entry.joined) this.#sendJoin(entry);
+        });
+      } else if (e.joined && upgrade && !e.watching) {
         // Joined without presence on this connection: join again asking for it (the server answers
         // an existing membership's join with the snapshot), once the first join has its answer.
         const entry = e;

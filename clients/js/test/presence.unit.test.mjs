@@ -182,6 +182,20 @@ test("presence() on a channel joined without it asks again with presence:true; e
   t.client.close();
 });
 
+test("holds taken in one task share one join: channel() and presence() together send a single join with presence:true", async () => {
+  const t = setup();
+  const ws = await open(t, 0);
+  const sub = t.client.channel("room:1", () => {});
+  const p = t.client.presence("room:1");
+  await tick();
+  assert.deepEqual(ws.frames("join").map((j) => [j.channel, j.presence]), [["room:1", true]]);
+  okJoin(ws, "room:1", snap(1, [{ userId: "u" }]));
+  await Promise.all([sub.ready, p.ready]);
+  await tick();
+  assert.equal(ws.frames("join").length, 1);
+  t.client.close();
+});
+
 test("presence: a refused join and a server without presence reject ready and emit an error", async () => {
   const t = setup();
   const ws = await open(t, 0);
