@@ -68,6 +68,7 @@ client.on("welcome", (w) => {
   $("connection").textContent = w.connectionId.slice(0, 8);
   $("seq").textContent = String(client.lastSeq ?? w.seq);
   event(`welcome: connection ${w.connectionId.slice(0, 8)}, user's seq ${w.seq}`);
+  if (client.lastSeq < w.seq) event(`resuming after seq ${client.lastSeq}: ${w.seq - client.lastSeq} envelope(s) of this user were published meanwhile`);
 });
 client.on("close", (c) => event(`closed ${c.code}${c.reason ? ` (${c.reason})` : ""}${c.reconnect ? ", reconnecting" : ""}`));
 client.on("gap", (g) => event(`gap: envelopes ${g.from}..${g.to} are no longer in history`));
@@ -82,7 +83,7 @@ function showReceived(m) {
       `#${m.seq} `,
       el("b", { textContent: m.text }),
       ` from ${m.from}`,
-      m.replayed ? el("span", { className: "replayed", textContent: " (replayed after reconnect)" }) : "",
+      m.replayed ? el("span", { className: "replayed", textContent: " (replayed: published while this tab was away)" }) : "",
       earlier ? el("span", { className: "hint", textContent: ` (shown by page load ${m.load} of this tab)` }) : el("span", { className: "ack", textContent: ` → acked as tab ${tab}` }),
     ),
   );
