@@ -24,6 +24,7 @@ $("tab").textContent = tab;
 $("transport").textContent = transport;
 $("subroom").textContent = room;
 $("to").value = user;
+$("room").value = room;
 const link = (u, t) => `?user=${encodeURIComponent(u)}${t === "sse" ? "&transport=sse" : ""}`;
 $("same").href = link(user, transport === "sse" ? "websocket" : "sse");
 $("other").href = link(user === "bob" ? "alice" : "bob", "websocket");

@@ -59,6 +59,9 @@ async function openApp(context, user, channel) {
   page.errors = [];
   page.on("pageerror", (e) => page.errors.push(e.message));
   page.on("console", (m) => m.type() === "error" && page.errors.push(m.text()));
+  // Every frame the page's sockets send (Chromium's own WebSocket, seen through the DevTools protocol).
+  page.sent = [];
+  page.on("websocket", (ws) => ws.on("framesent", (f) => typeof f.payload === "string" && f.payload !== "ping" && page.sent.push(JSON.parse(f.payload))));
   await page.goto(`${pageUrl}/?user=${encodeURIComponent(user)}&worker=${encodeURIComponent(w.url)}&channel=${encodeURIComponent(channel)}`);
   await until(page, () => window.app?.state === "open" && window.app.joined === true);
   return page;
@@ -90,6 +93,10 @@ test("useSwitchboard + useChannel in StrictMode: one join, each envelope handled
     assert.deepEqual(first.body.results, [{ by: user, handled: 1 }], "the hook's handler ran once: StrictMode's second mount left no extra handler");
     await until(page, () => document.querySelectorAll("#messages li").length === 1);
     assert.equal(await page.textContent("#messages"), "one");
+    // StrictMode mounted the room twice and its two hooks hold the channel: one join went out, no leave,
+    // and it asked for presence (usePresence), so the room's members came in its ok.
+    const joins = () => page.sent.filter((f) => f.type === "join" || f.type === "leave").map((f) => `${f.type} ${f.channel}${f.presence ? " presence" : ""}`);
+    assert.deepEqual(joins(), [`join ${channel} presence`]);
 
     // Unmount the room: the client leaves the channel (nothing else holds it).
     await page.click("#toggle");
@@ -103,6 +110,8 @@ test("useSwitchboard + useChannel in StrictMode: one join, each envelope handled
     assert.deepEqual(again.body.results, [{ by: user, handled: 2 }]);
     await until(page, () => document.querySelectorAll("#messages li").length === 1);
     assert.deepEqual(await page.evaluate(() => window.app.messages), ["one", "two"]);
+    // Mounted while connected, StrictMode again: still one join (both hooks' holds, taken in one task), one leave.
+    assert.deepEqual(joins(), [`join ${channel} presence`, `leave ${channel}`, `join ${channel} presence`]);
     assert.deepEqual(page.errors, []);
   } finally {
     await context.close();
