@@ -51,16 +51,20 @@ const call = (method, params = {}) =>
     cdp.send(JSON.stringify({ id, method, params }));
   });
 
-// Clients that ack at once.
+// Clients that ack at once. PROFILE_CHANNEL=1: each socket is its own user, joined to one channel,
+// and the publishes go to the channel (the cost per member delivery).
+const channel = process.env.PROFILE_CHANNEL === "1" ? "prof-ch" : null;
 const user = "prof";
 const clients = [];
 for (let i = 0; i < sockets; i++) {
-  const ws = new WebSocket(`${url.replace(/^http/, "ws")}/?token=${mint({ userId: user, exp })}`);
+  const claims = channel ? { userId: `${user}-${i}`, channels: [channel], exp } : { userId: user, exp };
+  const ws = new WebSocket(`${url.replace(/^http/, "ws")}/?token=${mint(claims)}`);
   await new Promise((r, j) => {
     ws.once("message", r);
     ws.once("error", j);
   });
-  ws.send(JSON.stringify({ type: "subscribe", filters: [{ type: "bench" }], id: 1 }));
+  if (channel) ws.send(JSON.stringify({ type: "join", channel, id: 1 }));
+  else ws.send(JSON.stringify({ type: "subscribe", filters: [{ type: "bench" }], id: 1 }));
   await new Promise((r) => ws.once("message", r));
   ws.on("message", (d) => {
     const s = d.toString();
@@ -77,18 +81,29 @@ async function publish(i) {
   const r = await fetch(`${url}/publish`, {
     method: "POST",
     headers: { authorization: auth, "content-type": "application/json" },
-    body: `{"userId":"${user}","type":"bench","payload":{"n":${i},"pad":"${pad}"},"timeoutMs":5000}`,
+    body: `{${channel ? `"channel":"${channel}"` : `"userId":"${user}"`},"type":"bench","payload":{"n":${i},"pad":"${pad}"},"timeoutMs":5000}`,
   });
   const j = await r.json();
-  if (r.status !== 200 || j.clientCount !== sockets || j.acks.length !== sockets) throw new Error(JSON.stringify(j).slice(0, 300));
+  const acked = channel ? j.totals?.acked : j.acks?.length;
+  if (r.status !== 200 || j.clientCount !== sockets || acked !== sockets) throw new Error(JSON.stringify(j).slice(0, 300));
 }
 for (let i = 0; i < Math.min(200, n); i++) await publish(i); // warm-up (tier-up)
 
 await call("Profiler.enable");
 await call("Profiler.setSamplingInterval", { interval: Number(process.env.PROFILE_INTERVAL_US || 200) });
 await call("Profiler.start");
+// PROFILE_CONNECTS=1: profile opening `publishes` more sockets (to one other user) instead of publishing.
+const connects = process.env.PROFILE_CONNECTS === "1";
 const t0 = performance.now();
-for (let i = 0; i < n; i++) await publish(i);
+if (connects) {
+  for (let i = 0; i < n; i++) {
+    const ws = new WebSocket(`${url.replace(/^http/, "ws")}/?token=${mint({ userId: "prof-connect", exp })}`);
+    await new Promise((r, j) => (ws.once("message", r), ws.once("error", j)));
+    clients.push(ws);
+  }
+} else {
+  for (let i = 0; i < n; i++) await publish(i);
+}
 const wall = performance.now() - t0;
 const { result } = await call("Profiler.stop");
 const profile = result.profile;
@@ -120,7 +135,7 @@ for (const [id, us] of self) {
   byFn.set(key, (byFn.get(key) || 0) + us);
 }
 const per = (us) => (us / 1000 / n).toFixed(3);
-console.log(`server=${name} sockets=${sockets} publishes=${n} payload=${padArg}B wall=${wall.toFixed(0)}ms`);
+console.log(`server=${name} sockets=${sockets} ${connects ? "connects" : "publishes"}=${n} payload=${padArg}B wall=${wall.toFixed(0)}ms`);
 console.log(`isolate busy (non-idle samples): ${(busy / 1000).toFixed(1)} ms = ${per(busy)} ms/publish (JS thread only)`);
 console.log("by kind (ms per publish, share of busy):");
 for (const [k, us] of [...byKind].sort((a, b) => b[1] - a[1])) {
@@ -131,6 +146,25 @@ console.log("top functions by self time (ms per publish, share of busy):");
 for (const [k, us] of [...byFn].sort((a, b) => b[1] - a[1]).slice(0, Number(process.env.PROFILE_TOP || 30))) {
   if (k.startsWith("(idle)") || k.startsWith("(root)")) continue;
   console.log(`  ${per(us).padStart(8)}  ${((100 * us) / busy).toFixed(1).padStart(5)}%  ${k}`);
+}
+// PROFILE_CALLERS=setTimeout,exec: who calls these (the stack above each sample, 5 frames deep).
+const parent = new Map();
+for (const nd of profile.nodes) for (const c of nd.children || []) parent.set(c, nd.id);
+for (const target of (process.env.PROFILE_CALLERS || "").split(",").filter(Boolean)) {
+  const stacks = new Map();
+  for (const [id, us] of self) {
+    if (byId.get(id).callFrame.functionName !== target) continue;
+    const frames = [];
+    for (let p = parent.get(id); p !== undefined && frames.length < 5; p = parent.get(p)) {
+      const cf = byId.get(p).callFrame;
+      if (cf.functionName === "(root)") break;
+      frames.push(`${cf.functionName || "(anonymous)"}${cf.url && !cf.url.startsWith("wasm") ? "@" + cf.url.split("/").pop() + ":" + cf.lineNumber : ""}`);
+    }
+    const key = frames.join(" < ");
+    stacks.set(key, (stacks.get(key) || 0) + us);
+  }
+  console.log(`callers of ${target} (ms per publish):`);
+  for (const [k, us] of [...stacks].sort((a, b) => b[1] - a[1]).slice(0, 8)) console.log(`  ${per(us).padStart(8)}  ${k}`);
 }
 for (const ws of clients) ws.terminate();
 cdp.terminate();

@@ -31,11 +31,14 @@ export function serverOptions(name, secret, build = process.env.BENCH_BUILD_DIR 
       scriptPath: path.join(build, "index.js"),
       modulesRoot: build,
       modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
-      // Builds from before channels (BENCH_BUILD_DIR=an older build) have no ChannelHub class.
+      // Builds from before channels or event shards (BENCH_BUILD_DIR=an older build) lack those classes.
       durableObjects: {
         ...common.durableObjects,
         ...(fs.readFileSync(path.join(build, "index.js"), "utf8").includes("ChannelHub")
           ? { CHANNEL_HUB: { className: "ChannelHub", useSQLite: true } }
+          : {}),
+        ...(fs.readFileSync(path.join(build, "index.js"), "utf8").includes("EventHub")
+          ? { EVENT_HUB: { className: "EventHub", useSQLite: true } }
           : {}),
       },
       // SWITCHBOARD_BENCH_VARS='{"HISTORY_LIMIT":"0"}' measures other settings (e.g. history off).

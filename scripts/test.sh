@@ -15,9 +15,11 @@ cargo test --lib --quiet
 echo "== release build"
 bash scripts/build.sh >/tmp/switchboard-build.log 2>&1 || { cat /tmp/switchboard-build.log; exit 1; }
 # The size budget (README: Contributing) is enforced here, measured as bench/coldstart.mjs does (gzip -9).
+# 350 KB since issue 15 (presence, the event shards, metrics: about 48 KB); issue 12's target of 300 KB
+# is reported by the benchmark, not enforced (BENCHMARKS.md, "Budget").
 gz=$(node -e 'process.stdout.write(String(require("zlib").gzipSync(require("fs").readFileSync("build/index_bg.wasm"), { level: 9 }).length))')
-echo "wasm bytes: $(wc -c < build/index_bg.wasm) raw, $gz gzip (budget 300000)"
-if [ "$gz" -gt 300000 ]; then echo "the release wasm is over its 300 KB gzip budget" >&2; exit 1; fi
+echo "wasm bytes: $(wc -c < build/index_bg.wasm) raw, $gz gzip (budget 350000)"
+if [ "$gz" -gt 350000 ]; then echo "the release wasm is over its 350 KB gzip budget" >&2; exit 1; fi
 
 echo "== JavaScript client and server SDK builds"
 node clients/js/build.mjs

@@ -2,7 +2,7 @@
 //! fails on a layer violation or an import cycle, so the shape `lib.rs` describes holds.
 //!
 //! Rules:
-//! - layers, bottom up: `core` < `runtime` < `hop` < the roles (`edge`, `user_hub`, `channel_hub`);
+//! - layers, bottom up: `core` < `runtime` < `hop` < the roles (`edge`, `user_hub`, `channel_hub`, `event_hub`);
 //!   a module uses only its own layer and those below;
 //! - the roles never use each other (they talk through `hop`);
 //! - the pure modules (`core`, and `hop::wire`) use nothing of the runtime: no `worker`,
@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-const ROLES: [&str; 3] = ["edge", "user_hub", "channel_hub"];
+const ROLES: [&str; 4] = ["edge", "user_hub", "channel_hub", "event_hub"];
 const RUNTIME_CRATES: [&str; 4] = ["worker", "wasm_bindgen", "js_sys", "web_sys"];
 
 /// Every `.rs` file under `src/`, as (module path, text). `lib.rs` is the crate root `""`.

@@ -19,12 +19,14 @@
 //!    lines, the settings parsed once per isolate, JS strings passed without a copy.
 //! 3. [`hop`]: the internal hop, both sides: the Worker to a user's hub or a channel's root, a hub to
 //!    a root, a root to its relays, a relay to users' hubs. [`hop::wire`] is its pure encoding.
-//! 4. The three runtime roles, which never import each other and talk only through the hop:
+//! 4. The four runtime roles, which never import each other and talk only through the hop:
 //!    - `edge`: the Worker: routing, authentication, the SSE bridge, multi-user publish;
 //!    - `user_hub`: the `UserHub` Durable Object, one per user, one file per role (state, socket
-//!      frames, publish and acks, history, channels, connections, outbox and alarm);
+//!      frames, publish and acks, history, channels, presence, connections, outbox and alarm);
 //!    - `channel_hub`: the `ChannelHub` Durable Object: a channel's root and the relays of its
-//!      fan-out tree (see `docs/channels.md`).
+//!      fan-out tree, and the root's presence batches (see `docs/channels.md`);
+//!    - `event_hub`: the `EventHub` Durable Object, an event shard (`events/{shard}`) that sends
+//!      many users' presence webhooks in batches ([`hop::events`] hands events to it).
 //!
 //! The runtime layers (2-4, except [`hop::wire`]) build for `wasm32` only; end-to-end tests in
 //! `tests/` run the built wasm in workerd.
@@ -37,12 +39,16 @@ mod channel_hub;
 #[cfg(target_arch = "wasm32")]
 mod edge;
 #[cfg(target_arch = "wasm32")]
+mod event_hub;
+#[cfg(target_arch = "wasm32")]
 mod runtime;
 #[cfg(target_arch = "wasm32")]
 mod user_hub;
 
 #[cfg(target_arch = "wasm32")]
 pub use channel_hub::ChannelHub;
+#[cfg(target_arch = "wasm32")]
+pub use event_hub::EventHub;
 #[cfg(target_arch = "wasm32")]
 pub use user_hub::UserHub;
 

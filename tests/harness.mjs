@@ -33,6 +33,7 @@ export async function startWorker(vars = {}, { persist } = {}) {
     durableObjects: {
       USER_HUB: { className: "UserHub", useSQLite: true },
       CHANNEL_HUB: { className: "ChannelHub", useSQLite: true },
+      EVENT_HUB: { className: "EventHub", useSQLite: true },
     },
     bindings,
     ...(persist ? { durableObjectsPersist: persist } : {}),
@@ -93,6 +94,8 @@ export async function startWorker(vars = {}, { persist } = {}) {
     },
     /** Forces a channel's root (its member list) out of memory. */
     evictChannel: (channel) => evictIfRunning(mf, "ChannelHub", { name: `root/${channel}` }),
+    /** Forces an event shard (`events/{shard}`, its queue of presence webhooks) out of memory. */
+    evictEvents: (shard) => evictIfRunning(mf, "EventHub", { name: `events/${shard}` }),
     stop: () => mf.dispose(),
   };
 }

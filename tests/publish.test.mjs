@@ -64,6 +64,31 @@ test("a missing ack returns after the timeout with the others' results", async (
   await silent.close();
 });
 
+test("concurrent publishes with different timeouts each end at their own (one hub timer serves them all)", async () => {
+  // The hub keeps one timer for every publish in flight: a shorter timeout registered after a longer
+  // one must bring the timer forward, and the longer one must still end after the shorter has fired.
+  const u = user();
+  const silent = await Client.connect(w, clientToken(u));
+  await silent.subscribe([{ type: "t" }]);
+  const order = [];
+  const started = Date.now();
+  const track = (name, p) => p.then((res) => (order.push(name), { res, ms: Date.now() - started }));
+  const long = track("long", publish(w, { userId: u, type: "t", payload: { n: 1 }, timeoutMs: 2500 }));
+  await silent.next((f) => f.envelopeId && f.payload.n === 1); // registered first
+  const short = track("short", publish(w, { userId: u, type: "t", payload: { n: 2 }, timeoutMs: 400 }));
+  const [l, s] = await Promise.all([long, short]);
+  assert.deepEqual(order, ["short", "long"]);
+  assert.deepEqual([l.res.body.pending, s.res.body.pending], [[silent.id], [silent.id]]);
+  assert.ok(s.ms < 2000, `the short timeout did not wait for the long one (${s.ms} ms)`);
+  assert.ok(l.ms >= 2400, `the long one waited for its own timeout (${l.ms} ms)`);
+  // And after both, the next publish's timer is armed afresh.
+  const again = Date.now();
+  const r = await publish(w, { userId: u, type: "t", payload: { n: 3 }, timeoutMs: 300 });
+  assert.deepEqual(r.body.pending, [silent.id]);
+  assert.ok(Date.now() - again >= 250, "waited for its timeout");
+  await silent.close();
+});
+
 test("the default timeout is ACK_TIMEOUT_MS (5 s) and an ack without result is null", async () => {
   const u = user();
   const a = await Client.connect(w, clientToken(u));

@@ -10,7 +10,7 @@ export const WEBHOOK_SECRET = `whsec_${SECRET_BYTES.toString("base64")}`;
 export class Receiver {
   /** Verified events, in arrival order: `{ webhookId, event, batch }`. */
   events = [];
-  /** Every request that reached the handler, verified or not: `{ webhookId, events, status }`. */
+  /** Every verified request: `{ webhookId, events, status, body, headers }` (the raw body and headers, for SDK checks). */
   requests = [];
   bad = [];
   /** `(events, request) => status` for verified requests; 204 when it returns nothing. */
@@ -41,7 +41,7 @@ export class Receiver {
         const events = batch ? parsed : [parsed];
         if (this.delayMs) await new Promise((r) => setTimeout(r, this.delayMs));
         const status = this.answer(events, { webhookId: id, batch }) ?? 204;
-        this.requests.push({ webhookId: id, events, status });
+        this.requests.push({ webhookId: id, events, status, body, headers: req.headers });
         if (status >= 200 && status < 300) {
           for (const event of events) this.events.push({ webhookId: id, event, batch });
         }

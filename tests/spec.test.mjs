@@ -164,7 +164,11 @@ test("WebSocket: every client frame and every server frame kind, validated again
   assert.equal((await c.request({ type: "ack", envelopeId: "unknown", id: 3 })).code, "unknown_envelope");
   assert.equal((await c.request({ type: "message", data: { hi: 1 }, id: 4 })).code, "no_backend");
   const channel = `room:${uid()}`;
-  for (const s of [c, other]) assert.equal((await s.request({ type: "join", channel, id: "j" })).type, "ok");
+  assert.equal((await other.request({ type: "join", channel, id: "j" })).type, "ok");
+  const watching = await c.request({ type: "join", channel, presence: true, id: "j" });
+  assert.deepEqual([watching.presence.count, watching.channel], [2, channel]);
+  // Both joins are the channel's first presence batch.
+  assert.equal((await c.next((f) => f.type === "presence" && f.channel === channel, 8000)).count, 2);
   const ok = await c.request({ type: "publish", channel, event: "typing", payload: { on: true }, id: 5 });
   assert.deepEqual([ok.type, ok.totals.acked], ["ok", 1]);
   const fromPeer = await other.next((f) => f.envelopeId && f.channel === channel);
@@ -295,6 +299,10 @@ test("the connection and members APIs, /healthz, GET / and answers outside the r
   assert.deepEqual([m.body.count, m.body.members, m.body.nextCursor], [1, [u], null]);
   assert.equal((await call("GET", `/channels/${channel}/members?limit=0`, "/channels/{channel}/members")).body.error, "invalid_limit");
   assert.equal((await call("GET", `/channels/bad%20name/members`, "/channels/{channel}/members")).body.error, "invalid_channel");
+  const p = await call("GET", `/channels/${channel}/presence?limit=1`, "/channels/{channel}/presence");
+  assert.deepEqual(p.body.members, [{ userId: u, connections: 1 }]);
+  assert.equal((await call("GET", `/channels/${channel}/presence?limit=101`, "/channels/{channel}/presence")).body.error, "invalid_limit");
+  assert.equal((await call("GET", `/channels/${channel}/presence`, "/channels/{channel}/presence", { token: clientToken(u) })).body.error, "forbidden");
   const all = await call("DELETE", `/users/${enc}/connections`, "/users/{userId}/connections");
   assert.deepEqual(all.body.closed.sort(), [a.id, b.id].sort());
 

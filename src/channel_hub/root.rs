@@ -4,6 +4,7 @@
 use super::{relay, ChannelHub, MemberRow, Running};
 use crate::core::channel;
 use crate::core::error::Error;
+use crate::core::presence::LeftReason;
 use crate::core::ratelimit::TokenBucket;
 use crate::hop::wire::{MemberUpdate, PublishMeta};
 use crate::runtime::{http, js, log, settings};
@@ -18,9 +19,9 @@ impl ChannelHub {
     /// `POST /member?channel&user&joined=1|0&version`, from a user's hub: the user's first
     /// connection joined, or the last one left. An update older than the row it would change is
     /// ignored (a leave and a later join can arrive out of order).
-    pub(super) fn update_member(&self, update: &MemberUpdate, cors: Option<&str>) -> Result<Response, Error> {
+    pub(super) async fn update_member(&self, update: &MemberUpdate, cors: Option<&str>) -> Result<Response, Error> {
         let config = settings::get(&self.env)?;
-        let MemberUpdate { channel, user_id: user, joined, version } = update;
+        let MemberUpdate { channel, user_id: user, joined, version, .. } = update;
         let (joined, version) = (*joined, *version as i64);
         let (present, count) = self.with_members(|m| (m.contains(user.as_str()), m.len()))?;
         if joined {
@@ -41,8 +42,17 @@ impl ChannelHub {
             )?;
         }
         let members = self.refresh(user)?;
+        let now_present = self.with_members(|m| m.contains(user.as_str()))?;
+        // Presence follows what was applied: a join of a new member, a newer update of a present one
+        // (its watch flag), or a leave that removed the member.
+        self.presence_update(update, present, now_present)?;
+        self.arm_presence().await?;
         log::info("membership", json!({ "channel": channel, "userId": user, "joined": joined, "members": members }));
-        Ok(http::json(200, json!({ "members": members }).to_string(), cors)?)
+        let mut body = json!({ "members": members });
+        if update.snapshot {
+            body["presence"] = self.snapshot()?;
+        }
+        Ok(http::json(200, body.to_string(), cors)?)
     }
 
     /// `GET /members?channel&limit&cursor`: one page of members in id order.
@@ -117,12 +127,17 @@ impl ChannelHub {
         let started = Date::now().as_millis();
         let aggregate = relay::step(&self.env, &config, channel, "r", &members, meta, &payload, key).await;
         for (user, version) in &aggregate.stale {
+            let was_member = self.with_members(|m| m.contains(user.as_str()))?;
             self.sql().exec(
                 "DELETE FROM members WHERE user_id = ? AND version < ?",
                 vec![user.clone().into(), (*version as i64).into()],
             )?;
             self.refresh(user)?;
+            if was_member && !self.with_members(|m| m.contains(user.as_str()))? {
+                self.member_removed(channel, user, LeftReason::Pruned)?;
+            }
         }
+        self.arm_presence().await?;
         let t = aggregate.totals;
         log::info(
             "publish_channel",

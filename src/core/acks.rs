@@ -1,6 +1,8 @@
 //! Ack bookkeeping for publishes waiting on their recipients. Pure (a `futures` oneshot is the only
-//! signal), host-tested. The hub registers each publish that waits, feeds it acks and closes, and the
-//! publish returns as soon as [`Collector::is_complete`] or its timeout ends.
+//! signal), host-tested. The hub registers each publish that waits, with its deadline, feeds it acks
+//! and closes, and the publish returns as soon as [`Collector::is_complete`] or [`AckRegistry::expire`]
+//! finds its deadline passed. The deadlines are kept here so one timer per hub serves every publish
+//! in flight: a timer per publish cost a `setTimeout`, a `clearTimeout` and a wasm closure each.
 
 use futures_channel::oneshot;
 use serde_json::value::RawValue;
@@ -100,6 +102,8 @@ impl Collector {
 struct Entry {
     collector: Collector,
     done: Option<oneshot::Sender<()>>,
+    /// When it stops waiting, in ms since the epoch.
+    deadline: f64,
 }
 
 impl Entry {
@@ -119,10 +123,11 @@ pub struct AckRegistry {
 }
 
 impl AckRegistry {
-    /// Starts waiting for `expected`; the receiver fires once every one has acked or closed.
-    pub fn register(&mut self, envelope_id: &str, expected: Vec<String>) -> oneshot::Receiver<()> {
+    /// Starts waiting for `expected` until `deadline` (ms since the epoch); the receiver fires once
+    /// every one has acked or closed, or when [`expire`](Self::expire) finds the deadline passed.
+    pub fn register(&mut self, envelope_id: &str, expected: Vec<String>, deadline: f64) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
-        let mut entry = Entry { collector: Collector::new(expected), done: Some(tx) };
+        let mut entry = Entry { collector: Collector::new(expected), done: Some(tx), deadline };
         entry.signal_if_complete();
         self.entries.insert(envelope_id.to_string(), entry);
         rx
@@ -144,6 +149,30 @@ impl AckRegistry {
                 entry.signal_if_complete();
             }
         }
+    }
+
+    /// Ends the wait of every publish whose deadline is at or before `now` (ms since the epoch), and
+    /// returns the earliest deadline still to come: when the hub's timer must fire next.
+    pub fn expire(&mut self, now: f64) -> Option<f64> {
+        let mut next: Option<f64> = None;
+        for entry in self.entries.values_mut() {
+            if entry.done.is_none() {
+                continue; // complete or expired: its publish is answering
+            }
+            if entry.deadline <= now {
+                if let Some(tx) = entry.done.take() {
+                    let _ = tx.send(());
+                }
+            } else {
+                next = Some(next.map_or(entry.deadline, |n| n.min(entry.deadline)));
+            }
+        }
+        next
+    }
+
+    /// Whether any publish is still waiting (neither complete nor expired).
+    pub fn is_waiting(&self) -> bool {
+        self.entries.values().any(|e| e.done.is_some())
     }
 
     /// Stops waiting and hands back what arrived.
@@ -171,7 +200,7 @@ mod tests {
     #[test]
     fn completes_when_all_acked_or_closed() {
         let mut reg = AckRegistry::default();
-        let mut rx = reg.register("e1", vec!["a".into(), "b".into(), "c".into()]);
+        let mut rx = reg.register("e1", vec!["a".into(), "b".into(), "c".into()], 0.0);
         assert_eq!(reg.ack("e1", "a", raw("1")), AckOutcome::Recorded);
         assert_eq!(rx.try_recv(), Ok(None));
         reg.connection_closed("c");
@@ -189,7 +218,7 @@ mod tests {
     #[test]
     fn duplicates_and_strangers_do_not_count() {
         let mut reg = AckRegistry::default();
-        let _rx = reg.register("e1", vec!["a".into(), "b".into()]);
+        let _rx = reg.register("e1", vec!["a".into(), "b".into()], 0.0);
         assert_eq!(reg.ack("e1", "a", raw("1")), AckOutcome::Recorded);
         assert_eq!(reg.ack("e1", "a", raw("2")), AckOutcome::Duplicate);
         assert_eq!(reg.ack("e1", "z", raw("3")), AckOutcome::Unknown);
@@ -204,7 +233,7 @@ mod tests {
     #[test]
     fn empty_expectation_is_complete_at_once() {
         let mut reg = AckRegistry::default();
-        let mut rx = reg.register("e1", vec![]);
+        let mut rx = reg.register("e1", vec![], 0.0);
         assert_eq!(rx.try_recv(), Ok(Some(())));
     }
 
@@ -229,5 +258,27 @@ mod tests {
         assert!(!c.closed("a"));
         assert_eq!(c.ack("a", None), AckOutcome::Duplicate);
         assert!(c.is_complete());
+    }
+
+    #[test]
+    fn expire_ends_only_the_waits_past_their_deadline_and_names_the_next() {
+        let mut reg = AckRegistry::default();
+        let mut early = reg.register("e1", vec!["a".into()], 1_000.0);
+        let mut late = reg.register("e2", vec!["a".into()], 3_000.0);
+        let mut done = reg.register("e3", vec!["a".into()], 500.0);
+        assert_eq!(reg.ack("e3", "a", raw("1")), AckOutcome::Recorded); // complete: no longer timed
+        assert_eq!(reg.expire(999.0), Some(1_000.0));
+        assert_eq!((early.try_recv(), late.try_recv()), (Ok(None), Ok(None)));
+        assert_eq!(reg.expire(1_000.0), Some(3_000.0));
+        assert_eq!((early.try_recv(), late.try_recv()), (Ok(Some(())), Ok(None)));
+        assert_eq!(done.try_recv(), Ok(Some(())));
+        assert!(reg.is_waiting());
+        // The expired publish keeps what arrived until it finishes; a late ack is still recorded.
+        assert_eq!(reg.ack("e1", "a", raw("2")), AckOutcome::Recorded);
+        assert_eq!(reg.finish("e1").unwrap().acks().count(), 1);
+        assert_eq!(reg.expire(5_000.0), None);
+        assert_eq!(late.try_recv(), Ok(Some(())));
+        assert!(!reg.is_waiting());
+        assert_eq!(reg.len(), 2); // e2 and e3 are answering; they leave with `finish`
     }
 }

@@ -6,6 +6,9 @@
 //! backend signs with the same secret for other purposes are refused), and `exp` with a greatest TTL
 //! on connect tokens.
 //! Tokens are never logged: errors describe what is wrong without echoing the token.
+//!
+//! Why one file: the claims a token may carry, their checks and the rules a deployment adds are one
+//! contract, read together with the tests that pin each refusal (about half of the file).
 
 use crate::core::channel::Grants;
 use crate::core::error::Error;
@@ -37,6 +40,9 @@ pub struct Identity {
     pub channels: Grants,
     /// The channels the bearer may publish to from a connection (`publishChannels` claim).
     pub publish_channels: Grants,
+    /// The `presence` claim as compact JSON text: the data other members see for this user in a
+    /// channel's presence (its size is checked against `PRESENCE_DATA_MAX_BYTES` in [`check_rules`]).
+    pub presence: Option<String>,
     /// The `iss` claim when it is a string.
     pub issuer: Option<String>,
     /// The `aud` claim: a string, or the strings of an array (anything else: none).
@@ -45,7 +51,7 @@ pub struct Identity {
 
 /// Claims a deployment may require (`JWT_ISSUER`, `JWT_AUDIENCE`, `JWT_REQUIRE_EXP`,
 /// `JWT_MAX_TTL_SECONDS`). The default requires nothing beyond a valid signature and times.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRules {
     /// Every token's `iss` must equal this.
     pub issuer: Option<String>,
@@ -55,10 +61,37 @@ pub struct TokenRules {
     pub require_exp: bool,
     /// A connect token's `exp` may be at most this far ahead (0: no limit).
     pub max_ttl_seconds: u64,
+    /// The largest `presence` claim, as compact JSON text (`PRESENCE_DATA_MAX_BYTES`).
+    pub presence_data_max_bytes: usize,
+}
+
+/// The default of `PRESENCE_DATA_MAX_BYTES`.
+pub const DEFAULT_PRESENCE_DATA_MAX_BYTES: usize = 1024;
+
+impl Default for TokenRules {
+    fn default() -> Self {
+        TokenRules {
+            issuer: None,
+            audience: None,
+            require_exp: false,
+            max_ttl_seconds: 0,
+            presence_data_max_bytes: DEFAULT_PRESENCE_DATA_MAX_BYTES,
+        }
+    }
 }
 
 /// `iss` and `aud` against the rules (every token, connect and backend alike).
 pub fn check_rules(identity: &Identity, rules: &TokenRules) -> Result<(), Error> {
+    if let Some(data) = &identity.presence {
+        // Every presence frame and snapshot carries it, to every watching member: kept small.
+        if data.len() > rules.presence_data_max_bytes {
+            return Err(Error::InvalidToken(format!(
+                "the token's `presence` claim is {} bytes of JSON, more than PRESENCE_DATA_MAX_BYTES ({})",
+                data.len(),
+                rules.presence_data_max_bytes
+            )));
+        }
+    }
     if let Some(iss) = &rules.issuer {
         if identity.issuer.as_deref() != Some(iss.as_str()) {
             return Err(Error::InvalidToken("the token's `iss` claim is not this deployment's JWT_ISSUER".into()));
@@ -104,6 +137,8 @@ struct CustomClaims {
     channels: Option<Value>,
     #[serde(rename = "publishChannels", default)]
     publish_channels: Option<Value>,
+    #[serde(default)]
+    presence: Option<Value>,
     #[serde(default)]
     iss: Option<Value>,
     #[serde(default)]
@@ -218,6 +253,8 @@ fn verify_signature(token: &str, secrets: &[Vec<u8>]) -> Result<(Identity, Optio
         expires_at_ms: claims.expiration.map(|e| e.timestamp_millis()),
         channels,
         publish_channels,
+        // `null` counts as no data, like an absent claim.
+        presence: claims.custom.presence.as_ref().filter(|v| !v.is_null()).map(Value::to_string),
         issuer: match &claims.custom.iss {
             Some(Value::String(s)) => Some(s.clone()),
             _ => None,

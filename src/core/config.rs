@@ -56,6 +56,37 @@ pub struct WebhookConfig {
     pub batch_max: usize,
 }
 
+/// User online/offline webhooks and the batched cross-user event path (`PRESENCE_WEBHOOKS=on`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceWebhookConfig {
+    /// How long a user whose last connection closed stays online before `user.offline` is sent; a
+    /// reconnect within it sends nothing (`USER_OFFLINE_DEBOUNCE_SECONDS`).
+    pub offline_debounce_seconds: u64,
+    /// Event shards (`events/{shard}` objects) the events of all users are spread over
+    /// (`PRESENCE_WEBHOOK_SHARDS`); each sends its own batches.
+    pub shards: u32,
+    /// Events per batch request a shard sends (`PRESENCE_WEBHOOK_BATCH_MAX`).
+    pub batch_max: usize,
+    /// How long a shard gathers events before a flush, and the least time between its flushes
+    /// (`PRESENCE_WEBHOOK_FLUSH_MS`).
+    pub flush_ms: u64,
+    /// Events one shard may hold (`PRESENCE_WEBHOOK_MAX_BACKLOG`); past it, hand-offs are refused and
+    /// stay with their senders (a hub's outbox retries them), so nothing is dropped for room.
+    pub max_backlog: u64,
+}
+
+impl Default for PresenceWebhookConfig {
+    fn default() -> Self {
+        PresenceWebhookConfig {
+            offline_debounce_seconds: DEFAULT_USER_OFFLINE_DEBOUNCE_SECONDS,
+            shards: DEFAULT_PRESENCE_WEBHOOK_SHARDS as u32,
+            batch_max: DEFAULT_PRESENCE_WEBHOOK_BATCH_MAX as usize,
+            flush_ms: DEFAULT_PRESENCE_WEBHOOK_FLUSH_MS,
+            max_backlog: DEFAULT_PRESENCE_WEBHOOK_MAX_BACKLOG,
+        }
+    }
+}
+
 /// Every setting Switchboard reads. See the README's "Settings" table.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -92,6 +123,8 @@ pub struct Config {
     pub max_connection_seconds: u64,
     /// Backend webhooks, when `WEBHOOK_URL` and `WEBHOOK_SECRET` are set.
     pub webhook: Option<WebhookConfig>,
+    /// User online/offline and channel member webhooks, when `PRESENCE_WEBHOOKS=on` (needs `webhook`).
+    pub presence_webhooks: Option<PresenceWebhookConfig>,
     /// Most users one publish may name with `userIds` (each is one subrequest).
     pub max_publish_users: usize,
     /// Most hops one step of a channel's fan-out makes (users, or relays below it).
@@ -101,6 +134,9 @@ pub struct Config {
     /// How long a user stays a channel's member after its last joined connection closed (not left),
     /// so a client that reconnects and resumes gets what the channel published meanwhile.
     pub channel_linger_seconds: u64,
+    /// Least time between two presence batches of one channel (`PRESENCE_INTERVAL_MS`); a channel
+    /// with many watchers waits longer (see [`crate::core::presence::batch_interval_ms`]).
+    pub presence_interval_ms: u64,
     /// How long past the ack timeout a user's hub (or a relay, per level below it) may take to answer
     /// a multi-user or channel hop before it counts as failed (`HOP_GRACE_MS`).
     pub hop_grace_ms: u64,
@@ -171,11 +207,20 @@ pub const DEFAULT_IDEMPOTENCY_SECONDS: u64 = 3_600;
 pub const DEFAULT_IDEMPOTENCY_MAX_RESPONSE_BYTES: u64 = 1_000_000;
 pub const DEFAULT_WEBHOOK_MAX_BACKLOG: u64 = 1_000;
 pub const DEFAULT_WEBHOOK_BATCH_MAX: u64 = 1;
+pub const DEFAULT_USER_OFFLINE_DEBOUNCE_SECONDS: u64 = 30;
+pub const DEFAULT_PRESENCE_WEBHOOK_SHARDS: u64 = 8;
+pub const DEFAULT_PRESENCE_WEBHOOK_BATCH_MAX: u64 = 100;
+pub const DEFAULT_PRESENCE_WEBHOOK_FLUSH_MS: u64 = 1_000;
+pub const DEFAULT_PRESENCE_WEBHOOK_MAX_BACKLOG: u64 = 100_000;
 /// The largest value a Durable Object's SQLite row holds is 2 MB; a stored envelope or webhook event
 /// carries a few hundred bytes around the payload, so payloads stay under this.
 /// <https://developers.cloudflare.com/durable-objects/platform/limits/>
 pub const MAX_STORED_BYTES: u64 = 1_900_000;
 pub const DEFAULT_HOP_GRACE_MS: u64 = 2_000;
+pub const DEFAULT_PRESENCE_INTERVAL_MS: u64 = 1_000;
+/// The most `PRESENCE_DATA_MAX_BYTES` may be: a user's data rides in the URL of its join's hop to
+/// the root, and in every presence frame and snapshot (up to 100 members' data in one snapshot).
+pub const MAX_PRESENCE_DATA_BYTES: u64 = 4_096;
 pub const DEFAULT_CLIENT_PUBLISH_MAX_BYTES: u64 = 16 * 1024;
 pub const DEFAULT_CLIENT_PUBLISH_PER_SECOND: u64 = 10;
 pub const DEFAULT_CHANNEL_CLIENT_PUBLISH_PER_SECOND: u64 = 100;
@@ -219,6 +264,13 @@ impl Config {
             audience: get("JWT_AUDIENCE"),
             require_exp: flag(&get, "JWT_REQUIRE_EXP")?,
             max_ttl_seconds: number(&get, "JWT_MAX_TTL_SECONDS", 0, 0, 365 * 86_400)?,
+            presence_data_max_bytes: number(
+                &get,
+                "PRESENCE_DATA_MAX_BYTES",
+                crate::core::auth::DEFAULT_PRESENCE_DATA_MAX_BYTES as u64,
+                4,
+                MAX_PRESENCE_DATA_BYTES,
+            )? as usize,
         };
         let ticket_seconds = number(&get, "TICKET_SECONDS", DEFAULT_TICKET_SECONDS, 1, 300)?;
         let mut test_faults = TestFaults::default();
@@ -309,6 +361,37 @@ impl Config {
             }
         };
 
+        // Read (and checked) even while off, so a bad value is found before it is switched on.
+        let presence = PresenceWebhookConfig {
+            offline_debounce_seconds: number(
+                &get,
+                "USER_OFFLINE_DEBOUNCE_SECONDS",
+                DEFAULT_USER_OFFLINE_DEBOUNCE_SECONDS,
+                0,
+                86_400,
+            )?,
+            shards: number(&get, "PRESENCE_WEBHOOK_SHARDS", DEFAULT_PRESENCE_WEBHOOK_SHARDS, 1, 1_024)? as u32,
+            batch_max: number(&get, "PRESENCE_WEBHOOK_BATCH_MAX", DEFAULT_PRESENCE_WEBHOOK_BATCH_MAX, 1, 100)? as usize,
+            flush_ms: number(&get, "PRESENCE_WEBHOOK_FLUSH_MS", DEFAULT_PRESENCE_WEBHOOK_FLUSH_MS, 0, 60_000)?,
+            max_backlog: number(
+                &get,
+                "PRESENCE_WEBHOOK_MAX_BACKLOG",
+                DEFAULT_PRESENCE_WEBHOOK_MAX_BACKLOG,
+                100,
+                10_000_000,
+            )?,
+        };
+        let presence_webhooks = match get("PRESENCE_WEBHOOKS").as_deref() {
+            None | Some("off") => None,
+            Some("on") if webhook.is_none() => {
+                return Err(
+                    "PRESENCE_WEBHOOKS=on needs WEBHOOK_URL and WEBHOOK_SECRET (where to send the events)".into()
+                )
+            }
+            Some("on") => Some(presence),
+            Some(_) => return Err("PRESENCE_WEBHOOKS must be `on` or `off`".into()),
+        };
+
         let max_publish_users =
             number(&get, "MAX_PUBLISH_USERS", 1_000, 1, crate::core::protocol::MAX_PUBLISH_USERS_LIMIT as u64)?
                 as usize;
@@ -318,6 +401,7 @@ impl Config {
 
         let channel_linger_seconds = number(&get, "CHANNEL_LINGER_SECONDS", DEFAULT_CHANNEL_LINGER_SECONDS, 0, 86_400)?;
         let hop_grace_ms = number(&get, "HOP_GRACE_MS", DEFAULT_HOP_GRACE_MS, 0, 60_000)?;
+        let presence_interval_ms = number(&get, "PRESENCE_INTERVAL_MS", DEFAULT_PRESENCE_INTERVAL_MS, 50, 60_000)?;
 
         let fault_injection = match get("FAULT_INJECTION").as_deref() {
             None | Some("off") => false,
@@ -388,12 +472,14 @@ impl Config {
             test_faults,
             channel_linger_seconds,
             hop_grace_ms,
+            presence_interval_ms,
             channel_fanout,
             max_channel_users,
             max_publish_users,
             max_connections_per_user,
             max_connection_seconds,
             webhook,
+            presence_webhooks,
             history_seconds,
             history_limit,
             sse_keepalive_seconds,
@@ -465,6 +551,25 @@ mod tests {
         assert_eq!((c.ack_result_max_bytes, c.publish_results_max_bytes), (16384, 512 * 1024));
         assert_eq!((c.replay_page_envelopes, c.replay_page_bytes, c.sse_queue_max_bytes), (200, 1 << 20, 1 << 20));
         assert_eq!(c.hop_grace_ms, 2000);
+    }
+
+    #[test]
+    fn presence_settings_have_defaults_and_bounds() {
+        let c = parse(&[("JWT_SECRET", S)]).unwrap();
+        assert_eq!((c.presence_interval_ms, c.token_rules.presence_data_max_bytes), (1000, 1024));
+        let c =
+            parse(&[("JWT_SECRET", S), ("PRESENCE_INTERVAL_MS", "50"), ("PRESENCE_DATA_MAX_BYTES", "4096")]).unwrap();
+        assert_eq!((c.presence_interval_ms, c.token_rules.presence_data_max_bytes), (50, 4096));
+        for (name, bad) in [
+            ("PRESENCE_INTERVAL_MS", "49"),
+            ("PRESENCE_INTERVAL_MS", "60001"),
+            ("PRESENCE_INTERVAL_MS", "1s"),
+            ("PRESENCE_DATA_MAX_BYTES", "3"),
+            ("PRESENCE_DATA_MAX_BYTES", "4097"),
+        ] {
+            let e = parse(&[("JWT_SECRET", S), (name, bad)]).unwrap_err();
+            assert!(e.to_string().contains(name), "{e}");
+        }
     }
 
     #[test]
@@ -640,6 +745,43 @@ mod tests {
         let mut bad = hook.to_vec();
         bad.push(("WEBHOOK_BATCH_MAX", "101"));
         assert!(parse(&bad).unwrap_err().contains("WEBHOOK_BATCH_MAX"));
+    }
+
+    #[test]
+    fn presence_webhooks_are_opt_in_and_need_a_webhook() {
+        let hook = [("JWT_SECRET", S), ("WEBHOOK_URL", "https://b.example/h"), ("WEBHOOK_SECRET", "x")];
+        assert!(parse(&hook).unwrap().presence_webhooks.is_none());
+        let mut on = hook.to_vec();
+        on.push(("PRESENCE_WEBHOOKS", "on"));
+        let p = parse(&on).unwrap().presence_webhooks.unwrap();
+        assert_eq!(
+            p,
+            PresenceWebhookConfig {
+                offline_debounce_seconds: 30,
+                shards: 8,
+                batch_max: 100,
+                flush_ms: 1000,
+                max_backlog: 100_000
+            }
+        );
+        assert_eq!(p, PresenceWebhookConfig::default());
+        let err = parse(&[("JWT_SECRET", S), ("PRESENCE_WEBHOOKS", "on")]).unwrap_err();
+        assert!(err.contains("PRESENCE_WEBHOOKS") && err.contains("WEBHOOK_URL"), "{err}");
+        assert!(parse(&[("JWT_SECRET", S), ("PRESENCE_WEBHOOKS", "yes")]).unwrap_err().contains("PRESENCE_WEBHOOKS"));
+        for (k, v) in [
+            ("USER_OFFLINE_DEBOUNCE_SECONDS", "86401"),
+            ("PRESENCE_WEBHOOK_SHARDS", "0"),
+            ("PRESENCE_WEBHOOK_BATCH_MAX", "101"),
+            ("PRESENCE_WEBHOOK_FLUSH_MS", "x"),
+            ("PRESENCE_WEBHOOK_MAX_BACKLOG", "99"),
+        ] {
+            // Checked while off too.
+            assert!(parse(&[("JWT_SECRET", S), (k, v)]).unwrap_err().contains(k), "{k}");
+        }
+        let mut tuned = on.clone();
+        tuned.extend([("USER_OFFLINE_DEBOUNCE_SECONDS", "0"), ("PRESENCE_WEBHOOK_SHARDS", "2")]);
+        let p = parse(&tuned).unwrap().presence_webhooks.unwrap();
+        assert_eq!((p.offline_debounce_seconds, p.shards), (0, 2));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Backend webhooks, the pure part: CloudEvents 1.0 structured-mode events
 //! (<https://github.com/cloudevents/spec/blob/v1.0.2/cloudevents/formats/json-format.md>), signed per
 //! the Standard Webhooks scheme (<https://www.standardwebhooks.com/>), and the retry backoff.
-//! The durable queue that sends them lives in the user hub's outbox (`user_hub/outbox.rs`).
+//! The queues that send them are the user hub's outbox (`user_hub/outbox.rs`) and the event shards
+//! (`event_hub/`), both through `runtime::webhook`.
 
 use base64ct::{Base64, Encoding};
 use hmac::{Hmac, Mac};
@@ -14,6 +15,26 @@ pub const CLIENT_MESSAGE: &str = "switchboard.client.message.v1";
 /// Connection events that arrived while the user's outbox was full (`WEBHOOK_MAX_BACKLOG`), merged
 /// into one event: counts, and the connections open after the last of them.
 pub const CONNECTION_COALESCED: &str = "switchboard.connection.coalesced.v1";
+
+/// The user's first connection opened and the user was not online already (`PRESENCE_WEBHOOKS=on`).
+pub const USER_ONLINE: &str = "switchboard.user.online.v1";
+/// The user's last connection closed and none opened within `USER_OFFLINE_DEBOUNCE_SECONDS`.
+pub const USER_OFFLINE: &str = "switchboard.user.offline.v1";
+/// A user became a member of a channel (sent by the channel's root through `hop::events`).
+pub const CHANNEL_MEMBER_JOINED: &str = "switchboard.channel.member.joined.v1";
+/// A user stopped being a member of a channel.
+pub const CHANNEL_MEMBER_LEFT: &str = "switchboard.channel.member.left.v1";
+
+/// The event shard (`events/{shard}`) a key's events go to: FNV-1a of the key's bytes, so the same
+/// key always lands on the same shard (its events keep their order) on every isolate and deploy.
+pub fn shard_of(key: &str, shards: u32) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for b in key.as_bytes() {
+        hash ^= u32::from(*b);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash % shards.max(1)
+}
 
 /// `content-type` of one event per request (structured mode).
 pub const CONTENT_TYPE: &str = "application/cloudevents+json; charset=utf-8";
@@ -93,6 +114,11 @@ pub fn parse_secret(value: &str) -> Result<Vec<u8>, String> {
 
 /// A CloudEvent in structured JSON mode. `id` is also the `webhook-id` of every attempt.
 pub fn event(id: &str, kind: &str, user_id: &str, time: &str, data: Value) -> String {
+    event_value(id, kind, user_id, time, data).to_string()
+}
+
+/// [`event`] as a JSON value (`subject` is the user id).
+pub fn event_value(id: &str, kind: &str, user_id: &str, time: &str, data: Value) -> Value {
     json!({
         "specversion": "1.0",
         "id": id,
@@ -103,7 +129,6 @@ pub fn event(id: &str, kind: &str, user_id: &str, time: &str, data: Value) -> St
         "datacontenttype": "application/json",
         "data": data,
     })
-    .to_string()
 }
 
 /// `webhook-signature`: `v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`.
@@ -192,6 +217,20 @@ mod tests {
         ] {
             assert_eq!(classify(status), want, "{status}");
         }
+    }
+
+    #[test]
+    fn shards_are_stable_and_spread() {
+        // FNV-1a 32 test vectors: "" and "a".
+        assert_eq!(shard_of("", u32::MAX), 0x811c_9dc5);
+        assert_eq!(shard_of("a", u32::MAX), 0xe40c_292c);
+        assert_eq!(shard_of("alice", 1), 0);
+        assert_eq!(shard_of("alice", 0), 0);
+        let mut counts = [0u32; 8];
+        for i in 0..8000 {
+            counts[shard_of(&format!("user-{i}"), 8) as usize] += 1;
+        }
+        assert!(counts.iter().all(|&c| (800..1200).contains(&c)), "{counts:?}");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 use crate::core::auth::{self, Identity};
 use crate::core::config::{Config, PublishAuth};
 use crate::core::error::Error;
-use worker::{Date, Request};
+use crate::runtime::js::now_ms;
+use worker::Request;
 
 thread_local! {
     /// Tokens verified in this isolate (see [`auth::TokenCache`]).
@@ -16,7 +17,7 @@ pub fn authenticate(req: &Request, config: &Config) -> Result<Identity, Error> {
     let header = req.headers().get("authorization").ok().flatten();
     let query = crate::core::query::param(&req.inner().url(), "token");
     let token = auth::token_from(header.as_deref(), query.as_deref()).ok_or(Error::MissingToken)?;
-    let now = Date::now().as_millis() as i64;
+    let now = now_ms() as i64;
     let identity = TOKENS.with(|cache| cache.borrow_mut().verify(token, &config.jwt_secrets, now))?;
     auth::check_rules(&identity, &config.token_rules)?;
     Ok(identity)
@@ -27,7 +28,7 @@ pub fn authenticate(req: &Request, config: &Config) -> Result<Identity, Error> {
 pub fn connect_token(req: &Request, config: &Config) -> Result<(Identity, String), Error> {
     let identity = authenticate(req, config)?;
     let user_id = connecting_user(&identity)?;
-    auth::check_connect(&identity, &config.token_rules, Date::now().as_millis() as i64)?;
+    auth::check_connect(&identity, &config.token_rules, now_ms() as i64)?;
     Ok((identity, user_id))
 }
 

@@ -23,6 +23,7 @@ fn connect_for(user_id: String, credential: Credential, transport: Transport) ->
         since: None,
         channels: Default::default(),
         publish_channels: Default::default(),
+        presence: None,
         ticket: None,
     };
     match credential {
@@ -32,6 +33,7 @@ fn connect_for(user_id: String, credential: Credential, transport: Transport) ->
             if transport == Transport::WebSocket {
                 connect.channels = identity.channels;
                 connect.publish_channels = identity.publish_channels;
+                connect.presence = identity.presence;
             }
         }
         Credential::Ticket(hash) => connect.ticket = Some(hash),
@@ -61,12 +63,13 @@ pub(super) async fn issue_ticket(
         expires_at_ms: identity.expires_at_ms,
         channels: identity.channels,
         publish_channels: identity.publish_channels,
+        presence: identity.presence,
     };
     user::issue_ticket(env, &user_id, &ticket).await?;
     let body = serde_json::json!({
         "ticket": crate::core::ticket::make(&user_id, &secret), "expiresIn": config.ticket_seconds,
     });
-    Ok(http::json(200, body.to_string(), cors)?.into())
+    Ok(http::respond(200, &body.to_string().into(), cors))
 }
 
 pub(super) async fn open_sse(req: Request, env: &Env, config: &Config, cors: Option<&str>) -> Result<Response, Error> {
@@ -175,11 +178,11 @@ pub(super) async fn publish(
         Recipients::One(user_id) => {
             let meta = PublishMeta::from_request(&p, user_id, &body, idempotency_key.is_some());
             let payload = wasm_bindgen::JsValue::from_str(p.payload.get());
-            let (status, answer) = user::publish(env, &meta, &payload, idempotency_key.as_deref()).await?;
-            Ok(http::json(status, answer, cors)?.into())
+            let (status, answer) = user::publish_js(env, &meta, &payload, idempotency_key.as_deref()).await?;
+            Ok(http::respond(status, &answer, cors))
         }
         Recipients::Many(users) => {
-            Ok(multi::publish(env, config, &p, users, &body, cors, idempotency_key.as_deref()).await?.into())
+            multi::publish(env, config, &p, users, &body, cors, idempotency_key.as_deref()).await
         }
         Recipients::Channel(_) => {
             let meta = PublishMeta::from_request(&p, "", &body, idempotency_key.is_some());
@@ -189,7 +192,8 @@ pub(super) async fn publish(
     }
 }
 
-/// `/channels/{channel}/members`: `GET` lists a page (`?limit=`, `?cursor=`).
+/// `/channels/{channel}/members` and `/channels/{channel}/presence`: `GET` lists a page (`?limit=`,
+/// `?cursor=`).
 pub(super) async fn channel_api(
     req: Request,
     env: &Env,
@@ -199,8 +203,10 @@ pub(super) async fn channel_api(
 ) -> Result<Response, Error> {
     let path = req.path();
     let segments = path_segments(&path);
-    let channel = match segments.as_slice() {
-        [channels, channel, members] if channels == "channels" && members == "members" => channel.clone(),
+    let (channel, presence) = match segments.as_slice() {
+        [channels, channel, what] if channels == "channels" && (what == "members" || what == "presence") => {
+            (channel.clone(), what == "presence")
+        }
         _ => return Err(Error::NotFound(format!("there is no route {path}"))),
     };
     if method != Method::Get {
@@ -210,5 +216,8 @@ pub(super) async fn channel_api(
     crate::core::channel::check_name(&channel).map_err(|m| Error::bad_request("invalid_channel", m))?;
     let url = req.inner().url();
     let (limit, cursor) = (crate::core::query::param(&url, "limit"), crate::core::query::param(&url, "cursor"));
+    if presence {
+        return channel::presence(env, &channel, limit.as_deref(), cursor.as_deref(), cors).await;
+    }
     channel::members(env, &channel, limit.as_deref(), cursor.as_deref(), cors).await
 }

@@ -12,6 +12,7 @@
 //! | `/users/{userId}/connections` | GET, DELETE | list or close a user's connections (`publish` scope) |
 //! | `/users/{userId}/connections/{connectionId}` | DELETE | close one connection (`publish` scope) |
 //! | `/channels/{channel}/members` | GET | a page of a channel's members (`publish` scope) |
+//! | `/channels/{channel}/presence` | GET | a page of a channel's present users, with data and connection counts (`publish` scope) |
 //! | `/healthz` | GET, HEAD | liveness, no token |
 //! | any | OPTIONS | CORS preflight |
 
@@ -33,7 +34,7 @@ pub async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<web_
         Ok(c) => c,
         Err(e) => {
             log::error("misconfigured", json!({ "message": e.to_string() }));
-            return http::error(&e, Some("*")).map(Into::into);
+            return Ok(http::error_response(&e, Some("*")));
         }
     };
     let origin = req.headers().get("origin").ok().flatten();
@@ -52,7 +53,7 @@ pub async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<web_
             } else {
                 log::info("request_refused", fields);
             }
-            http::error(&e, cors.as_deref()).map(Into::into)
+            Ok(http::error_response(&e, cors.as_deref()))
         }
     }
 }
@@ -78,7 +79,7 @@ async fn route(req: Request, env: &Env, config: &Config, cors: Option<&str>) -> 
         ("/ack", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "POST, OPTIONS" }),
         ("/tickets", Method::Post) => handlers::issue_ticket(req, env, config, cors).await,
         ("/tickets", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "POST, OPTIONS" }),
-        ("/healthz", Method::Get | Method::Head) => Ok(http::json(200, r#"{"status":"ok"}"#.into(), cors)?.into()),
+        ("/healthz", Method::Get | Method::Head) => Ok(http::respond(200, &r#"{"status":"ok"}"#.into(), cors)),
         ("/healthz", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "GET, HEAD" }),
         (p, m) if p.starts_with("/users/") => handlers::connection_api(req, env, config, cors, m).await,
         (p, m) if p.starts_with("/channels/") => handlers::channel_api(req, env, config, cors, m).await,

@@ -13,7 +13,8 @@ use crate::hop::fanout;
 use crate::hop::wire::PublishMeta;
 use crate::runtime::{http, log};
 use serde_json::{json, Value};
-use worker::{Date, Env, Response};
+use web_sys::Response;
+use worker::{Date, Env};
 
 /// Publishes `p` to every user in `users` and aggregates their answers.
 pub async fn publish(
@@ -61,5 +62,5 @@ pub async fn publish(
     let (results, truncated) = aggregate::bound_detail(&mut per_user, budget);
     let body = json!({ "clientCount": client_count, "results": results, "totals": totals, "users": per_user,
         "truncated": truncated });
-    Ok(http::json(200, body.to_string(), cors)?)
+    Ok(http::respond(200, &body.to_string().into(), cors))
 }

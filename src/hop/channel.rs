@@ -34,6 +34,12 @@ pub enum Call {
     Publish { channel: String, meta: PublishMeta, idempotency_key: Option<String> },
     /// Relay: publish to a slice of the members, named in the body (see [`wire::relay_body`]).
     Relay { channel: String, path: String, meta: PublishMeta, idempotency_key: Option<String> },
+    /// Root: the presence snapshot for a presence join of a user already listed as watching.
+    Snapshot { channel: String },
+    /// Root: one page of `GET /channels/{channel}/presence`.
+    Presence { channel: String, limit: Option<String>, cursor: Option<String> },
+    /// Relay: a presence batch for a slice of the watching members (the body: users line, frame).
+    PresenceRelay { channel: String, path: String },
 }
 
 /// The channel object's side: which call a hop is.
@@ -49,6 +55,9 @@ pub fn read(req: &Request) -> Result<Call, Error> {
             .map(Call::Member)
             .ok_or_else(|| Error::Internal("a membership update without user, joined and version".into())),
         channel_path::MEMBERS => Ok(Call::Members { limit: param("limit"), cursor: param("cursor"), channel }),
+        channel_path::SNAPSHOT => Ok(Call::Snapshot { channel }),
+        channel_path::PRESENCE => Ok(Call::Presence { limit: param("limit"), cursor: param("cursor"), channel }),
+        channel_path::PRESENCE_RELAY => Ok(Call::PresenceRelay { path: param("path").unwrap_or_default(), channel }),
         channel_path::PUBLISH | channel_path::RELAY => {
             let relay_path = param("path").unwrap_or_default();
             let meta = PublishMeta::from_query(pairs)
@@ -81,12 +90,53 @@ async fn check(res: RawResponse) -> Result<Response, Error> {
     Err(if status == 429 { Error::TooManyRequests(message) } else { Error::Unavailable(message) })
 }
 
-/// Tells a channel's root that a user has joined (its first connection) or left (its last).
-pub async fn update_membership(env: &Env, update: &MemberUpdate) -> Result<(), Error> {
+/// Tells a channel's root that a user has joined (its first connection) or left (its last), or now
+/// watches its presence or not; returns the root's answer (`presence`: the snapshot, when asked).
+pub async fn update_membership(env: &Env, update: &MemberUpdate) -> Result<Value, Error> {
     let url = wire::url("channel", channel_path::MEMBER, &wire::borrowed(&update.to_query()));
     let req = super::request(Method::Post, &url, None, None, None)?;
-    check(send(env, &root_name(&update.channel), req).await?).await?;
-    Ok(())
+    let mut res = check(send(env, &root_name(&update.channel), req).await?).await?;
+    Ok(res.json().await.unwrap_or_default())
+}
+
+/// The presence snapshot of a channel (for a presence join the root need not be told about).
+pub async fn snapshot(env: &Env, channel: &str) -> Result<Value, Error> {
+    let url = wire::url("channel", channel_path::SNAPSHOT, &[("channel", channel)]);
+    let req = super::request(Method::Get, &url, None, None, None)?;
+    let mut res = check(send(env, &root_name(channel), req).await?).await?;
+    res.json().await.map_err(|e| Error::Unavailable(format!("the channel answered unreadably: {e}")))
+}
+
+/// `GET /channels/{channel}/presence`: one page of the channel's present users with their connection
+/// counts, answered as it is.
+pub async fn presence(
+    env: &Env,
+    channel: &str,
+    limit: Option<&str>,
+    cursor: Option<&str>,
+    cors: Option<&str>,
+) -> Result<RawResponse, Error> {
+    let mut pairs = vec![("channel", channel)];
+    pairs.extend(limit.map(|l| ("limit", l)));
+    pairs.extend(cursor.map(|c| ("cursor", c)));
+    let url = wire::url("channel", channel_path::PRESENCE, &pairs);
+    send(env, &root_name(channel), super::request(Method::Get, &url, cors, None, None)?).await
+}
+
+/// Hands a presence batch for `users` to the relay at `relay`; returns the users that no longer
+/// watch, with the versions their hubs gave.
+pub async fn presence_relay(
+    env: &Env,
+    channel: &str,
+    relay: &str,
+    users: &[String],
+    frame: &js_sys::JsString,
+) -> Result<Vec<(String, u64)>, Error> {
+    let url = wire::url("channel", channel_path::PRESENCE_RELAY, &[("channel", channel), ("path", relay)]);
+    let body = js_sys::JsString::from(wire::relay_head(users).as_str()).concat(frame);
+    let req = super::request(Method::Post, &url, None, None, Some(body.into()))?;
+    let mut res = check(send(env, &relay_name(channel, relay), req).await?).await?;
+    res.json().await.map_err(|e| Error::Internal(format!("a relay answered unreadably: {e}")))
 }
 
 /// Publishes to every member of `meta.channel` and returns the root's answer as it is.

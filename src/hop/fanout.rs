@@ -77,3 +77,67 @@ pub async fn fan_out(
     });
     join_all(hops).await
 }
+
+/// Sends a channel's presence batch to every watching user's hub at once, under one deadline of
+/// `limit_ms`, and returns the users whose hubs said they no longer watch, each with the version of
+/// that answer. A hub that fails or misses the deadline is logged and skipped: presence frames are
+/// not acked, and a client that missed one re-syncs from the next join's snapshot.
+pub async fn presence_fan_out(
+    env: &Env,
+    channel: &str,
+    frame: &JsValue,
+    users: &[String],
+    limit_ms: u64,
+) -> Vec<(String, u64)> {
+    let deadline = Delay::from(Duration::from_millis(limit_ms)).shared();
+    let hops = users.iter().map(|user| {
+        let deadline = deadline.clone();
+        Box::pin(async move {
+            let hop = Box::pin(super::user::presence(env, user, channel, frame));
+            let failed = match select(hop, deadline).await {
+                Either::Left((Ok(stopped), _)) => return stopped.map(|version| (user.clone(), version)),
+                Either::Left((Err(e), _)) => e.to_string(),
+                Either::Right(_) => format!("no answer within {limit_ms} ms"),
+            };
+            crate::runtime::log::error(
+                "presence_hop_failed",
+                json!({ "channel": channel, "to": user, "message": failed }),
+            );
+            None
+        }) as Boxed<'_, Option<(String, u64)>>
+    });
+    join_boxed(hops.collect()).await.into_iter().flatten().collect()
+}
+
+/// A boxed future, as [`join_boxed`] takes them.
+pub type Boxed<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + 'a>>;
+
+/// Runs every future at once and returns their outputs in order. Each wake polls the futures not yet
+/// done (at most `CHANNEL_FANOUT`, which keeps that cheap), and there is one instance per output type
+/// instead of `join_all`'s ordered-stream machinery per future type: the presence paths use this to
+/// stay small in the size-budgeted release wasm.
+pub async fn join_boxed<T>(futures: Vec<Boxed<'_, T>>) -> Vec<T> {
+    let mut slots: Vec<Option<Boxed<'_, T>>> = futures.into_iter().map(Some).collect();
+    let mut outputs: Vec<Option<T>> = slots.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (slot, output) in slots.iter_mut().zip(outputs.iter_mut()) {
+            if let Some(future) = slot {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => {
+                        *output = Some(value);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}

@@ -1,11 +1,13 @@
 //! The internal hop: every call from the Worker to a Durable Object, and between objects (a user's hub
 //! to a channel's root, the root to its relays, a relay to users' hubs). Both sides live here, so the
-//! Worker and the two object kinds never import each other to talk:
+//! Worker and the object kinds never import each other to talk:
 //! - [`wire`]: paths, headers and the encodings of each call's fields (pure, host-tested);
 //! - [`user`]: calls to a user's hub, and the hub's reading of them;
 //! - [`channel`]: calls to a channel's root and relays, and their reading of them;
-//! - [`fanout`]: one publish to many users' hubs at once, each raced against its deadline (multi-user
-//!   publish at the edge, and each leaf step of a channel's tree).
+//! - [`fanout`]: one publish (or one presence batch) to many users' hubs at once, each raced against
+//!   its deadline (multi-user publish at the edge, and each leaf step of a channel's tree);
+//! - [`events`]: handing webhook events to an event shard (`EventHub`), which sends many users'
+//!   events in batches: the entry point for any role that emits presence webhooks.
 //!
 //! A hop is a `fetch` on the object's stub; objects are reachable only through this Worker, so a hop's
 //! fields are trusted once the Worker has checked them.
@@ -14,6 +16,8 @@ pub mod wire;
 
 #[cfg(target_arch = "wasm32")]
 pub mod channel;
+#[cfg(target_arch = "wasm32")]
+pub mod events;
 #[cfg(target_arch = "wasm32")]
 pub mod fanout;
 #[cfg(target_arch = "wasm32")]
@@ -42,6 +46,16 @@ extern "C" {
         payload: &wasm_bindgen::JsValue,
         idempotency_key: Option<&str>,
     ) -> Result<js_sys::Promise, wasm_bindgen::JsValue>;
+    /// `UserHub::presence_rpc`: a channel's presence batch for the user's watching connections.
+    #[wasm_bindgen(method, catch)]
+    fn presence(
+        this: &RawStub,
+        channel: &str,
+        frame: &wasm_bindgen::JsValue,
+    ) -> Result<js_sys::Promise, wasm_bindgen::JsValue>;
+    /// `UserHub::channel_connections_rpc`: how many of the user's connections joined a channel.
+    #[wasm_bindgen(method, catch, js_name = channelConnections)]
+    fn channel_connections(this: &RawStub, channel: &str) -> Result<js_sys::Promise, wasm_bindgen::JsValue>;
 }
 
 /// The stub of the object named `name` in namespace `binding`.

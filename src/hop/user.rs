@@ -96,14 +96,27 @@ pub async fn publish(
     payload: &JsValue,
     idempotency_key: Option<&str>,
 ) -> Result<(u16, String), Error> {
+    let (status, body) = publish_js(env, meta, payload, idempotency_key).await?;
+    Ok((status, body.as_string().unwrap_or_default()))
+}
+
+/// [`publish`], with the answer's body left the JS string the hub made: the Worker hands it on in
+/// its own Response without copying it into wasm and back.
+pub async fn publish_js(
+    env: &Env,
+    meta: &PublishMeta,
+    payload: &JsValue,
+    idempotency_key: Option<&str>,
+) -> Result<(u16, JsValue), Error> {
     let unavailable =
         |e: JsValue| Error::Unavailable(format!("the user's hub did not answer: {}", worker::Error::from(e)));
     let stub: super::RawStub = super::stub(env, wire::USER_HUB_BINDING, &meta.user_id)?;
     let promise = stub.publish(&meta.to_query_string(), payload, idempotency_key).map_err(unavailable)?;
     let answer: js_sys::Array =
         wasm_bindgen_futures::JsFuture::from(promise).await.map_err(unavailable)?.unchecked_into();
-    match (answer.get(0).as_f64(), answer.get(1).as_string()) {
-        (Some(status), Some(body)) => Ok((status as u16, body)),
+    let (status, body) = (answer.get(0).as_f64(), answer.get(1));
+    match status {
+        Some(status) if body.is_string() => Ok((status as u16, body)),
         _ => Err(Error::Unavailable("the user's hub answered with something unreadable".into())),
     }
 }
@@ -121,4 +134,27 @@ pub async fn ack(env: &Env, user_id: &str, body: Vec<u8>, cors: Option<&str>) ->
         .with_body(Some(js_sys::Uint8Array::from(body.as_slice()).into()));
     let url = wire::url("hub", user_path::ACK, &[]);
     send(env, user_id, Request::new_with_init(&url, &init)?).await
+}
+
+/// Hands a channel's presence batch (`frame`, the frame's JSON text as a JS string, shared by every
+/// hop) to the user's hub over RPC. `Ok(Some(version))`: none of the user's connections watches the
+/// channel any more (the root stops sending to it unless a newer update says otherwise).
+pub async fn presence(env: &Env, user_id: &str, channel: &str, frame: &JsValue) -> Result<Option<u64>, Error> {
+    let unavailable =
+        |e: JsValue| Error::Unavailable(format!("the user's hub did not answer: {}", worker::Error::from(e)));
+    let stub: super::RawStub = super::stub(env, wire::USER_HUB_BINDING, user_id)?;
+    let promise = stub.presence(channel, frame).map_err(unavailable)?;
+    let answer = wasm_bindgen_futures::JsFuture::from(promise).await.map_err(unavailable)?;
+    // A number is the version of "not watching"; anything else is "delivered".
+    Ok(answer.as_f64().map(|v| v as u64))
+}
+
+/// How many of the user's connections have joined `channel` right now (0 while the user lingers).
+pub async fn channel_connections(env: &Env, user_id: &str, channel: &str) -> Result<u64, Error> {
+    let unavailable =
+        |e: JsValue| Error::Unavailable(format!("the user's hub did not answer: {}", worker::Error::from(e)));
+    let stub: super::RawStub = super::stub(env, wire::USER_HUB_BINDING, user_id)?;
+    let promise = stub.channel_connections(channel).map_err(unavailable)?;
+    let answer = wasm_bindgen_futures::JsFuture::from(promise).await.map_err(unavailable)?;
+    answer.as_f64().map(|n| n as u64).ok_or_else(|| Error::Unavailable("the user's hub answered unreadably".into()))
 }

@@ -5,6 +5,9 @@
 //!
 //! Fields travel in the URL's query (header values cannot carry every Unicode user id); a payload
 //! travels as the body, as the JSON text the backend sent.
+//!
+//! Why one file: every hop's encoding sits beside its decoding and its round-trip test; split by
+//! hop kind, the shared field helpers and the tests would be spread over four files.
 
 use crate::core::channel::Grants;
 use crate::core::protocol::{fingerprint, PublishRequest, Recipients, Transport};
@@ -14,6 +17,14 @@ use crate::core::query;
 pub const USER_HUB_BINDING: &str = "USER_HUB";
 /// The binding name of the `ChannelHub` namespace in wrangler.toml.
 pub const CHANNEL_HUB_BINDING: &str = "CHANNEL_HUB";
+
+/// The binding name of the `EventHub` namespace (the event shards) in wrangler.toml.
+pub const EVENT_HUB_BINDING: &str = "EVENT_HUB";
+
+/// The name of event shard `shard`.
+pub fn events_name(shard: u32) -> String {
+    format!("events/{shard}")
+}
 
 /// Carries the Worker's CORS origin decision to the object, so the object's response is returned to
 /// the client as it is.
@@ -29,12 +40,24 @@ pub mod user_path {
     pub const TICKETS: &str = "/tickets";
 }
 
+/// An event shard's routes.
+pub mod events_path {
+    /// Queue a JSON array of CloudEvents.
+    pub const ENQUEUE: &str = "/enqueue";
+}
+
 /// A channel object's routes.
 pub mod channel_path {
     pub const MEMBER: &str = "/member";
     pub const MEMBERS: &str = "/members";
     pub const PUBLISH: &str = "/publish";
     pub const RELAY: &str = "/relay";
+    /// A presence join's snapshot, for a user the root already lists as watching.
+    pub const SNAPSHOT: &str = "/snapshot";
+    /// `GET /channels/{channel}/presence`.
+    pub const PRESENCE: &str = "/presence";
+    /// A presence batch for a slice of the watching members.
+    pub const PRESENCE_RELAY: &str = "/presence-relay";
 }
 
 /// A URL for `path` on an object, with `pairs` as its query. The host is never looked at: a stub's
@@ -67,6 +90,8 @@ pub struct Connect {
     /// The token's channel grants (the `channels` and `publishChannels` claims).
     pub channels: Grants,
     pub publish_channels: Grants,
+    /// The token's `presence` claim (JSON text), shown to the channels' watching members.
+    pub presence: Option<String>,
     /// A connect ticket's hash instead of a token: the hub takes the ticket (once) and uses the
     /// `exp` and grants stored with it.
     pub ticket: Option<String>,
@@ -81,6 +106,8 @@ pub struct NewTicket {
     pub expires_at_ms: Option<i64>,
     pub channels: Grants,
     pub publish_channels: Grants,
+    /// The token's `presence` claim (JSON text).
+    pub presence: Option<String>,
 }
 
 impl NewTicket {
@@ -93,6 +120,9 @@ impl NewTicket {
         if let Some(exp) = self.expires_at_ms {
             q.push(("exp", exp.to_string()));
         }
+        if let Some(data) = &self.presence {
+            q.push(("presence", data.clone()));
+        }
         q
     }
 
@@ -103,6 +133,7 @@ impl NewTicket {
             expires_at_ms: None,
             channels: Grants::default(),
             publish_channels: Grants::default(),
+            presence: None,
         };
         let mut hash = None;
         for (k, v) in pairs {
@@ -111,6 +142,7 @@ impl NewTicket {
                 "exp" => t.expires_at_ms = v.parse::<i64>().ok(),
                 "channels" => t.channels = Grants::from_text(&v),
                 "publishChannels" => t.publish_channels = Grants::from_text(&v),
+                "presence" => t.presence = Some(v),
                 _ => {}
             }
         }
@@ -140,6 +172,9 @@ impl Connect {
         if let Some(ticket) = &self.ticket {
             q.push(("ticket", ticket.clone()));
         }
+        if let Some(data) = &self.presence {
+            q.push(("presence", data.clone()));
+        }
         q
     }
 
@@ -153,6 +188,7 @@ impl Connect {
             since: None,
             channels: Grants::default(),
             publish_channels: Grants::default(),
+            presence: None,
             ticket: None,
         };
         let mut user = None;
@@ -166,6 +202,7 @@ impl Connect {
                 "channels" => c.channels = Grants::from_text(&v),
                 "publishChannels" => c.publish_channels = Grants::from_text(&v),
                 "ticket" => c.ticket = Some(v),
+                "presence" => c.presence = Some(v),
                 _ => {}
             }
         }
@@ -278,16 +315,52 @@ pub struct MemberUpdate {
     /// Only grows (see [`crate::core::channel::next_version`]); the root applies an update only over
     /// an older one.
     pub version: u64,
+    /// Whether one of the user's connections in the channel now watches its presence (sent when
+    /// that changes between none and some; `None`: unchanged).
+    pub watch: Option<bool>,
+    /// A join: the joining connection's presence data (the token's `presence` claim, JSON text).
+    pub data: Option<String>,
+    /// A leave: why (`leave`, `linger` or `kick`; see [`crate::core::presence::LeftReason`]).
+    pub reason: Option<String>,
+    /// Answer with the presence snapshot (a join with `presence: true`).
+    pub snapshot: bool,
 }
 
 impl MemberUpdate {
+    /// A join or leave with no presence detail.
+    pub fn new(channel: &str, user_id: &str, joined: bool, version: u64) -> MemberUpdate {
+        MemberUpdate {
+            channel: channel.to_string(),
+            user_id: user_id.to_string(),
+            joined,
+            version,
+            watch: None,
+            data: None,
+            reason: None,
+            snapshot: false,
+        }
+    }
+
     pub fn to_query(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut q = vec![
             ("channel", self.channel.clone()),
             ("user", self.user_id.clone()),
             ("joined", if self.joined { "1" } else { "0" }.to_string()),
             ("version", self.version.to_string()),
-        ]
+        ];
+        if let Some(watch) = self.watch {
+            q.push(("watch", if watch { "1" } else { "0" }.to_string()));
+        }
+        if let Some(data) = &self.data {
+            q.push(("data", data.clone()));
+        }
+        if let Some(reason) = &self.reason {
+            q.push(("reason", reason.clone()));
+        }
+        if self.snapshot {
+            q.push(("snapshot", "1".to_string()));
+        }
+        q
     }
 
     pub fn from_query(pairs: &[(String, String)]) -> Option<MemberUpdate> {
@@ -301,6 +374,15 @@ impl MemberUpdate {
                 _ => return None,
             },
             version: get("version")?.parse().ok()?,
+            watch: match get("watch") {
+                None => None,
+                Some("1") => Some(true),
+                Some("0") => Some(false),
+                Some(_) => return None,
+            },
+            data: get("data").map(str::to_string),
+            reason: get("reason").map(str::to_string),
+            snapshot: get("snapshot") == Some("1"),
         })
     }
 }
@@ -387,6 +469,7 @@ mod tests {
             since: Some(7),
             channels: Grants::from_text("room:*"),
             publish_channels: Grants::from_text("room:1"),
+            presence: Some(r#"{"name":"é&x"}"#.into()),
             ticket: Some("ab12".into()),
         };
         let url = url("hub", user_path::CONNECT, &borrowed(&c.to_query()));
@@ -396,6 +479,7 @@ mod tests {
             expires_at_ms: Some(1_800_000_000_000),
             channels: Grants::from_text("room:*"),
             publish_channels: Grants::default(),
+            presence: Some("[1,2]".into()),
         };
         let ticket_url = super::url("hub", user_path::TICKETS, &borrowed(&t.to_query()));
         assert_eq!(NewTicket::from_query(query::pairs(&ticket_url)), Some(t));
@@ -405,9 +489,18 @@ mod tests {
 
     #[test]
     fn member_updates_round_trip_and_refuse_junk() {
-        let m = MemberUpdate { channel: "room:1".into(), user_id: "ü".into(), joined: false, version: 42 };
+        let m = MemberUpdate::new("room:1", "ü", false, 42);
         let url = url("channel", channel_path::MEMBER, &borrowed(&m.to_query()));
         assert_eq!(MemberUpdate::from_query(&query::pairs(&url)), Some(m));
+        let full = MemberUpdate {
+            watch: Some(true),
+            data: Some(r#"{"n":"a&b=c"}"#.into()),
+            reason: Some("kick".into()),
+            snapshot: true,
+            ..MemberUpdate::new("room:1", "u", true, 7)
+        };
+        let url = super::url("channel", channel_path::MEMBER, &borrowed(&full.to_query()));
+        assert_eq!(MemberUpdate::from_query(&query::pairs(&url)), Some(full));
         let bad = query::pairs("https://c/member?channel=c&user=u&joined=yes&version=1");
         assert_eq!(MemberUpdate::from_query(&bad), None);
     }

@@ -51,6 +51,21 @@ pub fn error(e: &Error, cors: Option<&str>) -> worker::Result<Response> {
     Ok(r)
 }
 
+/// A JSON response made by the runtime in one call, for the Worker's own answers (see
+/// [`crate::runtime::js::json_response`]); `body` is JSON text, as a JS string when it came from a hop.
+pub fn respond(status: u16, body: &wasm_bindgen::JsValue, cors: Option<&str>) -> web_sys::Response {
+    crate::runtime::js::json_response(status, body, cors, None)
+}
+
+/// [`error`] for the Worker, made as [`respond`] makes its answers.
+pub fn error_response(e: &Error, cors: Option<&str>) -> web_sys::Response {
+    let allow = match e {
+        Error::MethodNotAllowed { allow, .. } => Some(*allow),
+        _ => None,
+    };
+    crate::runtime::js::json_response(e.status(), &wasm_bindgen::JsValue::from_str(&e.body()), cors, allow)
+}
+
 /// The CORS preflight answer (204).
 pub fn preflight(cors: Option<&str>) -> worker::Result<Response> {
     let h = Headers::new();

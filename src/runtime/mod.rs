@@ -1,9 +1,10 @@
-//! Glue to the Workers runtime shared by the Worker and both Durable Object kinds: JSON responses and
-//! CORS ([`http`]), log lines ([`log`]), the settings parsed once per isolate ([`settings`]), and JS
-//! strings handed to the runtime without a copy through wasm ([`js`]). It knows nothing of routes,
-//! hubs or hops.
+//! Glue to the Workers runtime shared by the Worker and the Durable Object kinds: JSON responses and
+//! CORS ([`http`]), log lines ([`log`]), the settings parsed once per isolate ([`settings`]), JS
+//! strings handed to the runtime without a copy through wasm ([`js`]), and the signed sending of
+//! backend webhooks from a durable queue ([`webhook`]). It knows nothing of routes, hubs or hops.
 
 pub mod http;
 pub mod js;
 pub mod log;
 pub mod settings;
+pub mod webhook;

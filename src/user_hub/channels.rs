@@ -1,6 +1,7 @@
 //! Channels, this user's side: `join` and `leave` frames, the channel roots told of the user's first
 //! join and last leave, lingering memberships after a close, client `publish` frames, and this hub's
-//! answer to a channel publish. See `docs/channels.md`.
+//! answer to a channel publish, and the channel's presence batches for this user's watching
+//! connections. See `docs/channels.md`.
 
 use super::reply::{reply_ok, send, send_error};
 use super::state::{Attachment, Conn};
@@ -8,6 +9,7 @@ use super::{OptionalRow, UserHub, ValueRow};
 use crate::core::channel;
 use crate::core::config::Config;
 use crate::core::error::Error;
+use crate::core::presence::LeftReason;
 use crate::core::ratelimit::TokenBucket;
 use crate::hop::channel as channel_hop;
 use crate::hop::wire::{MemberUpdate, PublishMeta};
@@ -29,22 +31,32 @@ pub(super) struct ClientPublish<'a> {
 impl UserHub {
     /// `join`: the token must allow the channel. The channel's root hears of the user once (when the
     /// user's first connection joins); the join is answered only after the root has it, so a publish
-    /// that follows the `ok` reaches this connection.
-    pub(super) async fn join(&self, ws: &WebSocket, id: &str, channel: String, frame_id: Option<&RawValue>) {
-        let (allowed, already, count, user_id) = {
+    /// that follows the `ok` reaches this connection. With `presence`, the connection also watches
+    /// the channel's presence: its `ok` carries the root's snapshot, and the `presence` frames that
+    /// arrive while the root is asked are sent after it.
+    pub(super) async fn join(
+        &self,
+        ws: &WebSocket,
+        id: &str,
+        channel: String,
+        presence: bool,
+        frame_id: Option<&RawValue>,
+    ) {
+        let (allowed, already, count, user_id, data) = {
             let conns = self.conns.borrow();
             let Some(conn) = conns.as_ref().and_then(|c| c.get(id)) else { return };
             let already = conn.channels.iter().any(|(c, _)| *c == channel);
-            (conn.grants.join.allows(&channel), already, conn.channels.len(), conn.user_id.clone())
+            let data = conn.presence.as_deref().map(str::to_string);
+            (conn.grants.join.allows(&channel), already, conn.channels.len(), conn.user_id.clone(), data)
         };
         if !allowed {
             let message = format!("this connection's token does not allow joining `{channel}` (its `channels` claim)");
             return send_error(ws, "forbidden", &message, frame_id, &[]);
         }
-        if already {
+        if already && !presence {
             return reply_ok(ws, frame_id);
         }
-        if count >= channel::MAX_CHANNELS_PER_CONNECTION {
+        if !already && count >= channel::MAX_CHANNELS_PER_CONNECTION {
             let message =
                 format!("this connection has already joined {} channels", channel::MAX_CHANNELS_PER_CONNECTION);
             return send_error(ws, "too_many_channels", &message, frame_id, &[]);
@@ -54,32 +66,42 @@ impl UserHub {
         // (review F15).
         if let Some(conn) = self.conns.borrow_mut().as_mut().and_then(|c| c.get_mut(id)) {
             conn.joining.push(channel.clone());
+            if presence && !conn.held.iter().any(|(c, _)| *c == channel) {
+                conn.held.push((channel.clone(), Vec::new()));
+            }
         }
-        let registered = self.register(&user_id, &channel).await;
-        let cancelled = {
+        let registered = self.register(&user_id, &channel, presence, data).await;
+        let (cancelled, held) = {
             let mut conns = self.conns.borrow_mut();
             let Some(conn) = conns.as_mut().and_then(|c| c.get_mut(id)) else { return };
+            let held = match conn.held.iter().position(|(c, _)| *c == channel) {
+                Some(i) => conn.held.remove(i).1,
+                None => Vec::new(),
+            };
             match conn.joining.iter().position(|c| *c == channel) {
                 Some(i) => {
                     conn.joining.remove(i);
-                    false
+                    (false, held)
                 }
-                None => true,
+                None => (true, held),
             }
         };
-        if let Err(e) = registered {
-            let code = match &e {
-                Error::Limited { code, .. } => code,
-                _ if e.status() == 429 => "channel_full",
-                _ => "unavailable",
-            };
-            log::error("join_failed", json!({ "userId": user_id, "channel": channel, "message": e.to_string() }));
-            return send_error(ws, code, &format!("could not join `{channel}`: {e}"), frame_id, &[]);
-        }
+        let snapshot = match registered {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                let code = match &e {
+                    Error::Limited { code, .. } => code,
+                    _ if e.status() == 429 => "channel_full",
+                    _ => "unavailable",
+                };
+                log::error("join_failed", json!({ "userId": user_id, "channel": channel, "message": e.to_string() }));
+                return send_error(ws, code, &format!("could not join `{channel}`: {e}"), frame_id, &[]);
+            }
+        };
         if cancelled {
             // The leave that followed this join has been answered already; the join ends as a no-op.
             if self.joined_count(&channel) == 0 {
-                self.unregister(&user_id, &channel).await;
+                self.unregister(&user_id, &channel, LeftReason::Leave).await;
             }
             return reply_ok(ws, frame_id);
         }
@@ -92,6 +114,9 @@ impl UserHub {
             if !conn.channels.iter().any(|(c, _)| *c == channel) {
                 conn.channels.push((channel.clone(), joined_at));
             }
+            if presence && !conn.watching.contains(&channel) {
+                conn.watching.push(channel.clone());
+            }
             conn.ws.serialize_attachment(Attachment::of(conn))
         };
         if let Err(e) = stored {
@@ -100,14 +125,29 @@ impl UserHub {
             log::error("storage_error", json!({ "op": "join", "message": e.to_string() }));
             if let Some(conn) = self.conns.borrow_mut().as_mut().and_then(|c| c.get_mut(id)) {
                 conn.channels.retain(|(c, _)| *c != channel);
+                conn.watching.retain(|c| *c != channel);
             }
             if self.joined_count(&channel) == 0 {
-                self.unregister(&user_id, &channel).await;
+                self.unregister(&user_id, &channel, LeftReason::Leave).await;
             }
             return send_error(ws, "unavailable", &format!("could not join `{channel}`: try again"), frame_id, &[]);
         }
-        log::info("join", json!({ "userId": user_id, "connectionId": id, "channel": channel }));
-        reply_ok(ws, frame_id);
+        log::info("join", json!({ "userId": user_id, "connectionId": id, "channel": channel, "presence": presence }));
+        match snapshot {
+            Some(snapshot) => {
+                let mut ok = json!({ "type": "ok", "channel": channel, "presence": snapshot });
+                if let Some(frame_id) = frame_id {
+                    ok["id"] = serde_json::from_str(frame_id.get()).unwrap_or_default();
+                }
+                send(ws, &ok.to_string());
+                // Frames that came while the root was asked follow the snapshot, in order; the
+                // client drops those at or below the snapshot's version.
+                for frame in held {
+                    crate::runtime::js::send_shared(ws, &frame);
+                }
+            }
+            None => reply_ok(ws, frame_id),
+        }
     }
 
     /// `leave`: always succeeds (leaving a channel not joined is a no-op).
@@ -117,8 +157,10 @@ impl UserHub {
             let Some(conn) = conns.as_mut().and_then(|c| c.get_mut(id)) else { return };
             // A join of this channel still waiting for the root is cancelled (see `join`).
             conn.joining.retain(|c| c != channel);
+            conn.held.retain(|(c, _)| c != channel);
             let before = conn.channels.len();
             conn.channels.retain(|(c, _)| c != channel);
+            conn.watching.retain(|c| c != channel);
             if conn.channels.len() == before {
                 None
             } else {
@@ -130,7 +172,9 @@ impl UserHub {
         };
         if let Some(user_id) = left {
             if self.joined_count(channel) == 0 {
-                self.unregister(&user_id, channel).await;
+                self.unregister(&user_id, channel, LeftReason::Leave).await;
+            } else if self.watching_count(channel) == 0 {
+                self.unwatch(&user_id, channel).await;
             }
             log::info("leave", json!({ "userId": user_id, "connectionId": id, "channel": channel }));
         }
@@ -142,6 +186,7 @@ impl UserHub {
     /// reconnects, joins again and resumes misses nothing); then the alarm tells the root it left.
     /// Without `linger` (a backend's kick) the user leaves at once.
     pub(crate) async fn left_channels(&self, conn: &Conn, linger: bool) {
+        let kicked = !linger;
         let linger = if linger { self.config().map_or(0, |c| c.channel_linger_seconds) } else { 0 };
         let now = Date::now().as_millis() as i64;
         let mut lingering = false;
@@ -150,7 +195,8 @@ impl UserHub {
                 continue;
             }
             if linger == 0 {
-                self.unregister(&conn.user_id, channel).await;
+                let reason = if kicked { LeftReason::Kick } else { LeftReason::Linger };
+                self.unregister(&conn.user_id, channel, reason).await;
                 continue;
             }
             let marked = self
@@ -185,7 +231,7 @@ impl UserHub {
             .to_array::<Row>()?;
         for row in due {
             if self.joined_count(&row.name) == 0 {
-                self.unregister(&row.user_id, &row.name).await;
+                self.unregister(&row.user_id, &row.name, LeftReason::Linger).await;
             } else {
                 // Joined again meanwhile: no longer lingering (so the alarm is not re-armed for it).
                 self.sql_exec("UPDATE channels SET left_at = NULL WHERE name = ?", vec![row.name.into()])?;
@@ -195,20 +241,42 @@ impl UserHub {
     }
 
     /// Makes sure the channel's root lists this user. This hub remembers (in SQLite) which roots
-    /// list it, so reconnecting clients that join again cost the root nothing.
-    pub(super) async fn register(&self, user_id: &str, channel: &str) -> Result<(), crate::core::error::Error> {
+    /// list it, so reconnecting clients that join again cost the root nothing. With `watch` (a
+    /// presence join), it also makes sure the root sends this user the channel's presence batches
+    /// (the root is told only when that changes, remembered in `channel_watch`), and returns the
+    /// root's snapshot: a presence join always asks the root for it.
+    pub(super) async fn register(
+        &self,
+        user_id: &str,
+        channel: &str,
+        watch: bool,
+        data: Option<String>,
+    ) -> Result<Option<serde_json::Value>, Error> {
+        let name = || channel.to_string().into();
         let known = self
-            .sql_exec("SELECT count(*) AS value FROM channels WHERE name = ?", vec![channel.to_string().into()])?
+            .sql_exec("SELECT count(*) AS value FROM channels WHERE name = ?", vec![name()])?
             .to_array::<ValueRow>()?
             .first()
             .is_some_and(|r| r.value > 0);
+        let watched = watch
+            && self
+                .sql_exec("SELECT count(*) AS value FROM channel_watch WHERE name = ?", vec![name()])?
+                .to_array::<ValueRow>()?
+                .first()
+                .is_some_and(|r| r.value > 0);
         if known {
-            // Still a member (perhaps lingering after a close): no need to ask the root.
-            self.sql_exec("UPDATE channels SET left_at = NULL WHERE name = ?", vec![channel.to_string().into()])?;
-            return Ok(());
+            // Still a member (perhaps lingering after a close): no need to tell the root.
+            self.sql_exec("UPDATE channels SET left_at = NULL WHERE name = ?", vec![name()])?;
+            if !watch {
+                return Ok(None);
+            }
+            if watched {
+                return Ok(Some(channel_hop::snapshot(&self.env, channel).await?));
+            }
         }
-        // A first join may create the channel's root (an object with storage): limited per user,
-        // so join/leave churn over fresh names cannot create objects without bound (review F12).
+        // A first join may create the channel's root (an object with storage), and a first watch
+        // is a write at the root: both are limited per user, so join/leave churn over fresh names
+        // cannot create objects without bound (review F12).
         let per_minute = self.config()?.channel_joins_per_minute;
         if !self.take_limited(&self.join_bucket, || TokenBucket::per_minute(per_minute, now_ms())) {
             return Err(Error::Limited {
@@ -219,25 +287,37 @@ impl UserHub {
             });
         }
         let version = self.next_version();
-        let update = MemberUpdate { channel: channel.to_string(), user_id: user_id.to_string(), joined: true, version };
-        channel_hop::update_membership(&self.env, &update).await?;
+        let update = MemberUpdate {
+            watch: watch.then_some(true),
+            data: if known { None } else { data },
+            snapshot: watch,
+            ..MemberUpdate::new(channel, user_id, true, version)
+        };
+        let answer = channel_hop::update_membership(&self.env, &update).await?;
         self.sql_exec(
             "INSERT INTO channels (name, version, user_id) VALUES (?, ?, ?)
              ON CONFLICT(name) DO UPDATE SET version = excluded.version, left_at = NULL",
-            vec![channel.to_string().into(), (version as i64).into(), user_id.to_string().into()],
+            vec![name(), (version as i64).into(), user_id.to_string().into()],
         )?;
-        Ok(())
+        if watch {
+            self.sql_exec("INSERT INTO channel_watch (name) VALUES (?) ON CONFLICT(name) DO NOTHING", vec![name()])?;
+        }
+        Ok(watch.then(|| answer["presence"].clone()))
     }
 
     /// Tells the channel's root this user has left. Best effort: a root that missed it finds out at
     /// the next publish (this hub answers `joined: 0`) and removes the user then.
-    pub(super) async fn unregister(&self, user_id: &str, channel: &str) {
-        if let Err(e) = self.sql_exec("DELETE FROM channels WHERE name = ?", vec![channel.to_string().into()]) {
-            log::error("storage_error", json!({ "op": "unregister", "message": e.to_string() }));
+    pub(super) async fn unregister(&self, user_id: &str, channel: &str, reason: LeftReason) {
+        for statement in ["DELETE FROM channels WHERE name = ?", "DELETE FROM channel_watch WHERE name = ?"] {
+            if let Err(e) = self.sql_exec(statement, vec![channel.to_string().into()]) {
+                log::error("storage_error", json!({ "op": "unregister", "message": e.to_string() }));
+            }
         }
         let version = self.next_version();
-        let update =
-            MemberUpdate { channel: channel.to_string(), user_id: user_id.to_string(), joined: false, version };
+        let update = MemberUpdate {
+            reason: Some(reason.name().to_string()),
+            ..MemberUpdate::new(channel, user_id, false, version)
+        };
         if let Err(e) = channel_hop::update_membership(&self.env, &update).await {
             log::error("leave_failed", json!({ "userId": user_id, "channel": channel, "message": e.to_string() }));
         }
@@ -370,6 +450,7 @@ impl UserHub {
     /// it told the root otherwise. Nothing is recorded: the user's `seq` does not move.
     pub(super) fn not_a_member(&self, channel: &str) -> Result<String, Error> {
         self.sql().exec("DELETE FROM channels WHERE name = ?", vec![channel.to_string().into()])?;
+        self.sql().exec("DELETE FROM channel_watch WHERE name = ?", vec![channel.to_string().into()])?;
         let body = json!({
             "joined": 0, "version": self.next_version(), "clientCount": 0, "results": [], "acks": [],
             "pending": [], "closed": [],

@@ -17,12 +17,16 @@
 //! sockets, client frames, closes), [`publish`] (fan-out, acks, idempotency), [`history`] (the
 //! record of envelopes and replay), [`channels`] (joins, leaves, lingering, client publishes),
 //! [`connections`] (the connection API and lifetimes), [`outbox`] (webhooks and the alarm),
-//! [`tickets`] (one-time connect tickets) and [`reply`] (answers to a client's frame).
+//! [`tickets`] (one-time connect tickets), [`presence`] (a channel's presence batches for the
+//! watching connections), [`online`] (online/offline webhooks) and [`reply`] (answers to a client's
+//! frame).
 
 mod channels;
 mod connections;
 mod history;
+mod online;
 mod outbox;
+mod presence;
 mod publish;
 mod reply;
 mod socket;
@@ -60,7 +64,11 @@ CREATE TABLE IF NOT EXISTS grants (conn_id TEXT PRIMARY KEY, join_grants TEXT NO
 CREATE TABLE IF NOT EXISTS channels (name TEXT PRIMARY KEY, version INTEGER NOT NULL, user_id TEXT NOT NULL,
   left_at INTEGER);
 CREATE TABLE IF NOT EXISTS tickets (hash TEXT PRIMARY KEY, expires_at INTEGER NOT NULL, exp INTEGER,
-  join_grants TEXT NOT NULL, publish_grants TEXT NOT NULL);";
+  join_grants TEXT NOT NULL, publish_grants TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS conn_presence (conn_id TEXT PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS ticket_presence (hash TEXT PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS channel_watch (name TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS presence (user_id TEXT PRIMARY KEY, online_at INTEGER NOT NULL, offline_since INTEGER);";
 
 /// The Durable Object. Its state lives behind an `Rc` so a handler that must wait can own a handle
 /// to it (`'static` futures): the socket handlers are exported by hand below, synchronous where they
@@ -77,6 +85,8 @@ pub struct Inner {
     /// Open connections by id; `None` until rebuilt after construction (or a wake).
     pub(crate) conns: RefCell<Option<HashMap<String, Conn>>>,
     pub(crate) acks: RefCell<AckRegistry>,
+    /// Ends the waits of [`acks`](Self::acks) at their deadlines: one timer for every publish in flight.
+    pub(crate) ack_timer: js::Timer,
     /// The last `seq` handed out; valid once `conns` is loaded.
     seq: Cell<u64>,
     /// The oldest stored envelope's `(seq, at)`, to trim history without scanning it.
@@ -87,6 +97,8 @@ pub struct Inner {
     outbox_sending: Cell<i64>,
     /// Events still to send one at a time after the backend refused a batch (to find the culprit).
     outbox_solo: Cell<usize>,
+    /// When this object last set its alarm, until that alarm runs (`None`: unknown, ask storage).
+    pub(crate) alarm_set_at: Cell<Option<i64>>,
     /// Alarm runs that failed in a row (their retry backs off).
     alarm_failures: Cell<u32>,
     /// `TEST_FAULTS=alarm` has failed this object's alarm once already.
@@ -110,7 +122,7 @@ impl std::ops::Deref for UserHub {
 
 impl UserHub {
     /// Another handle to the same hub, for a future that outlives the call that starts it.
-    fn handle(&self) -> UserHub {
+    pub(crate) fn handle(&self) -> UserHub {
         UserHub { inner: Rc::clone(&self.inner) }
     }
 }
@@ -122,16 +134,25 @@ impl worker::DurableObject for UserHub {
             state.set_websocket_auto_response(&pair);
         }
         js::install_fast_microtasks();
-        let inner = Inner {
+        let inner = |hub: &std::rc::Weak<Inner>| Inner {
             state,
             env,
             conns: RefCell::new(None),
             acks: RefCell::default(),
+            ack_timer: {
+                let hub = hub.clone();
+                js::Timer::new(move || {
+                    if let Some(hub) = hub.upgrade() {
+                        hub.expire_acks();
+                    }
+                })
+            },
             seq: Cell::new(0),
             oldest: Cell::new(None),
             version: Cell::new(0),
             outbox_sending: Cell::new(0),
             outbox_solo: Cell::new(0),
+            alarm_set_at: Cell::new(None),
             alarm_failures: Cell::new(0),
             fault_spent: Cell::new(false),
             connect_fault_spent: Cell::new(false),
@@ -139,7 +160,7 @@ impl worker::DurableObject for UserHub {
             publish_bucket: RefCell::new(None),
             join_bucket: RefCell::new(None),
         };
-        UserHub { inner: Rc::new(inner) }
+        UserHub { inner: Rc::new_cyclic(inner) }
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
@@ -161,6 +182,8 @@ impl worker::DurableObject for UserHub {
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
+        self.alarm_set_at.set(None); // this alarm is spent
+
         // The run re-arms itself, after a failure too; only when no alarm could be set does this
         // throw, so the runtime retries the alarm (with its own backoff).
         if let Err(e) = self.run_alarm().await {
@@ -215,6 +238,30 @@ impl UserHub {
             };
             Ok(js_sys::Array::of2(&JsValue::from(status), &JsValue::from(body)).into())
         })
+    }
+
+    /// RPC: a channel's presence batch (see `hop::user::presence`): sent to this user's connections
+    /// that watch the channel. Answers `undefined`, or a membership version when none watches it any
+    /// more (and the user is not lingering in it), so the root stops sending.
+    #[wasm_bindgen(js_name = presence)]
+    pub fn presence_rpc(&self, channel: String, frame: js_sys::JsString) -> JsValue {
+        match self.deliver_presence(&channel, &frame) {
+            Ok(Some(version)) => JsValue::from_f64(version as f64),
+            Ok(None) => JsValue::UNDEFINED,
+            Err(e) => {
+                log::error("hub_error", json!({ "code": e.code(), "message": e.to_string() }));
+                JsValue::UNDEFINED
+            }
+        }
+    }
+
+    /// RPC: how many of this user's connections joined `channel` (`GET /channels/{c}/presence`).
+    #[wasm_bindgen(js_name = channelConnections)]
+    pub fn channel_connections_rpc(&self, channel: String) -> f64 {
+        if let Err(e) = self.ensure_loaded() {
+            log::error("hub_error", json!({ "code": e.code(), "message": e.to_string() }));
+        }
+        self.joined_count(&channel) as f64
     }
 
     #[wasm_bindgen(js_name = webSocketClose)]

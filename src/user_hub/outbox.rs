@@ -16,51 +16,39 @@
 //! refused with `backlog_full`, and connection events are merged into one `connection.coalesced`
 //! event (counts, and the connections open after the last of them) instead of growing the queue.
 //!
+//! With `PRESENCE_WEBHOOKS=on` the outbox also holds the user's online/offline events (ids
+//! `evs_…`, see `presence.rs`): their delivery is the hop to the user's event shard
+//! (`hop::events`), which batches them with other users' events; a failed hand-off is retried like
+//! a failed request. The sending and the in-order drain are shared with the event shards
+//! (`runtime::webhook`).
+//!
 //! The same alarm enforces connection lifetimes (token `exp`, `MAX_CONNECTION_SECONDS`), ends
 //! lingering channel memberships, and deletes history past `HISTORY_SECONDS`: the hub keeps one
 //! alarm at the earliest moment any of them is due. It always re-arms, after an error too.
 
-use super::{UserHub, ValueRow};
+use super::UserHub;
 use crate::core::config::WebhookConfig;
 use crate::core::error::Error;
 use crate::core::ids;
 use crate::core::protocol::rfc3339;
-use crate::core::webhook::{self, Delivery};
+use crate::core::webhook;
+use crate::hop;
 use crate::runtime::log;
-use futures_util::future::{select, Either};
+use crate::runtime::webhook::{Failure, Queue, Target};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::time::Duration;
-use worker::{AbortController, Date, Delay, Fetch, Headers, Method, Request, RequestInit};
+use worker::Date;
 
 /// Events sent per alarm run at most; a longer backlog continues from the next alarm at once.
 const MAX_EVENTS_PER_RUN: usize = 200;
 /// Event ids of coalesced rows start with this, so the tail row can be recognised.
 const COALESCED_PREFIX: &str = "evc_";
+/// Event ids of rows that go to the user's event shard (`hop::events`) instead of `WEBHOOK_URL`:
+/// the online/offline events of `PRESENCE_WEBHOOKS=on`, batched there with other users' events.
+pub(crate) const SHARD_PREFIX: &str = "evs_";
 /// First retry delay after an alarm run failed; doubles per consecutive failure, up to a minute.
 const ALARM_RETRY_MS: i64 = 1_000;
 const ALARM_RETRY_MAX_MS: i64 = 60_000;
-
-#[derive(Deserialize)]
-struct OutboxRow {
-    id: i64,
-    event_id: String,
-    body: String,
-    created: i64,
-    attempts: i64,
-    next_at: i64,
-}
-
-#[derive(Deserialize)]
-struct NextRow {
-    next_at: i64,
-}
-
-#[derive(Deserialize)]
-struct SpanRow {
-    lo: Option<i64>,
-    hi: Option<i64>,
-}
 
 #[derive(Deserialize)]
 struct TailRow {
@@ -80,32 +68,46 @@ pub(crate) enum Enqueued {
     Full,
 }
 
-/// Why an attempt did not deliver: the HTTP status when there was an answer.
-struct Failure {
-    status: Option<u16>,
-    reason: String,
-}
-
 impl UserHub {
-    /// How many events wait in the outbox. Rows are only ever deleted from the head (oldest first)
-    /// and ids are never reused, so the ids are contiguous and the count is read from the primary
-    /// key's two ends, not by scanning (rows read are billed).
+    /// The outbox as the shared webhook queue (`runtime::webhook`), batching as `hook` says.
+    fn outbox(&self, batch_max: usize) -> Queue<'_> {
+        Queue {
+            sql: self.state.storage().sql(),
+            sending: &self.outbox_sending,
+            solo: &self.outbox_solo,
+            batch_max,
+            always_batch: false,
+            max_events: MAX_EVENTS_PER_RUN,
+            until_id: i64::MAX,
+            context: json!({}),
+        }
+    }
+
+    /// How many events wait in the outbox (read from the primary key's two ends, not by scanning).
     pub(crate) fn outbox_len(&self) -> Result<u64, Error> {
-        let span =
-            self.sql_exec("SELECT min(id) AS lo, max(id) AS hi FROM outbox", Vec::new())?.to_array::<SpanRow>()?;
-        Ok(match span.first() {
-            Some(SpanRow { lo: Some(lo), hi: Some(hi) }) => (hi - lo + 1).max(0) as u64,
-            _ => 0,
-        })
+        self.outbox(1).len()
     }
 
     /// Webhook events dropped by this hub so far (permanent refusals and events past their age).
     pub(crate) fn webhooks_dropped(&self) -> Result<i64, Error> {
-        Ok(self
-            .sql_exec("SELECT value FROM meta WHERE key = 'webhook_dropped'", Vec::new())?
-            .to_array::<ValueRow>()?
-            .first()
-            .map_or(0, |r| r.value))
+        self.outbox(1).dropped()
+    }
+
+    /// Queues an event for the user's event shard (`PRESENCE_WEBHOOKS=on`): stored in the outbox
+    /// like any event (so it survives eviction and is retried), and handed to the shard by the
+    /// alarm. Not held to `WEBHOOK_MAX_BACKLOG`: online and offline alternate, and an offline
+    /// waits `USER_OFFLINE_DEBOUNCE_SECONDS` after the last close, so they add at most two
+    /// events per debounce window, and dropping one would leave the backend's view wrong for good.
+    pub(crate) async fn enqueue_shard_event(&self, kind: &str, user_id: &str, data: Value) -> Result<(), Error> {
+        let now = Date::now().as_millis() as i64;
+        let event_id = format!("{SHARD_PREFIX}{}", ids::uuid_v4().replace('-', ""));
+        let body = webhook::event(&event_id, kind, user_id, &rfc3339(now as u64), data);
+        self.sql_exec(
+            "INSERT INTO outbox (event_id, body, created, attempts, next_at) VALUES (?, ?, ?, 0, ?)",
+            vec![event_id.into(), body.into(), now.into(), now.into()],
+        )?;
+        log::info("presence_event", json!({ "userId": user_id, "type": kind }));
+        self.schedule_alarm(Some(now), false).await
     }
 
     /// Queues a webhook event (when webhooks are configured) and makes sure the alarm will send it.
@@ -176,20 +178,20 @@ impl UserHub {
         // With webhooks off the queue is left alone (it is sent if they are switched on again):
         // scheduling for it would fire at once, find nothing to do, and loop.
         let outbox_next = match config.webhook {
-            Some(_) => self
-                .state
-                .storage()
-                .sql()
-                .exec("SELECT next_at FROM outbox ORDER BY id LIMIT 1", None)?
-                .to_array::<NextRow>()?
-                .first()
-                .map(|r| r.next_at),
+            Some(_) => self.outbox(1).next_at()?,
             None => None,
         };
-        let due = [hint, outbox_next, self.next_deadline(), self.next_linger_end()?, self.next_history_expiry(&config)]
-            .into_iter()
-            .flatten()
-            .min();
+        let due = [
+            hint,
+            outbox_next,
+            self.next_deadline(),
+            self.next_linger_end()?,
+            self.next_history_expiry(&config),
+            self.next_offline_due(&config)?,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let Some(due) = due else { return Ok(()) };
         self.set_alarm_at(due, rearm).await
     }
@@ -198,6 +200,11 @@ impl UserHub {
     async fn set_alarm_at(&self, due: i64, rearm: bool) -> Result<(), Error> {
         let storage = self.state.storage();
         if !rearm {
+            // Set by this object and not run yet: no need to ask storage (a connect used to pay a
+            // `getAlarm` round trip every time).
+            if self.alarm_set_at.get().is_some_and(|at| at <= due) {
+                return Ok(());
+            }
             if let Some(current) = storage.get_alarm().await? {
                 if current <= due {
                     return Ok(());
@@ -206,6 +213,7 @@ impl UserHub {
         }
         let at = js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(due as f64));
         storage.set_alarm(worker::ScheduledTime::new(at)).await?;
+        self.alarm_set_at.set(Some(due));
         log::info("alarm_set", json!({ "at": due, "inMs": due - Date::now().as_millis() as i64 }));
         Ok(())
     }
@@ -246,141 +254,42 @@ impl UserHub {
         self.enforce_lifetimes().await;
         self.end_lingering().await?;
         self.trim_history_by_age(&config)?;
+        // Before the drain, so an offline event that falls due now goes out in this run.
+        self.offline_when_due(&config).await?;
         if let Some(hook) = &config.webhook {
             self.drain_outbox(hook).await?;
         }
         Ok(())
     }
 
+    /// Sends due events: to `WEBHOOK_URL` (one by one, or in batches of `WEBHOOK_BATCH_MAX`), and
+    /// the online/offline events to the user's event shard, in one hop per run of them.
     async fn drain_outbox(&self, hook: &WebhookConfig) -> Result<(), Error> {
-        let mut sent = 0;
-        while sent < MAX_EVENTS_PER_RUN {
-            // After a refused batch, events go one by one until the refused one is found.
-            let limit = if self.outbox_solo.get() > 0 { 1 } else { hook.batch_max };
-            let rows = self
-                .sql_exec(
-                    "SELECT id, event_id, body, created, attempts, next_at FROM outbox ORDER BY id LIMIT ?",
-                    vec![(limit as i64).into()],
-                )?
-                .to_array::<OutboxRow>()?;
-            let Some(head) = rows.first() else { return Ok(()) };
-            let now = Date::now().as_millis() as i64;
-            let too_old = |r: &OutboxRow| r.created < now - (hook.max_age_seconds as i64) * 1000;
-            if too_old(head) {
-                self.drop_event(head, None, "older than WEBHOOK_MAX_AGE_SECONDS")?;
-                continue;
-            }
-            if head.next_at > now {
-                return Ok(()); // not due yet; in order, so nothing after it is sent either
-            }
-            let batch: Vec<&OutboxRow> = rows.iter().take_while(|r| !too_old(r)).collect();
-            let last = batch.last().map_or(head.id, |r| r.id);
-            let (webhook_id, body, content_type) = if hook.batch_max == 1 {
-                (head.event_id.clone(), head.body.clone(), webhook::CONTENT_TYPE)
+        let config = self.config()?;
+        let target = |r: &crate::runtime::webhook::Row| {
+            if r.event_id.starts_with(SHARD_PREFIX) {
+                Target::Hop
             } else {
-                let body = webhook::batch_body(batch.iter().map(|r| r.body.as_str()));
-                (webhook::batch_id(&head.event_id, batch.len()), body, webhook::BATCH_CONTENT_TYPE)
-            };
-            let started = Date::now().as_millis();
-            self.outbox_sending.set(last);
-            let outcome = send(hook, &webhook_id, &body, content_type).await;
-            self.outbox_sending.set(0);
-            let ms = Date::now().as_millis().saturating_sub(started);
-            let failure = match outcome {
-                Ok(status) => {
-                    self.sql_exec("DELETE FROM outbox WHERE id >= ? AND id <= ?", vec![head.id.into(), last.into()])?;
-                    log::info(
-                        "webhook",
-                        json!({ "eventId": head.event_id, "webhookId": webhook_id, "events": batch.len(), "status": status, "attempt": head.attempts + 1, "ms": ms }),
-                    );
-                    sent += batch.len();
-                    self.outbox_solo.set(self.outbox_solo.get().saturating_sub(batch.len()));
-                    continue;
-                }
-                Err(f) => f,
-            };
-            if failure.status.is_some_and(|s| webhook::classify(s) == Delivery::Permanent) {
-                if batch.len() > 1 {
-                    log::error(
-                        "webhook_refused",
-                        json!({ "webhookId": webhook_id, "events": batch.len(), "reason": failure.reason, "then": "one event at a time" }),
-                    );
-                    self.outbox_solo.set(batch.len());
-                    continue;
-                }
-                self.drop_event(head, failure.status, &format!("permanent refusal ({})", failure.reason))?;
-                self.outbox_solo.set(self.outbox_solo.get().saturating_sub(1));
-                sent += 1;
-                continue;
+                Target::Webhook
             }
-            let attempts = head.attempts + 1;
-            let jitter = f64::from(ids::random_u32()) / f64::from(u32::MAX);
-            let delay = webhook::backoff_ms(attempts as u32, hook.retry_base_ms, hook.retry_max_ms, jitter);
-            let next_at = Date::now().as_millis() as i64 + delay as i64;
-            self.sql_exec(
-                "UPDATE outbox SET attempts = ?, next_at = ? WHERE id = ?",
-                vec![attempts.into(), next_at.into(), head.id.into()],
-            )?;
-            log::error(
-                "webhook_failed",
-                json!({ "eventId": head.event_id, "webhookId": webhook_id, "events": batch.len(), "attempt": attempts, "reason": failure.reason, "retryInMs": delay, "ms": ms }),
-            );
-            return Ok(());
-        }
+        };
+        let hand_off =
+            |bodies: Vec<String>| -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Failure>> + '_>> {
+                let env = &self.env;
+                let config = &config;
+                Box::pin(async move {
+                    // The shard is the user's (the subject of the events): one user's events keep their order.
+                    let subject = serde_json::from_str::<Value>(bodies.first().map_or("null", String::as_str))
+                        .ok()
+                        .and_then(|e| e["subject"].as_str().map(str::to_string))
+                        .unwrap_or_default();
+                    let shards = config.presence_webhooks.clone().unwrap_or_default().shards;
+                    hop::events::send_bodies(env, webhook::shard_of(&subject, shards), &bodies)
+                        .await
+                        .map_err(|e| Failure::retry(e.to_string()))
+                })
+            };
+        self.outbox(hook.batch_max).drain(hook, &target, &hand_off).await?;
         Ok(())
     }
-
-    /// Drops the head event for good: deleted, counted, and logged with what identifies it (the log
-    /// line is the dead letter; the event's body stays out of the log).
-    fn drop_event(&self, row: &OutboxRow, status: Option<u16>, reason: &str) -> Result<(), Error> {
-        self.sql_exec("DELETE FROM outbox WHERE id = ?", vec![row.id.into()])?;
-        self.sql_exec(
-            "INSERT INTO meta (key, value) VALUES ('webhook_dropped', 1) ON CONFLICT(key) DO UPDATE SET value = value + 1",
-            Vec::new(),
-        )?;
-        let event: Value = serde_json::from_str(&row.body).unwrap_or_default();
-        log::error(
-            "webhook_dropped",
-            json!({
-                "eventId": row.event_id, "type": event["type"], "userId": event["subject"], "status": status,
-                "attempts": row.attempts + 1, "reason": reason, "dropped": self.webhooks_dropped()?,
-            }),
-        );
-        Ok(())
-    }
-}
-
-/// One signed attempt. `Ok(status)` on a 2xx.
-async fn send(hook: &WebhookConfig, webhook_id: &str, body: &str, content_type: &str) -> Result<u16, Failure> {
-    let fail = |reason: String| Failure { status: None, reason };
-    let timestamp = (Date::now().as_millis() / 1000) as i64;
-    let headers = Headers::new();
-    let set = |k: &str, v: &str| headers.set(k, v).map_err(|e| fail(e.to_string()));
-    set("content-type", content_type)?;
-    set("webhook-id", webhook_id)?;
-    set("webhook-timestamp", &timestamp.to_string())?;
-    set("webhook-signature", &webhook::sign(&hook.secret, webhook_id, timestamp, body))?;
-    set("user-agent", "switchboard-webhooks/1")?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post).with_headers(headers).with_body(Some(body.into()));
-    let req = Request::new_with_init(&hook.url, &init).map_err(|e| fail(e.to_string()))?;
-    let controller = AbortController::default();
-    let signal = controller.signal();
-    let fetch = Fetch::Request(req);
-    let outcome = {
-        let attempt = Box::pin(fetch.send_with_signal(&signal));
-        let timeout = Delay::from(Duration::from_millis(hook.timeout_ms));
-        match select(attempt, timeout).await {
-            Either::Left((Ok(res), _)) if (200..300).contains(&res.status_code()) => Ok(res.status_code()),
-            Either::Left((Ok(res), _)) => {
-                Err(Failure { status: Some(res.status_code()), reason: format!("HTTP {}", res.status_code()) })
-            }
-            Either::Left((Err(e), _)) => Err(fail(format!("network error: {e}"))),
-            Either::Right(_) => Err(fail(format!("no answer within {} ms", hook.timeout_ms))),
-        }
-    };
-    if outcome.as_ref().is_err_and(|e| e.status.is_none() && e.reason.starts_with("no answer")) {
-        controller.abort();
-    }
-    outcome
 }

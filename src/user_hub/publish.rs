@@ -10,14 +10,12 @@ use crate::core::filter::EnvelopeView;
 use crate::core::ids;
 use crate::core::protocol::{self, rfc3339, AckOut, PublishResponse, Transport};
 use crate::hop::wire::PublishMeta;
-use crate::runtime::js::send_shared;
+use crate::runtime::js::{self, send_shared};
 use crate::runtime::{http, log};
-use futures_util::future::{select, Either};
 use serde::Deserialize;
 use serde_json::json;
 use std::cell::OnceCell;
-use std::time::Duration;
-use worker::{Date, Delay, Request, Response};
+use worker::{Request, Response};
 
 /// How long past `ACK_TIMEOUT_MAX_MS` an unanswered idempotency row counts as a publish that died.
 const STALE_GRACE_MS: i64 = 2_000;
@@ -29,6 +27,17 @@ struct IdempotencyRow {
     at: i64,
     body_hash: String,
     response: Option<String>,
+}
+
+impl super::Inner {
+    /// The ack timer's callback: ends every wait past its deadline and re-arms for the next one.
+    pub(super) fn expire_acks(&self) {
+        let now = js::now_ms() as f64;
+        // A timeout may fire a hair early by the runtime's clock: within a millisecond counts.
+        if let Some(next) = self.acks.borrow_mut().expire(now + 1.0) {
+            self.ack_timer.arm_by(next, now);
+        }
+    }
 }
 
 impl UserHub {
@@ -46,7 +55,7 @@ impl UserHub {
     ) -> Result<String, Error> {
         let config = self.config()?;
         self.ensure_loaded()?;
-        let started = Date::now().as_millis();
+        let started = js::now_ms();
         let now_ms = started as i64;
         // The key first: a retry is answered as the first publish was, even when its connection
         // has closed or the user has left the channel since.
@@ -154,12 +163,17 @@ impl UserHub {
         let collector = if expected.is_empty() || timeout_ms == 0 {
             Collector::new(expected)
         } else {
-            let done = self.acks.borrow_mut().register(&envelope_id, expected);
-            let timeout = Delay::from(Duration::from_millis(timeout_ms));
-            if let Either::Right(_) = select(done, timeout).await {
-                // Timed out: whatever arrived is returned below.
+            let now = js::now_ms() as f64;
+            let deadline = now + timeout_ms as f64;
+            let done = self.acks.borrow_mut().register(&envelope_id, expected, deadline);
+            self.ack_timer.arm_by(deadline, now);
+            // Complete, or expired by the timer (`expire_acks`): whatever arrived is returned below.
+            let _ = done.await;
+            let collector = self.acks.borrow_mut().finish(&envelope_id).unwrap_or_else(|| Collector::new(Vec::new()));
+            if !self.acks.borrow().is_waiting() {
+                self.ack_timer.disarm(); // a pending timeout would keep the hub from hibernating
             }
-            self.acks.borrow_mut().finish(&envelope_id).unwrap_or_else(|| Collector::new(Vec::new()))
+            collector
         };
         let response = PublishResponse {
             envelope_id: &envelope_id,
@@ -173,14 +187,19 @@ impl UserHub {
             joined,
             lingering,
         };
-        log::info(
-            "publish",
-            json!({
-                "userId": p.user_id, "envelopeId": envelope_id, "seq": seq, "type": p.kind,
-                "clientCount": client_count, "acked": response.acks.len(), "pending": response.pending.len(),
-                "closed": response.closed.len(), "ms": Date::now().as_millis().saturating_sub(started),
-            }),
-        );
+        // A channel's root logs the publish once with its totals; a member's hub adds a line only
+        // when a connection did not ack (a channel of 100,000 is not 100,000 lines).
+        let quiet = p.channel.is_some() && response.pending.is_empty() && response.closed.is_empty();
+        if !quiet {
+            log::info(
+                "publish",
+                json!({
+                    "userId": p.user_id, "envelopeId": envelope_id, "seq": seq, "type": p.kind,
+                    "clientCount": client_count, "acked": response.acks.len(), "pending": response.pending.len(),
+                    "closed": response.closed.len(), "ms": js::now_ms().saturating_sub(started),
+                }),
+            );
+        }
         let body = serde_json::to_string(&response).map_err(|e| Error::Internal(e.to_string()))?;
         if let Some(key) = &idempotency_key {
             // Kept so a retry gets the same answer, acks included; trimmed when large (a SQLite value

@@ -54,7 +54,17 @@ impl UserHub {
     /// anything live can reach it.
     pub(super) async fn accept(&self, connect: Connect) -> Result<Response, Error> {
         let config = self.config()?;
-        let Connect { user_id, expires_at_ms, transport, filters, since, channels, publish_channels, ticket } = connect;
+        let Connect {
+            user_id,
+            expires_at_ms,
+            transport,
+            filters,
+            since,
+            channels,
+            publish_channels,
+            mut presence,
+            ticket,
+        } = connect;
         let mut expires_at = expires_at_ms.map(|e| e as f64);
         let mut grants = ChannelGrants { join: channels, publish: publish_channels };
         self.ensure_loaded()?;
@@ -70,6 +80,7 @@ impl UserHub {
             expires_at = stored.expires_at_ms.map(|e| e as f64);
             if transport == Transport::WebSocket {
                 grants = ChannelGrants { join: stored.channels, publish: stored.publish_channels };
+                presence = stored.presence;
             }
         }
 
@@ -81,6 +92,14 @@ impl UserHub {
             self.sql_exec(
                 "INSERT INTO grants (conn_id, join_grants, publish_grants) VALUES (?, ?, ?)",
                 vec![id.clone().into(), grants.join.to_text().into(), grants.publish.to_text().into()],
+            )?;
+        }
+        // Only a connection that may join channels needs its presence data.
+        let presence = presence.filter(|_| !grants.join.is_empty());
+        if let Some(data) = &presence {
+            self.sql_exec(
+                "INSERT INTO conn_presence (conn_id, data) VALUES (?, ?)",
+                vec![id.clone().into(), data.clone().into()],
             )?;
         }
         self.state.accept_websocket_with_tags(&pair.server, &[id.as_str()]);
@@ -98,6 +117,9 @@ impl UserHub {
             channels: Vec::new(),
             joining: Vec::new(),
             grants: std::rc::Rc::new(grants),
+            watching: Vec::new(),
+            held: Vec::new(),
+            presence: presence.map(|d| std::rc::Rc::from(d.as_str())),
         };
         conn.ws.serialize_attachment(Attachment::of(&conn))?;
         conn.send(&protocol::welcome_frame(&id, &user_id, accepted_seq), None);
@@ -114,6 +136,9 @@ impl UserHub {
         );
         let data = json!({ "connectionId": id, "transport": transport.name(), "connectedAt": rfc3339(now as u64) });
         let mut stored = self.enqueue_event(webhook::CONNECTION_OPENED, &user_id, data).await.map(|_| ());
+        if stored.is_ok() {
+            stored = self.online_opened(&id, transport).await;
+        }
         if let (Ok(()), Some(d)) = (&stored, deadline) {
             stored = self.schedule_alarm(Some(d.ceil() as i64), false).await;
         }
@@ -122,6 +147,7 @@ impl UserHub {
             // MAX_CONNECTIONS_PER_USER and is never closed at its deadline.
             if let Some(conn) = self.forget(&id) {
                 let _ = conn.ws.close(Some(1011), Some("could not be set up; reconnect"));
+                self.online_closed().await;
             }
             return Err(e);
         }
@@ -252,7 +278,9 @@ impl UserHub {
         };
         match protocol::parse_client_frame(&text) {
             Ok(ClientFrame::Message { data, id: frame_id }) => self.upstream(ws, &id, data, frame_id).await,
-            Ok(ClientFrame::Join { channel, id: frame_id }) => self.join(ws, &id, channel, frame_id).await,
+            Ok(ClientFrame::Join { channel, presence, id: frame_id }) => {
+                self.join(ws, &id, channel, presence, frame_id).await
+            }
             Ok(ClientFrame::Leave { channel, id: frame_id }) => self.leave(ws, &id, &channel, frame_id).await,
             Ok(ClientFrame::Publish { channel, kind, payload, timeout_ms, id: frame_id }) => {
                 let publish = ClientPublish { channel, kind, payload, timeout_ms };
@@ -407,6 +435,7 @@ impl UserHub {
             json!({ "userId": conn.user_id, "connectionId": id, "code": code, "reason": reason, "by": by }),
         );
         self.report_close(&conn, id, code, reason, by).await;
+        self.online_closed().await;
     }
 
     async fn report_close(&self, conn: &Conn, id: &str, code: u16, reason: &str, by: &str) {
@@ -434,6 +463,7 @@ impl UserHub {
             json!({ "userId": conn.user_id, "connectionId": id, "code": code, "reason": reason, "clean": was_clean, "by": "client" }),
         );
         self.report_close(&conn, &id, code.min(u16::MAX as usize) as u16, reason, "client").await;
+        self.online_closed().await;
     }
 
     pub(crate) async fn on_error(&self, ws: &WebSocket, error: &str) {
@@ -444,5 +474,6 @@ impl UserHub {
         self.left_channels(&conn, true).await;
         log::error("socket_error", json!({ "connectionId": id, "message": error }));
         self.report_close(&conn, &id, 1011, "socket error", "error").await;
+        self.online_closed().await;
     }
 }

@@ -37,6 +37,14 @@ pub(crate) struct Conn {
     /// cancels the join (memory only: a join in flight does not outlive the hub).
     pub joining: Vec<String>,
     pub grants: Rc<ChannelGrants>,
+    /// Channels joined with `presence: true`: this connection gets their `presence` frames.
+    pub watching: Vec<String>,
+    /// Channels whose presence join waits for the root's snapshot, with the `presence` frames that
+    /// arrived meanwhile: they are sent after the `ok` (memory only, like `joining`).
+    pub held: Vec<(String, Vec<js_sys::JsString>)>,
+    /// The token's `presence` claim (JSON text): this user's data in a channel this connection is
+    /// the first to join.
+    pub presence: Option<Rc<str>>,
 }
 
 /// When a connection must be closed: the token's `exp` or the end of its fixed lifetime.
@@ -82,6 +90,11 @@ pub struct Attachment {
     /// Channels joined, each with the user's `seq` at the join.
     #[serde(rename = "c", default)]
     pub channels: Vec<(String, u64)>,
+    /// Which of `channels` this connection watches (joined with `presence: true`): bit `i` is
+    /// `channels[i]`. A bit mask, since the attachment holds at most 2 KiB and the names are in it
+    /// already.
+    #[serde(rename = "w", default)]
+    pub watching: u32,
 }
 
 impl Attachment {
@@ -94,7 +107,23 @@ impl Attachment {
             transport: conn.transport.name().to_string(),
             accepted_seq: conn.accepted_seq,
             channels: conn.channels.clone(),
+            watching: conn
+                .channels
+                .iter()
+                .enumerate()
+                .filter(|(_, (c, _))| conn.watching.contains(c))
+                .fold(0, |mask, (i, _)| mask | (1 << i)),
         }
+    }
+
+    /// The channels the mask says this connection watches.
+    pub(super) fn watched(&self) -> Vec<String> {
+        self.channels
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.watching & (1 << i) != 0)
+            .map(|(_, (c, _))| c.clone())
+            .collect()
     }
 }
 
@@ -104,7 +133,7 @@ fn websocket() -> String {
 
 /// A socket's connection id: its tag.
 pub(super) fn conn_id(hub: &UserHub, ws: &WebSocket) -> Option<String> {
-    hub.state.get_tags(ws).into_iter().next()
+    crate::runtime::js::socket_id(ws, || hub.state.get_tags(ws).into_iter().next())
 }
 
 #[derive(Deserialize)]
@@ -169,16 +198,30 @@ impl UserHub {
                 (r.conn_id, Rc::new(g))
             })
             .collect();
+        // Read as plain values, not deserialised (a serde visitor per row type costs wasm size).
+        let mut presence: HashMap<String, Rc<str>> = HashMap::new();
+        for row in sql.exec("SELECT conn_id, data FROM conn_presence", None)?.raw() {
+            if let [worker::SqlStorageValue::String(id), worker::SqlStorageValue::String(data)] = row?.as_slice() {
+                presence.insert(id.clone(), Rc::from(data.as_str()));
+            }
+        }
         let now = Date::now().as_millis() as f64;
         let mut conns = HashMap::new();
         for ws in self.state.get_websockets() {
-            let Some(id) = self.state.get_tags(&ws).into_iter().next() else { continue };
+            let Some(id) = crate::runtime::js::socket_id(&ws, || self.state.get_tags(&ws).into_iter().next()) else {
+                continue;
+            };
             let Some(a) = ws.deserialize_attachment::<Attachment>().ok().flatten() else { continue };
             let filters = stored.remove(&id).map(|t| FilterSet::from_json(&t)).unwrap_or_default();
             let conn_grants = grants.remove(&id).unwrap_or_default();
+            let watching = a.watched();
+            let data = presence.remove(&id);
             conns.insert(
                 id,
                 Conn {
+                    watching,
+                    held: Vec::new(),
+                    presence: data,
                     channels: a.channels,
                     joining: Vec::new(),
                     grants: conn_grants,
@@ -200,10 +243,14 @@ impl UserHub {
         for orphan in grants.keys() {
             sql.exec("DELETE FROM grants WHERE conn_id = ?", vec![orphan.clone().into()])?;
         }
+        for orphan in presence.keys() {
+            sql.exec("DELETE FROM conn_presence WHERE conn_id = ?", vec![orphan.clone().into()])?;
+        }
         self.seq.set(seq);
         self.oldest.set(oldest);
         log::info("hub_loaded", json!({ "connections": conns.len(), "seq": seq }));
         *self.conns.borrow_mut() = Some(conns);
+        self.online_after_load();
         Ok(())
     }
 
@@ -224,6 +271,9 @@ impl UserHub {
             let mut statements = vec!["DELETE FROM subscriptions WHERE conn_id = ?"];
             if !conn.grants.is_empty() {
                 statements.push("DELETE FROM grants WHERE conn_id = ?");
+            }
+            if conn.presence.is_some() {
+                statements.push("DELETE FROM conn_presence WHERE conn_id = ?");
             }
             for statement in statements {
                 if let Err(e) = self.sql().exec(statement, vec![id.to_string().into()]) {

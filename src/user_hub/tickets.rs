@@ -28,6 +28,7 @@ impl UserHub {
         self.ensure_loaded()?;
         let now = Date::now().as_millis() as i64;
         self.sql_exec("DELETE FROM tickets WHERE expires_at <= ?", vec![now.into()])?;
+        self.sql_exec("DELETE FROM ticket_presence WHERE hash NOT IN (SELECT hash FROM tickets)", Vec::new())?;
         let live = self
             .sql_exec("SELECT count(*) AS value FROM tickets", Vec::new())?
             .to_array::<ValueRow>()?
@@ -43,13 +44,19 @@ impl UserHub {
         self.sql_exec(
             "INSERT INTO tickets (hash, expires_at, exp, join_grants, publish_grants) VALUES (?, ?, ?, ?, ?)",
             vec![
-                ticket.hash.into(),
+                ticket.hash.clone().into(),
                 expires_at.into(),
                 ticket.expires_at_ms.into(),
                 ticket.channels.to_text().into(),
                 ticket.publish_channels.to_text().into(),
             ],
         )?;
+        if let Some(data) = ticket.presence {
+            self.sql_exec(
+                "INSERT INTO ticket_presence (hash, data) VALUES (?, ?)",
+                vec![ticket.hash.into(), data.into()],
+            )?;
+        }
         Ok(http::json(200, json!({ "expiresIn": config.ticket_seconds }).to_string(), None)?)
     }
 
@@ -70,6 +77,17 @@ impl UserHub {
             ));
         };
         self.sql_exec("DELETE FROM tickets WHERE hash = ?", vec![hash.to_string().into()])?;
+        let presence = match self
+            .sql_exec("SELECT data FROM ticket_presence WHERE hash = ?", vec![hash.to_string().into()])?
+            .raw()
+            .next()
+            .transpose()?
+            .as_deref()
+        {
+            Some([worker::SqlStorageValue::String(data)]) => Some(data.clone()),
+            _ => None,
+        };
+        self.sql_exec("DELETE FROM ticket_presence WHERE hash = ?", vec![hash.to_string().into()])?;
         if row.expires_at <= Date::now().as_millis() as i64 {
             return Err(Error::InvalidTicket("the connect ticket has expired: ask POST /tickets for a new one".into()));
         }
@@ -78,6 +96,7 @@ impl UserHub {
             expires_at_ms: row.exp,
             channels: crate::core::channel::Grants::from_text(&row.join_grants),
             publish_channels: crate::core::channel::Grants::from_text(&row.publish_grants),
+            presence,
         })
     }
 }

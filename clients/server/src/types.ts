@@ -248,5 +248,40 @@ export type ConnectionCoalescedEvent = CloudEvent<
     lastAt: string;
   }
 >;
+/** `PRESENCE_WEBHOOKS=on`: the user's first connection opened and the user was not online already. */
+export type UserOnlineEvent = CloudEvent<
+  "switchboard.user.online.v1",
+  { connectionId: string; transport: "websocket" | "sse"; at: string }
+>;
+/** `PRESENCE_WEBHOOKS=on`: the user's last connection closed and none opened within `USER_OFFLINE_DEBOUNCE_SECONDS`. */
+export type UserOfflineEvent = CloudEvent<
+  "switchboard.user.offline.v1",
+  {
+    /** When the last connection closed (after a crash: when the hub noticed). */
+    at: string;
+    /** The `at` of the online this offline ends. */
+    onlineAt: string;
+  }
+>;
+/** Why a channel member event happened: `join` for joined; `leave`, `linger`, `kick` or `pruned` for left. */
+export type ChannelMemberReason = "join" | "leave" | "linger" | "kick" | "pruned";
+/** `PRESENCE_WEBHOOKS=on`: a user became a member of a channel. */
+export type ChannelMemberJoinedEvent = CloudEvent<
+  "switchboard.channel.member.joined.v1",
+  { channel: string; userId: string; data?: Json; reason: ChannelMemberReason }
+>;
+/** `PRESENCE_WEBHOOKS=on`: a user stopped being a member of a channel. */
+export type ChannelMemberLeftEvent = CloudEvent<
+  "switchboard.channel.member.left.v1",
+  { channel: string; userId: string; data?: Json; reason: ChannelMemberReason }
+>;
 /** Every event a Switchboard webhook delivers; narrow on `type`. */
-export type SwitchboardEvent = ConnectionOpenedEvent | ConnectionClosedEvent | ClientMessageEvent | ConnectionCoalescedEvent;
+export type SwitchboardEvent =
+  | ConnectionOpenedEvent
+  | ConnectionClosedEvent
+  | ClientMessageEvent
+  | ConnectionCoalescedEvent
+  | UserOnlineEvent
+  | UserOfflineEvent
+  | ChannelMemberJoinedEvent
+  | ChannelMemberLeftEvent;

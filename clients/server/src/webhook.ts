@@ -49,17 +49,45 @@ function verifier(secret: string): Webhook {
  * ```
  */
 export function verifyWebhook(secret: string, body: string, headers: HeaderSource): SwitchboardEvent {
+  const event = verified(secret, body, headers);
+  if (!isEvent(event)) throw new WebhookVerificationError("webhook refused: the body is not a Switchboard CloudEvent");
+  return event;
+}
+
+/**
+ * `verifyWebhook` for an endpoint that may get CloudEvents JSON batches (`WEBHOOK_BATCH_MAX` > 1, and
+ * always with `PRESENCE_WEBHOOKS=on`): verifies the request and returns its events, oldest first, one
+ * for a single structured event. Deduplicate on each event's `id`.
+ *
+ * ```ts
+ * for (const event of verifyWebhookEvents(process.env.WEBHOOK_SECRET, rawBody, req.headers)) {
+ *   if (event.type === "switchboard.user.offline.v1") markOffline(event.subject, event.data.at);
+ * }
+ * ```
+ */
+export function verifyWebhookEvents(secret: string, body: string, headers: HeaderSource): SwitchboardEvent[] {
+  const parsed = verified(secret, body, headers);
+  const events: unknown[] = Array.isArray(parsed) ? parsed : [parsed];
+  if (!events.every(isEvent)) {
+    throw new WebhookVerificationError("webhook refused: the body is not a Switchboard CloudEvent or batch of them");
+  }
+  return events as SwitchboardEvent[];
+}
+
+/** `verifyWebhookEvents` for fetch-style handlers. */
+export async function verifyWebhookEventsRequest(secret: string, request: Request): Promise<SwitchboardEvent[]> {
+  return verifyWebhookEvents(secret, await request.text(), request.headers);
+}
+
+function verified(secret: string, body: string, headers: HeaderSource): unknown {
   const wh = verifier(secret);
-  let event: unknown;
   try {
-    event = wh.verify(body, pick(headers));
+    return wh.verify(body, pick(headers));
   } catch (e) {
     if (e instanceof WebhookVerificationError) throw e;
     const why = e instanceof StandardError || e instanceof Error ? e.message : String(e);
     throw new WebhookVerificationError(`webhook refused: ${why}`, { cause: e });
   }
-  if (!isEvent(event)) throw new WebhookVerificationError("webhook refused: the body is not a Switchboard CloudEvent");
-  return event;
 }
 
 /** `verifyWebhook` for fetch-style handlers (Workers, Deno, Bun, Hono, Next.js route handlers). */

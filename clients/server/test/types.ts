@@ -1,6 +1,6 @@
 // Type-level tests, compiled (not run) by build.mjs: the publish overloads give each target its answer
 // type, and misuse does not compile (each @ts-expect-error must be an error, or the build fails).
-import { Switchboard, isFailure, mintToken, verifyWebhook, type SwitchboardEvent } from "../dist/index.js";
+import { Switchboard, isFailure, mintToken, verifyWebhook, verifyWebhookEvents, type SwitchboardEvent } from "../dist/index.js";
 
 declare const sb: Switchboard;
 export async function check(): Promise<void> {
@@ -35,6 +35,17 @@ export async function check(): Promise<void> {
   if (event.type === "switchboard.client.message.v1") {
     // @ts-expect-error only closed events have a close code
     console.log(event.data.code);
+  }
+  for (const e of verifyWebhookEvents("s", "[]", new Headers())) {
+    if (e.type === "switchboard.user.offline.v1") {
+      const onlineAt: string = e.data.onlineAt;
+      console.log(onlineAt);
+    }
+    if (e.type === "switchboard.channel.member.left.v1") {
+      // @ts-expect-error a member event's reason is one of five
+      const reason: "timeout" = e.data.reason;
+      console.log(reason, e.data.channel);
+    }
   }
   console.log(seq, results, acked, cut, truncated, token);
 }

@@ -30,9 +30,11 @@ pub enum ClientFrame<'a> {
         data: Option<&'a RawValue>,
         id: Option<&'a RawValue>,
     },
-    /// Join a channel (the token's `channels` claim must allow it).
+    /// Join a channel (the token's `channels` claim must allow it); with `presence`, also watch who
+    /// is in it (an `ok` with a snapshot, then `presence` frames).
     Join {
         channel: String,
+        presence: bool,
         id: Option<&'a RawValue>,
     },
     Leave {
@@ -87,6 +89,8 @@ struct RawFrame<'a> {
     payload: Option<&'a RawValue>,
     #[serde(rename = "timeoutMs", default)]
     timeout_ms: Option<Value>,
+    #[serde(default)]
+    presence: Option<Value>,
 }
 
 /// The common ack shape, borrowed straight from the frame: acks arrive once per delivery, so they
@@ -188,7 +192,16 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, FrameError<'_>>
                 _ => return Err(FrameError::new("invalid_channel", format!("`{kind}` needs a string `channel`"), id)),
             };
             match kind {
-                "join" => Ok(ClientFrame::Join { channel, id }),
+                "join" => {
+                    let presence = match raw.presence {
+                        None | Some(Value::Null) => false,
+                        Some(Value::Bool(b)) => b,
+                        Some(_) => {
+                            return Err(FrameError::new("invalid_frame", "`presence` must be true or false", id))
+                        }
+                    };
+                    Ok(ClientFrame::Join { channel, presence, id })
+                }
                 "leave" => Ok(ClientFrame::Leave { channel, id }),
                 _ => {
                     let kind = match raw.event {
@@ -321,9 +334,17 @@ mod tests {
     #[test]
     fn channel_frames_parse_and_bad_ones_say_why() {
         match parse_client_frame(r#"{"type":"join","channel":"room:1","id":3}"#).unwrap() {
-            ClientFrame::Join { channel, id } => assert_eq!((channel.as_str(), id.unwrap().get()), ("room:1", "3")),
+            ClientFrame::Join { channel, presence, id } => {
+                assert_eq!((channel.as_str(), presence, id.unwrap().get()), ("room:1", false, "3"))
+            }
             other => panic!("{other:?}"),
         }
+        assert!(matches!(
+            parse_client_frame(r#"{"type":"join","channel":"c","presence":true}"#).unwrap(),
+            ClientFrame::Join { presence: true, .. }
+        ));
+        let bad = parse_client_frame(r#"{"type":"join","channel":"c","presence":"yes","id":1}"#).unwrap_err();
+        assert_eq!((bad.code, bad.id.unwrap().get()), ("invalid_frame", "1"));
         assert!(matches!(
             parse_client_frame(r#"{"type":"leave","channel":"lobby"}"#).unwrap(),
             ClientFrame::Leave { channel, id: None } if channel == "lobby"

@@ -22,7 +22,7 @@ from ._types import (
     WebhookQueue,
     is_failure,
 )
-from ._webhook import verify_webhook
+from ._webhook import verify_webhook, verify_webhook_events
 
 __all__ = [
     "Ack",
@@ -47,4 +47,5 @@ __all__ = [
     "is_retryable_status",
     "mint_token",
     "verify_webhook",
+    "verify_webhook_events",
 ]

@@ -135,7 +135,9 @@ class MembersPage(TypedDict):
 
 class SwitchboardEvent(TypedDict):
     """A CloudEvent: ``type`` is ``switchboard.connection.opened.v1``, ``switchboard.connection.closed.v1``,
-    ``switchboard.client.message.v1`` or ``switchboard.connection.coalesced.v1``; ``subject`` is the user id;
+    ``switchboard.client.message.v1`` or ``switchboard.connection.coalesced.v1``; with ``PRESENCE_WEBHOOKS=on``
+    also ``switchboard.user.online.v1``, ``switchboard.user.offline.v1``, ``switchboard.channel.member.joined.v1``
+    or ``switchboard.channel.member.left.v1`` (README, "Presence webhooks"); ``subject`` is the user id;
     ``id`` is the same on every retry."""
 
     specversion: Literal["1.0"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, Union, cast
 
 from standardwebhooks.webhooks import Webhook
 
@@ -20,13 +20,7 @@ def _verifier(secret: str) -> Webhook:
     return Webhook(secret) if secret.startswith("whsec_") else Webhook(secret.encode())
 
 
-def verify_webhook(secret: str, body: Union[bytes, str], headers: Mapping[str, Any]) -> SwitchboardEvent:
-    """Verifies a Switchboard webhook request (signature over ``{id}.{timestamp}.{body}``, timestamps more than
-    5 minutes off refused) and returns the CloudEvent. Raises :class:`WebhookVerificationError` otherwise.
-
-    ``body`` must be the raw request body exactly as received; ``headers`` any mapping (case-insensitive
-    lookup, e.g. ``request.headers`` of Flask, Django, Starlette or FastAPI).
-    """
+def _verified(secret: str, body: Union[bytes, str], headers: Mapping[str, Any]) -> Any:
     wh = _verifier(secret)
     lower = {str(k).lower(): v for k, v in headers.items()}
     picked: dict[str, str] = {}
@@ -36,16 +30,42 @@ def verify_webhook(secret: str, body: Union[bytes, str], headers: Mapping[str, A
             raise WebhookVerificationError(f"missing {name} header")
         picked[name] = value if isinstance(value, str) else " ".join(value)
     try:
-        event = wh.verify(body, picked)
+        return wh.verify(body, picked)
     except Exception as e:  # the package raises its own WebhookVerificationError (and ValueError on bad input)
         raise WebhookVerificationError(f"webhook refused: {e}") from e
-    if not (
+
+
+def _is_event(event: Any) -> bool:
+    return (
         isinstance(event, dict)
         and event.get("specversion") == "1.0"
         and isinstance(event.get("id"), str)
         and str(event.get("type", "")).startswith("switchboard.")
         and isinstance(event.get("subject"), str)
         and isinstance(event.get("data"), dict)
-    ):
+    )
+
+
+def verify_webhook(secret: str, body: Union[bytes, str], headers: Mapping[str, Any]) -> SwitchboardEvent:
+    """Verifies a Switchboard webhook request (signature over ``{id}.{timestamp}.{body}``, timestamps more than
+    5 minutes off refused) and returns the CloudEvent. Raises :class:`WebhookVerificationError` otherwise.
+
+    ``body`` must be the raw request body exactly as received; ``headers`` any mapping (case-insensitive
+    lookup, e.g. ``request.headers`` of Flask, Django, Starlette or FastAPI).
+    """
+    event = _verified(secret, body, headers)
+    if not _is_event(event):
         raise WebhookVerificationError("webhook refused: the body is not a Switchboard CloudEvent")
-    return event  # type: ignore[return-value]
+    return cast(SwitchboardEvent, event)
+
+
+def verify_webhook_events(secret: str, body: Union[bytes, str], headers: Mapping[str, Any]) -> list[SwitchboardEvent]:
+    """:func:`verify_webhook` for an endpoint that may get CloudEvents JSON batches (``WEBHOOK_BATCH_MAX`` > 1,
+    and always with ``PRESENCE_WEBHOOKS=on``): returns the request's events, oldest first (one for a single
+    structured event). Deduplicate on each event's ``id``.
+    """
+    parsed = _verified(secret, body, headers)
+    events = parsed if isinstance(parsed, list) else [parsed]
+    if not all(_is_event(e) for e in events):
+        raise WebhookVerificationError("webhook refused: the body is not a Switchboard CloudEvent or batch of them")
+    return cast("list[SwitchboardEvent]", events)
