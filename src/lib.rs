@@ -13,10 +13,11 @@
 //!    wire [`core::protocol`] (client frames, server frames and envelopes, the backend's bodies and
 //!    answers, close codes), [`core::filter`], [`core::auth`] (tokens), [`core::channel`] (names,
 //!    grants, the fan-out tree, aggregates), [`core::acks`], [`core::config`] (every setting),
-//!    [`core::error`], [`core::ratelimit`], [`core::ids`], [`core::query`], [`core::webhook`] and
-//!    [`core::ticket`] (one-time connect tickets).
+//!    [`core::error`], [`core::ratelimit`], [`core::ids`], [`core::query`], [`core::webhook`],
+//!    [`core::ticket`] (one-time connect tickets) and [`core::metrics`] (operator counters).
 //! 2. `runtime`: glue to the Workers runtime that every part shares: JSON responses and CORS, log
-//!    lines, the settings parsed once per isolate, JS strings passed without a copy.
+//!    lines, the settings parsed once per isolate, JS strings passed without a copy, the isolate's
+//!    metrics (`GET /metrics`, Analytics Engine).
 //! 3. [`hop`]: the internal hop, both sides: the Worker to a user's hub or a channel's root, a hub to
 //!    a root, a root to its relays, a relay to users' hubs. [`hop::wire`] is its pure encoding.
 //! 4. The four runtime roles, which never import each other and talk only through the hop:

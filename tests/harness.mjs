@@ -16,9 +16,10 @@ export const BUILD_DIR = process.env.SWITCHBOARD_BUILD_DIR || path.join(ROOT, "b
 /**
  * Starts workerd with the built Worker. `vars` override settings; `JWT_SECRET` defaults to SECRET.
  * `persist`: a directory that keeps Durable Object storage across a stop and a new start (a restart
- * with other settings).
+ * with other settings). `analytics`: binds the `METRICS` Analytics Engine dataset (Miniflare's local
+ * simulator accepts and discards data points).
  */
-export async function startWorker(vars = {}, { persist } = {}) {
+export async function startWorker(vars = {}, { persist, analytics } = {}) {
   const logs = [];
   const bindings = { JWT_SECRET: SECRET, ...vars };
   for (const k of Object.keys(bindings)) if (bindings[k] === undefined) delete bindings[k];
@@ -37,6 +38,7 @@ export async function startWorker(vars = {}, { persist } = {}) {
     },
     bindings,
     ...(persist ? { durableObjectsPersist: persist } : {}),
+    ...(analytics ? { analyticsEngineDatasets: { METRICS: { dataset: "switchboard_metrics" } } } : {}),
     host: "127.0.0.1",
     port: 0,
     handleRuntimeStdio(stdout, stderr) {

@@ -616,6 +616,20 @@ test("the README's error and close-code tables list exactly the codes the specs 
   assert.deepEqual([...closes].sort(), Object.keys(asyncapi.channels.socket["x-close-codes"]).map(Number).sort());
 });
 
+test("/metrics: Prometheus text for the publish scope, the documented refusals otherwise", async () => {
+  const get = (token) => fetch(`${w.url}/metrics`, { headers: token ? { authorization: `Bearer ${token}` } : {} });
+  const ok = await get(publishToken());
+  checkResponse("GET", "/metrics", ok.status, undefined);
+  assert.equal(ok.status, 200);
+  assert.equal(ok.headers.get("content-type"), Object.keys(openapi.paths["/metrics"].get.responses["200"].content)[0]);
+  assert.match(await ok.text(), /^# HELP switchboard_/);
+  for (const [token, status] of [[null, 401], [clientToken(uid()), 403]]) {
+    const res = await get(token);
+    assert.equal(res.status, status);
+    checkResponse("GET", "/metrics", res.status, await res.json());
+  }
+});
+
 test("coverage: every operation of openapi.yaml and every message of asyncapi.yaml was exercised", () => {
   const missingOps = operations().filter((op) => ![...covered.http].some((c) => c.startsWith(`${op} 2`) || c.startsWith(`${op} 1`)));
   assert.deepEqual(missingOps, [], "documented operations never answered with success");

@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod filter;
 pub mod ids;
+pub mod metrics;
 pub mod presence;
 pub mod protocol;
 pub mod query;

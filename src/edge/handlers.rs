@@ -9,7 +9,7 @@ use crate::core::error::Error;
 use crate::core::protocol::{self, Recipients, Transport};
 use crate::hop::wire::{Connect, NewTicket, PublishMeta};
 use crate::hop::{channel, user};
-use crate::runtime::http;
+use crate::runtime::{http, metrics};
 use web_sys::Response;
 use worker::{Env, Method, Request};
 
@@ -44,6 +44,16 @@ fn connect_for(user_id: String, credential: Credential, transport: Transport) ->
 pub(super) async fn connect(req: Request, env: &Env, config: &Config) -> Result<Response, Error> {
     let (credential, user_id) = connect_credential(&req, config)?;
     user::connect(env, &connect_for(user_id, credential, Transport::WebSocket)).await
+}
+
+/// `GET /metrics`: this isolate's counters in the Prometheus text format (`publish` scope). Per
+/// isolate since it started: see `runtime::metrics` and the README's "Metrics".
+pub(super) fn metrics(req: &Request, config: &Config, cors: Option<&str>) -> Result<Response, Error> {
+    authorize_backend(req, config, false)?;
+    let headers = http::json_headers(cors);
+    headers.set("content-type", "text/plain; version=0.0.4; charset=utf-8")?;
+    let body = worker::ResponseBody::Body(metrics::prometheus().into_bytes());
+    Ok(worker::Response::from_body(body)?.with_headers(headers).into())
 }
 
 /// `POST /tickets`: trades a connect token (in the `Authorization` header) for a one-time ticket valid
@@ -174,6 +184,7 @@ pub(super) async fn publish(
     if !identity.can_publish && !matches!(p.recipients, Recipients::One(_)) {
         return Err(scope_needed()); // PUBLISH_AUTH=any-token: one `userId` only
     }
+    metrics::publish(&p.recipients);
     match &p.recipients {
         Recipients::One(user_id) => {
             let meta = PublishMeta::from_request(&p, user_id, &body, idempotency_key.is_some());

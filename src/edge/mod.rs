@@ -13,6 +13,7 @@
 //! | `/users/{userId}/connections/{connectionId}` | DELETE | close one connection (`publish` scope) |
 //! | `/channels/{channel}/members` | GET | a page of a channel's members (`publish` scope) |
 //! | `/channels/{channel}/presence` | GET | a page of a channel's present users, with data and connection counts (`publish` scope) |
+//! | `/metrics` | GET | this isolate's counters in Prometheus text (`publish` scope) |
 //! | `/healthz` | GET, HEAD | liveness, no token |
 //! | any | OPTIONS | CORS preflight |
 
@@ -23,7 +24,7 @@ mod sse;
 
 use crate::core::config::Config;
 use crate::core::error::Error;
-use crate::runtime::{http, log, settings};
+use crate::runtime::{http, log, metrics, settings};
 use serde_json::json;
 use worker::{event, Context, Env, Method, Request};
 
@@ -41,7 +42,13 @@ pub async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<web_
     let cors = config.cors_origins.allow(origin.as_deref());
     let method = req.method();
     let path = req.path();
-    match route(req, &env, &config, cors.as_deref()).await {
+    // The Analytics Engine data point of a publish or a connect (only when `METRICS` is bound).
+    let point = metrics::clock(&env).and_then(|t| metrics::edge_event(&path, is_upgrade(&req)).map(|e| (t, e)));
+    let answer = route(req, &env, &config, cors.as_deref()).await;
+    if let Some((started, (event, label))) = point {
+        metrics::record(&env, Some(started), event, label, answer.as_ref().map_or_else(Error::status, |r| r.status()));
+    }
+    match answer {
         Ok(response) => Ok(response),
         Err(e) => {
             let fields = json!({
@@ -79,6 +86,8 @@ async fn route(req: Request, env: &Env, config: &Config, cors: Option<&str>) -> 
         ("/ack", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "POST, OPTIONS" }),
         ("/tickets", Method::Post) => handlers::issue_ticket(req, env, config, cors).await,
         ("/tickets", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "POST, OPTIONS" }),
+        ("/metrics", Method::Get) => handlers::metrics(&req, config, cors),
+        ("/metrics", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "GET, OPTIONS" }),
         ("/healthz", Method::Get | Method::Head) => Ok(http::respond(200, &r#"{"status":"ok"}"#.into(), cors)),
         ("/healthz", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "GET, HEAD" }),
         (p, m) if p.starts_with("/users/") => handlers::connection_api(req, env, config, cors, m).await,

@@ -225,8 +225,12 @@ impl Queue<'_> {
                         let body = webhook::batch_body(batch.iter().map(|r| r.body.as_str()));
                         (webhook::batch_id(&head.event_id, batch.len()), body, webhook::BATCH_CONTENT_TYPE)
                     };
-                    let outcome = send(hook, &webhook_id, &body, content_type).await.map(Some);
-                    (webhook_id, outcome)
+                    let outcome = send(hook, &webhook_id, &body, content_type).await;
+                    crate::runtime::metrics::webhook_attempt(
+                        outcome.as_ref().map_or_else(|f| f.status, |s| Some(*s)),
+                        is_timeout(&outcome),
+                    );
+                    (webhook_id, outcome.map(Some))
                 }
                 Target::Hop => {
                     let bodies = batch.iter().map(|r| r.body.clone()).collect();
@@ -284,6 +288,7 @@ impl Queue<'_> {
     /// line is the dead letter; the event's body stays out of the log).
     fn drop_event(&self, row: &Row, status: Option<u16>, reason: &str) -> Result<(), Error> {
         self.sql.exec("DELETE FROM outbox WHERE id = ?", vec![row.id.into()])?;
+        crate::runtime::metrics::webhook_dropped();
         self.sql.exec(
             "INSERT INTO meta (key, value) VALUES ('webhook_dropped', 1) ON CONFLICT(key) DO UPDATE SET value = value + 1",
             None,
@@ -313,4 +318,9 @@ impl Queue<'_> {
     fn log_error(&self, event: &str, fields: Value) {
         log::error(event, self.with_context(fields));
     }
+}
+
+/// Whether an attempt failed for want of an answer in time (counted apart from other failures).
+fn is_timeout(outcome: &Result<u16, Failure>) -> bool {
+    outcome.as_ref().is_err_and(|e| e.status.is_none() && e.reason.starts_with("no answer"))
 }

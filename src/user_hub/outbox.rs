@@ -223,6 +223,7 @@ impl UserHub {
     /// Returns an error only when no alarm could be set, so the runtime retries this one.
     pub(crate) async fn run_alarm(&self) -> Result<(), Error> {
         let outcome = self.on_alarm().await;
+        crate::runtime::metrics::flush(&self.env);
         let now = Date::now().as_millis() as i64;
         match outcome {
             Ok(()) => {

@@ -11,7 +11,7 @@ use crate::core::ids;
 use crate::core::protocol::{self, rfc3339, AckOut, PublishResponse, Transport};
 use crate::hop::wire::PublishMeta;
 use crate::runtime::js::{self, send_shared};
-use crate::runtime::{http, log};
+use crate::runtime::{http, log, metrics};
 use serde::Deserialize;
 use serde_json::json;
 use std::cell::OnceCell;
@@ -187,6 +187,8 @@ impl UserHub {
             joined,
             lingering,
         };
+        metrics::delivered(client_count, response.acks.len(), response.pending.len());
+        metrics::flush(&self.env);
         // A channel's root logs the publish once with its totals; a member's hub adds a line only
         // when a connection did not ack (a channel of 100,000 is not 100,000 lines).
         let quiet = p.channel.is_some() && response.pending.is_empty() && response.closed.is_empty();

@@ -11,6 +11,7 @@ pub(super) fn send(ws: &WebSocket, text: &str) {
 }
 
 pub(super) fn send_error(ws: &WebSocket, code: &str, message: &str, id: Option<&RawValue>, skipped: &[Skipped]) {
+    crate::runtime::metrics::rejected(code);
     send(ws, &protocol::error_frame(code, message, id, skipped));
 }
 

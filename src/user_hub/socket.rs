@@ -17,7 +17,7 @@ use crate::core::protocol::{
 use crate::core::ratelimit::TokenBucket;
 use crate::core::{ids, webhook};
 use crate::hop::wire::Connect;
-use crate::runtime::log;
+use crate::runtime::{log, metrics};
 use serde_json::json;
 use serde_json::value::RawValue;
 use worker::{Date, Response, WebSocket, WebSocketIncomingMessage, WebSocketPair};
@@ -157,6 +157,8 @@ impl UserHub {
             // gets the next page. The frames already sent go out before the close.
             self.close_by_server(&id, 1000, "replay continues: reconnect", "replay").await;
         }
+        metrics::connect(transport);
+        metrics::flush(&self.env);
         Ok(Response::from_websocket(pair.client)?)
     }
 
@@ -315,6 +317,7 @@ impl UserHub {
         let parsed = match filter::parse_list(list) {
             Ok(p) => p,
             Err(message) => {
+                metrics::rejected("invalid_frame");
                 reply(&protocol::error_frame("invalid_frame", &message, frame_id, &[]));
                 return false;
             }
@@ -344,6 +347,7 @@ impl UserHub {
                     conn.filters = before;
                 }
                 log::error("storage_error", json!({ "op": "store_filters", "message": e.to_string() }));
+                metrics::rejected("internal_error");
                 reply(&protocol::error_frame(
                     "internal_error",
                     "the subscription could not be stored; try again",
@@ -359,6 +363,7 @@ impl UserHub {
                 Ok(m) => more = m,
                 Err(e) => {
                     log::error("storage_error", json!({ "op": "replay", "message": e.to_string() }));
+                    metrics::rejected("internal_error");
                     reply(&protocol::error_frame(
                         "internal_error",
                         "the history could not be read; try again",
@@ -377,6 +382,7 @@ impl UserHub {
         }
         skipped.sort_by_key(|s| s.index);
         let message = format!("{} filter(s) skipped; the others were applied", skipped.len());
+        metrics::rejected("invalid_filter");
         reply(&protocol::error_frame("invalid_filter", &message, frame_id, &skipped));
         more
     }
@@ -427,6 +433,7 @@ impl UserHub {
     pub(crate) async fn close_by_server(&self, id: &str, code: u16, reason: &str, by: &str) {
         let Some(conn) = self.forget(id) else { return };
         let _ = conn.ws.close(Some(code), Some(reason));
+        metrics::close(code);
         // A backend's kick ends the channel memberships at once: the linger is for clients that
         // reconnect, and the backend has just said this one should not be there.
         self.left_channels(&conn, by != "backend").await;
@@ -457,6 +464,8 @@ impl UserHub {
         let _ = self.ensure_loaded();
         // Unknown here means the server closed it first and has reported it already.
         let Some(conn) = self.forget(&id) else { return };
+        metrics::close(code.min(u16::MAX as usize) as u16);
+        metrics::flush(&self.env);
         self.left_channels(&conn, true).await;
         log::info(
             "close",
@@ -471,6 +480,7 @@ impl UserHub {
         let Some(id) = conn_id(self, ws) else { return };
         let _ = self.ensure_loaded();
         let Some(conn) = self.forget(&id) else { return };
+        metrics::close(1011);
         self.left_channels(&conn, true).await;
         log::error("socket_error", json!({ "connectionId": id, "message": error }));
         self.report_close(&conn, &id, 1011, "socket error", "error").await;
