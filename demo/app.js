@@ -1,6 +1,9 @@
 // The demo page: one Switchboard client per tab, subscribed to a chat room of the tab's user.
 // Each message's handler returns the ack result (which tab got it), and the publish response, with
 // every tab's ack, is shown to whoever published. ?user=alice&transport=sse&room=lobby
+// The tab also joins the channel `room:<room>` with presence, so it shows who is in the room, and it
+// survives a reload: the client keeps its resume point in sessionStorage (`resume: "session"`), and the
+// page keeps the messages it showed there too, so what was published during the reload is replayed.
 import { SwitchboardClient } from "/sdk/index.js";
 
 const params = new URLSearchParams(location.search);
@@ -21,13 +24,19 @@ $("tab").textContent = tab;
 $("transport").textContent = transport;
 $("subroom").textContent = room;
 $("to").value = user;
+$("room").value = room;
 const link = (u, t) => `?user=${encodeURIComponent(u)}${t === "sse" ? "&transport=sse" : ""}`;
 $("same").href = link(user, transport === "sse" ? "websocket" : "sse");
 $("other").href = link(user === "bob" ? "alice" : "bob", "websocket");
 document.title = `${user} (${tab}) · Switchboard demo`;
 
-const state = { tab, user, transport, received: [], results: [], events: [] };
+// What this tab showed before a reload (sessionStorage is per tab and survives reloads).
+const LOG_KEY = `demo:received:${user}:${room}`;
+const kept = JSON.parse(sessionStorage.getItem(LOG_KEY) || "[]");
+const state = { tab, user, transport, received: kept, results: [], events: [], presence: [], presenceEvents: [], loads: 0 };
 window.demo = state;
+state.loads = Number(sessionStorage.getItem("demo:loads") || 0) + 1;
+sessionStorage.setItem("demo:loads", String(state.loads));
 
 function event(text) {
   state.events.push(text);
@@ -45,6 +54,8 @@ const client = new SwitchboardClient({
     return (await res.json()).token;
   },
   reconnect: { minDelayMs: 250, maxDelayMs: 4000 },
+  // Keep the resume point in sessionStorage: a reload of this tab resumes where it stopped.
+  resume: "session",
 });
 state.client = client;
 
@@ -58,29 +69,62 @@ client.on("welcome", (w) => {
   $("connection").textContent = w.connectionId.slice(0, 8);
   $("seq").textContent = String(client.lastSeq ?? w.seq);
   event(`welcome: connection ${w.connectionId.slice(0, 8)}, user's seq ${w.seq}`);
+  if (client.lastSeq < w.seq) event(`resuming after seq ${client.lastSeq}: ${w.seq - client.lastSeq} envelope(s) of this user were published meanwhile`);
 });
 client.on("close", (c) => event(`closed ${c.code}${c.reason ? ` (${c.reason})` : ""}${c.reconnect ? ", reconnecting" : ""}`));
 client.on("gap", (g) => event(`gap: envelopes ${g.from}..${g.to} are no longer in history`));
 client.on("error", (e) => event(`error ${e.code}: ${e.message}`));
 
-client.subscribe({ type: "chat", room }, (envelope) => {
-  const { text, from } = envelope.payload;
-  const result = { tab, transport, receivedAt: new Date().toISOString() };
-  state.received.push({ seq: envelope.seq, text, from, replayed: !!envelope.replayed });
-  $("seq").textContent = String(client.lastSeq);
+function showReceived(m) {
+  const earlier = m.load < state.loads;
   $("received").append(
     el(
       "li",
-      { dataset: { seq: envelope.seq } },
-      `#${envelope.seq} `,
-      el("b", { textContent: text }),
-      ` from ${from}`,
-      envelope.replayed ? el("span", { className: "replayed", textContent: " (replayed after reconnect)" }) : "",
-      el("span", { className: "ack", textContent: ` → acked as tab ${tab}` }),
+      { dataset: { seq: m.seq }, className: earlier ? "earlier" : "" },
+      `#${m.seq} `,
+      el("b", { textContent: m.text }),
+      ` from ${m.from}`,
+      m.replayed ? el("span", { className: "replayed", textContent: " (replayed: published while this tab was away)" }) : "",
+      earlier ? el("span", { className: "hint", textContent: ` (shown by page load ${m.load} of this tab)` }) : el("span", { className: "ack", textContent: ` → acked as tab ${tab}` }),
     ),
   );
+}
+state.received.forEach(showReceived);
+
+client.subscribe({ type: "chat", room }, (envelope) => {
+  const { text, from } = envelope.payload;
+  const result = { tab, transport, receivedAt: new Date().toISOString() };
+  const m = { seq: envelope.seq, text, from, replayed: !!envelope.replayed, load: state.loads };
+  state.received.push(m);
+  // Saved before the handler returns: the client moves its kept resume point only after that, so a
+  // reload never skips a message this log does not have.
+  sessionStorage.setItem(LOG_KEY, JSON.stringify(state.received));
+  $("seq").textContent = String(client.lastSeq);
+  showReceived(m);
   return result; // the ack result: the publisher sees it in the response
 });
+
+// Who is in the room: the users (not tabs) that joined the channel `room:<room>`, with the `presence`
+// data of their token. SSE connections cannot join channels.
+const channel = `room:${room}`;
+$("channel").textContent = channel;
+function showPresence(p) {
+  state.presence = [...p.members.keys()].sort();
+  $("count").textContent = String(p.count);
+  $("members").replaceChildren(
+    ...[...p.members].sort(([a], [b]) => (a < b ? -1 : 1)).map(([userId, data]) => el("li", { dataset: { user: userId }, textContent: `${data?.name ?? userId}${userId === user ? " (you)" : ""}` })),
+  );
+  $("presence-state").textContent = p.synced ? "" : " (reconnecting: as last seen)";
+}
+if (transport === "websocket") {
+  const presence = client.presence(channel);
+  state.presenceHandle = presence;
+  presence.on("change", () => showPresence(presence));
+  presence.on("join", (m) => (state.presenceEvents.push(`+${m.userId}`), event(`presence: ${m.userId} joined ${channel}`)));
+  presence.on("leave", (m) => (state.presenceEvents.push(`-${m.userId}`), event(`presence: ${m.userId} left ${channel}`)));
+  presence.on("error", (e) => ($("presence-state").textContent = ` (unavailable: ${e.code})`));
+  client.on("state", () => showPresence(presence));
+} else $("presence-state").textContent = " (needs a WebSocket: this tab uses SSE)";
 client.connect();
 
 $("publish").addEventListener("submit", async (e) => {
@@ -111,6 +155,8 @@ $("publish").addEventListener("submit", async (e) => {
     $("send").disabled = false;
   }
 });
+
+$("reload").addEventListener("click", () => location.reload());
 
 $("restart").addEventListener("click", async () => {
   event("asking the demo server to restart the worker");

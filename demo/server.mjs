@@ -2,7 +2,9 @@
 // The Switchboard demo: runs the built Worker locally (workerd through Miniflare, Durable Object storage
 // persisted in a temporary directory so a restart keeps history) and serves a page that uses the
 // JavaScript client, plus the two endpoints a real backend would provide:
-//   POST /api/token   {userId}                          -> {token, expiresAt}  (DEV ONLY: anyone gets any user's token)
+//   POST /api/token   {userId}                          -> {token, expiresAt}  (DEV ONLY: anyone gets any user's token;
+//                                                          it may join and publish to `room:*` channels, and carries
+//                                                          the user's presence data {name})
 //   POST /api/publish {userId, type, payload, timeoutMs} -> the Worker's /publish answer (the publish token stays here)
 //   POST /api/restart-worker                            -> restarts the Worker: every connection drops
 //   GET  /api/config                                    -> {workerUrl}
@@ -30,11 +32,30 @@ function readSecret(file = path.join(root, ".dev.vars")) {
   return secret;
 }
 
+/**
+ * The Durable Object classes and compatibility flags of wrangler.toml, so the demo runs the Worker with
+ * the bindings it is deployed with (a new class added there is picked up here).
+ */
+function wranglerConfig(file = path.join(root, "wrangler.toml")) {
+  const text = fs.readFileSync(file, "utf8");
+  const durableObjects = {};
+  for (const section of text.split(/^\[\[durable_objects\.bindings\]\]\s*$/m).slice(1)) {
+    const block = section.split(/^\[/m)[0]; // up to the next table
+    const name = /^name\s*=\s*"([^"]+)"/m.exec(block)?.[1];
+    const className = /^class_name\s*=\s*"([^"]+)"/m.exec(block)?.[1];
+    if (name && className) durableObjects[name] = { className, useSQLite: true };
+  }
+  if (!Object.keys(durableObjects).length) throw new Error(`${file}: no [[durable_objects.bindings]]`);
+  const flags = /^compatibility_flags\s*=\s*\[([^\]]*)\]/m.exec(text)?.[1] ?? "";
+  return { durableObjects, compatibilityFlags: [...flags.matchAll(/"([^"]+)"/g)].map((m) => m[1]) };
+}
+
 const STATIC = {
   "/": ["index.html", "text/html; charset=utf-8", here],
   "/app.js": ["app.js", "text/javascript; charset=utf-8", here],
   "/style.css": ["style.css", "text/css; charset=utf-8", here],
   "/sdk/index.js": ["index.js", "text/javascript; charset=utf-8", path.join(root, "clients/js/dist")],
+  "/sdk/presence.js": ["presence.js", "text/javascript; charset=utf-8", path.join(root, "clients/js/dist")],
 };
 
 /**
@@ -49,6 +70,7 @@ export async function startDemo({ port = 8080, workerPort = 8787, buildDir, secr
   }
   if (!fs.existsSync(path.join(root, "clients/js/dist/index.js"))) throw new Error("clients/js/dist/index.js is missing: build the client first (node clients/js/build.mjs)");
   secret ??= readSecret();
+  const { durableObjects, compatibilityFlags } = wranglerConfig();
   const persist = fs.mkdtempSync(path.join(os.tmpdir(), "switchboard-demo-"));
 
   let mf = null;
@@ -61,7 +83,8 @@ export async function startDemo({ port = 8080, workerPort = 8787, buildDir, secr
       modules: true,
       modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
       compatibilityDate: "2026-08-01",
-      durableObjects: { USER_HUB: { className: "UserHub", useSQLite: true } },
+      compatibilityFlags,
+      durableObjects,
       durableObjectsPersist: persist,
       bindings: { JWT_SECRET: secret, ...vars },
       host: "127.0.0.1",
@@ -103,7 +126,8 @@ export async function startDemo({ port = 8080, workerPort = 8787, buildDir, secr
       const userId = body?.userId;
       if (typeof userId !== "string" || !userId.trim() || userId.length > 64) return [400, { error: "invalid_user_id", message: "userId must be a non-empty string of at most 64 characters" }];
       if (tokenGate) await tokenGate;
-      const token = await mintToken({ secret, userId, expiresIn: TOKEN_TTL_SECONDS, claims: { sub: userId } });
+      // The room's presence shows `presence.name`; a real backend would put a display name or avatar here.
+      const token = await mintToken({ secret, userId, expiresIn: TOKEN_TTL_SECONDS, channels: ["room:*"], publishChannels: ["room:*"], claims: { sub: userId, presence: { name: userId } } });
       return [200, { token, expiresAt: Math.floor(Date.now() / 1000) + TOKEN_TTL_SECONDS }];
     },
     "POST /api/publish": async (body) => {

@@ -2,31 +2,31 @@
 // page — the JavaScript client in a real page — against the built Worker in workerd. Two tabs of one
 // user (one over WebSocket, one over SSE) and a tab of a second user exchange live updates and ack
 // them; then the Worker is restarted under them and every tab reconnects with a fresh token and
-// resumes without loss. Screenshots go to test-results/.
+// resumes without loss. A tab reloaded while the backend publishes loses nothing (the client keeps its
+// resume point in sessionStorage), and the tabs show who is in the room (channel presence), also
+// across a reload. Screenshots go to test-results/.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
 import crypto from "node:crypto";
 import { execFileSync } from "node:child_process";
-import { chromium } from "playwright-core";
-import { ROOT } from "../harness.mjs";
+import { ROOT, Client, mint, now } from "../harness.mjs";
 import { startDemo } from "../../demo/server.mjs";
+import { launchChromium, presenceMissing, until } from "./support.mjs";
 
-const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
 const RESULTS = path.join(ROOT, "test-results");
+const SECRET = crypto.randomBytes(24).toString("hex");
+// A short linger, so a closed tab's user leaves the room within the test (README: Channels).
+const LINGER_SECONDS = 2;
 let demo;
 let browser;
 
 before(async () => {
-  if (!fs.existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: install Debian's chromium (scripts/setup.sh does) or set CHROMIUM_PATH`);
   execFileSync(process.execPath, [path.join(ROOT, "clients/js/build.mjs")], { stdio: "ignore" });
   fs.mkdirSync(RESULTS, { recursive: true });
-  demo = await startDemo({ port: 0, workerPort: 0, secret: crypto.randomBytes(24).toString("hex") });
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  demo = await startDemo({ port: 0, workerPort: 0, secret: SECRET, vars: { CHANNEL_LINGER_SECONDS: String(LINGER_SECONDS) } });
+  browser = await launchChromium();
 });
 after(async () => {
   await browser?.close();
@@ -38,7 +38,7 @@ async function openTab(context, user, transport = "websocket") {
   const page = await context.newPage();
   page.errors = [];
   page.on("pageerror", (e) => page.errors.push(e.message));
-  page.on("console", (m) => m.type() === "error" && page.errors.push(m.text()));
+  page.on("console", (m) => m.type() === "error" && page.errors.push(`${m.text()} (${m.location()?.url})`));
   await page.goto(`${demo.url}/?user=${user}${transport === "sse" ? "&transport=sse" : ""}`);
   await page.waitForSelector('#state[data-state="open"]', { timeout: 10000 });
   page.tab = await page.evaluate(() => window.demo.tab);
@@ -150,6 +150,132 @@ test("the worker restarts under open tabs: they reconnect with fresh tokens and 
     assert.ok(events.some((e) => e.startsWith("closed ") && e.endsWith("reconnecting")), events.join("\n"));
     assert.equal(events.filter((e) => e.startsWith("welcome")).length >= 2, true);
   } finally {
+    await context.close();
+  }
+});
+
+test("a tab reloaded while the backend publishes loses nothing: it resumes from the seq kept in sessionStorage", { timeout: 90000 }, async () => {
+  const context = await browser.newContext({ viewport: { width: 1100, height: 700 } });
+  const user = `dave-${crypto.randomBytes(3).toString("hex")}`;
+  const N = 30;
+  try {
+    const ws = await openTab(context, user);
+    const sse = await openTab(context, user, "sse");
+    const pub = (i) => demo.publish({ userId: user, type: "chat", payload: { room: "lobby", text: `m${i}`, from: "backend" }, timeoutMs: 0 }).then((r) => r.body);
+    const answers = [];
+    for (let i = 1; i <= 3; i++) answers.push(await pub(i));
+    for (const p of [ws, sse]) await waitReceived(p, 3);
+
+    // The backend keeps publishing, one every 20 ms, while both tabs reload. Their token requests
+    // are held for a while, so part of the stream is published while neither tab is connected.
+    let publishing = (async () => {
+      for (let i = 4; i <= N; i++) {
+        answers.push(await pub(i));
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    })();
+    const release = demo.holdTokens();
+    try {
+      await Promise.all([ws, sse].map((p) => p.reload({ waitUntil: "domcontentloaded" })));
+      await new Promise((r) => setTimeout(r, 300));
+    } finally {
+      release();
+    }
+    await publishing;
+    const unseen = answers.filter((a) => a.clientCount === 0).map((a) => a.seq);
+    assert.ok(unseen.length >= 5, `published while no tab was connected: ${unseen}`);
+
+    for (const p of [ws, sse]) {
+      await p.waitForSelector('#state[data-state="open"]', { timeout: 15000 });
+      await waitReceived(p, N);
+    }
+    // The sentinel: one more publish after the stream, seen live by both, so nothing is still on its way.
+    const last = await pub(N + 1);
+    assert.equal(last.clientCount, 2);
+    for (const p of [ws, sse]) {
+      await waitReceived(p, N + 1);
+      const got = await received(p);
+      assert.equal(await p.evaluate(() => window.demo.loads), 2, "the tab was reloaded once");
+      assert.deepEqual(got.map((m) => m.seq), Array.from({ length: N + 1 }, (_, i) => i + 1), "every seq exactly once, in order, across the reload");
+      assert.deepEqual(got.map((m) => m.text), [...Array.from({ length: N }, (_, i) => `m${i + 1}`), `m${N + 1}`]);
+      // What the reloaded page replayed is exactly what the first page had not seen.
+      const firstLoad = got.filter((m) => m.load === 1).map((m) => m.seq);
+      const replayed = got.filter((m) => m.replayed).map((m) => m.seq);
+      assert.ok(firstLoad.length >= 3);
+      assert.ok(unseen.every((s) => replayed.includes(s)), `replayed ${replayed}, unseen ${unseen}`);
+      assert.ok(replayed.every((s) => !firstLoad.includes(s)));
+      // Over SSE an ack is a POST /ack; for these publishes (timeoutMs 0) nobody waits for it, so the
+      // Worker answers 404 unknown_envelope, which the client ignores and Chromium logs.
+      assert.deepEqual(p.errors.filter((e) => !/^Failed to load resource: .* 404 .*\/ack\)$/.test(e)), []);
+    }
+    await ws.screenshot({ path: path.join(RESULTS, "browser-reload-resume.png"), fullPage: true });
+  } finally {
+    await context.close();
+  }
+});
+
+/** A raw socket of `userId` joined to `channel` with presence, watching what the room sends. */
+async function watcher(userId, channel) {
+  const w = { wsUrl: demo.workerUrl.replace(/^http/, "ws") };
+  const c = await Client.connect(w, mint({ userId, exp: now() + 600, channels: ["room:*"], presence: { name: userId } }, { secret: SECRET }));
+  const ok = await c.request({ type: "join", channel, presence: true, id: "w" });
+  assert.equal(ok.type, "ok", JSON.stringify(ok));
+  return { c, snapshot: ok.presence };
+}
+/** The presence frames among `frames`, as "+user"/"-user" strings. */
+const presenceOf = (frames) => frames.filter((f) => f?.type === "presence").flatMap((f) => [...(f.left ?? []).map((u) => `-${u}`), ...(f.joined ?? []).map((m) => `+${m.userId}`)]);
+
+test("who is in the room: tabs show the room's members, joins and leaves, with no flapping on a reload", { timeout: 90000 }, async (t) => {
+  const room = `r${crypto.randomBytes(3).toString("hex")}`;
+  const channel = `room:${room}`;
+  const missing = await presenceMissing({ wsUrl: demo.workerUrl.replace(/^http/, "ws") }, mint({ userId: "probe", exp: now() + 60, channels: ["room:*"] }, { secret: SECRET }), `room:probe-${room}`);
+  if (missing) return t.skip(missing);
+  const context = await browser.newContext({ viewport: { width: 1100, height: 700 } });
+  const open = async (user) => {
+    const page = await context.newPage();
+    page.errors = [];
+    page.on("pageerror", (e) => page.errors.push(e.message));
+    await page.goto(`${demo.url}/?user=${user}&room=${room}`);
+    await page.waitForSelector('#state[data-state="open"]', { timeout: 10000 });
+    return page;
+  };
+  const members = (page) => page.evaluate(() => window.demo.presence);
+  const waitMembers = (page, list) => until(page, (l) => JSON.stringify(window.demo.presence) === JSON.stringify(l), list);
+  const { c: observer } = await watcher("zz-observer", channel);
+  try {
+    const alice = await open("alice");
+    await waitMembers(alice, ["alice", "zz-observer"]);
+    const bob = await open("bob");
+    await waitMembers(bob, ["alice", "bob", "zz-observer"]);
+    await waitMembers(alice, ["alice", "bob", "zz-observer"]);
+    assert.match(await alice.textContent("#members"), /bob/);
+    assert.equal(await alice.textContent("#count"), "3");
+    // The snapshot brought alice and the observer (sorted), then a frame brought bob.
+    assert.deepEqual(await alice.evaluate(() => window.demo.presenceEvents), ["+alice", "+zz-observer", "+bob"]);
+    await alice.screenshot({ path: path.join(RESULTS, "browser-presence.png"), fullPage: true });
+
+    // bob reloads: back within the linger, so the room sees nothing (no leave, no join).
+    const mark = observer.mark();
+    const aliceMark = (await alice.evaluate(() => window.demo.presenceEvents)).length;
+    await bob.reload();
+    await bob.waitForSelector('#state[data-state="open"]', { timeout: 10000 });
+    await waitMembers(bob, ["alice", "bob", "zz-observer"]);
+    // Past the linger and the next presence flush, a sentinel (carol joins) settles the room's frames.
+    await new Promise((r) => setTimeout(r, LINGER_SECONDS * 1000 + 1500));
+    const carol = await open("carol");
+    await waitMembers(alice, ["alice", "bob", "carol", "zz-observer"]);
+    assert.deepEqual(presenceOf(await observer.since(mark)), ["+carol"], "bob's reload emitted nothing");
+    assert.deepEqual((await alice.evaluate(() => window.demo.presenceEvents)).slice(aliceMark), ["+carol"]);
+
+    // bob closes his tab: after the linger he leaves, once.
+    const mark2 = observer.mark();
+    await bob.close();
+    await waitMembers(alice, ["alice", "carol", "zz-observer"]);
+    assert.deepEqual(await members(carol), ["alice", "carol", "zz-observer"]);
+    assert.deepEqual(presenceOf(await observer.since(mark2)), ["-bob"]);
+    for (const p of [alice, carol]) assert.deepEqual(p.errors, []);
+  } finally {
+    await observer.close();
     await context.close();
   }
 });

@@ -1,7 +1,12 @@
 // Switchboard client: one long-lived connection (WebSocket, or Server-Sent Events) to a Switchboard
 // Worker, with token refresh, reconnect with exponential backoff and jitter, re-subscription, resume
 // from the last seq seen, de-duplication, keepalive, and acks taken from handler return values.
+// Channel presence (who is in a channel), resume across page loads (sessionStorage), and an immediate
+// reconnect when the browser comes back online or the page becomes visible.
 // Dependency-free; runs in browsers and in Node 22+ (global WebSocket, fetch and streams).
+import { Presence, PresenceCore, type PresenceFrame, type PresenceSnapshot } from "./presence.js";
+export { Presence, PresenceCore } from "./presence.js";
+export type { PresenceMember, PresenceSnapshot, PresenceFrame, PresenceChange, PresenceEvents } from "./presence.js";
 
 /** A subscription filter: `type` must equal the envelope's type; every other key must equal (as a string) the payload's top-level field. */
 export type Filter = { type: string } & Record<string, string>;
@@ -84,8 +89,20 @@ export interface ClientOptions {
   pongTimeoutMs?: number;
   /** Give up on an attempt that has not received its welcome within this time (default 15000). */
   connectTimeoutMs?: number;
-  /** Ask the server to replay what was missed while disconnected (`since` / `Last-Event-ID`; default true). */
-  resume?: boolean;
+  /**
+   * Ask the server to replay what was missed while disconnected (`since`; default true). `"session"`
+   * also keeps the resume point per user in `sessionStorage` (see `storage`), so a new page load in the
+   * same tab resumes where the last one stopped instead of starting live.
+   */
+  resume?: boolean | "session";
+  /** Where `resume: "session"` keeps the resume point (default `globalThis.sessionStorage`). */
+  storage?: StorageLike;
+  /**
+   * Reconnect at once, instead of waiting out the backoff, when the browser fires `online` or the page
+   * becomes visible; and, when the connection looks open then, send a keepalive ping at once so a
+   * connection that died while the page slept is replaced within `pongTimeoutMs` (default true).
+   */
+  reconnectOnWake?: boolean;
   /** How many envelope ids are remembered to drop duplicates (default 1000). */
   dedupeSize?: number;
   /** WebSocket constructor (default `globalThis.WebSocket`). */
@@ -99,6 +116,22 @@ export interface ClientOptions {
    * `/tickets` (404/405) is remembered, and the token goes in the URL as before.
    */
   tickets?: boolean;
+}
+
+/** The part of the Web Storage API the client uses (`sessionStorage` satisfies it). */
+export interface StorageLike {
+  getItem(key: string): string | null;
+  setItem(key: string, value: string): void;
+}
+
+/** A membership of a channel held by `client.channel()`; `leave()` lets go of it. */
+export interface ChannelSubscription {
+  readonly channel: string;
+  /** Resolves when the server has confirmed the join (rejects with its error: `forbidden`, `channel_full`, …). */
+  readonly ready: Promise<void>;
+  readonly active: boolean;
+  /** Stops this handler; the client leaves the channel once nothing else holds it. */
+  leave(): void;
 }
 
 export interface CloseInfo {
@@ -211,6 +244,27 @@ interface Sub {
   active: boolean;
 }
 
+/**
+ * A channel this client is in. Held by `join()` (until `leave()`), by `channel()` subscriptions and by
+ * `presence()` handles; when nothing holds it any more the client leaves it (one task later, so a
+ * React component that unmounts and mounts again at once does not leave and re-join).
+ */
+interface ChannelEntry {
+  name: string;
+  handlers: Set<Handler<any>>;
+  explicit: boolean;
+  holds: number;
+  presence: PresenceCore | undefined;
+  /** The current connection's join request, and whether it asked for presence. */
+  joined: Promise<unknown> | undefined;
+  /** A join is due at the end of this task (holds taken together share one join). */
+  queued: boolean;
+  watching: boolean;
+  releaseTimer?: ReturnType<typeof setTimeout>;
+  ready: Promise<void>;
+  settle: { resolve: () => void; reject: (e: SwitchboardError) => void; done: boolean };
+}
+
 interface Conn {
   send(frame: string): void;
   close(): void;
@@ -226,6 +280,10 @@ function validateFilter(f: unknown, i: number): Filter {
   if (typeof o.type !== "string" || !o.type) throw new TypeError(`filter ${i} needs a non-empty string \`type\``);
   for (const k in o) if (typeof o[k] !== "string") throw new TypeError(`filter ${i}: \`${k}\` must be a string`);
   return { ...(o as Filter) };
+}
+
+function checkChannel(method: string, channel: unknown): void {
+  if (typeof channel !== "string" || !channel) throw new TypeError(`${method}: channel must be a non-empty string`);
 }
 
 /** Turns a server error frame or HTTP error body into a SwitchboardError. */
@@ -250,8 +308,8 @@ export class SwitchboardClient {
   #timers = new Set<ReturnType<typeof setTimeout>>();
   #retryTimer?: ReturnType<typeof setTimeout>;
   #subs: Sub[] = [];
-  /** Joined channels and their handlers; re-joined on every (re)connect, before the resume. */
-  #channels = new Map<string, Handler<any>>();
+  /** Joined channels; re-joined on every (re)connect, before the resume. */
+  #channels = new Map<string, ChannelEntry>();
   #held = new Map<string, { filter: Filter; count: number }>();
   #confirmed = new Set<string>();
   #requests = new Map<string, { resolve: (v: any) => void; reject: (e: SwitchboardError) => void; keys?: string[] }>();
@@ -262,6 +320,13 @@ export class SwitchboardClient {
    * the cursor past envelopes not yet replayed (a reconnect meanwhile resumes from here). */
   #paging: number | undefined;
   #welcome: Welcome | undefined;
+  /** Seqs of envelopes whose handlers are running (count per seq): the stored resume point stays below them. */
+  #inflight = new Map<number, number>();
+  #stored: number | undefined;
+  #storage: StorageLike | undefined;
+  /** The current SSE stream was opened without `since` (a page load's first stream). */
+  #sseLive = false;
+  #retryPending = false;
 
   constructor(options: ClientOptions) {
     if (!options || typeof options.url !== "string") throw new TypeError("SwitchboardClient: `url` is required");
@@ -274,6 +339,7 @@ export class SwitchboardClient {
       resume: true,
       dedupeSize: 1000,
       tickets: true,
+      reconnectOnWake: true,
       ...options,
       reconnect: options.reconnect === false ? false : { ...DEFAULTS, ...options.reconnect },
     } as any;
@@ -282,6 +348,14 @@ export class SwitchboardClient {
     this.#WS = options.WebSocket ?? (globalThis as any).WebSocket;
     this.#fetch = options.fetch ?? (globalThis.fetch ? globalThis.fetch.bind(globalThis) : undefined);
     this.#seen = new Recent(this.#o.dedupeSize);
+    if (this.#o.resume !== true && this.#o.resume !== false && this.#o.resume !== "session") throw new TypeError(`SwitchboardClient: resume must be true, false or "session"`);
+    if (this.#o.resume === "session") {
+      try {
+        this.#storage = options.storage ?? (globalThis as any).sessionStorage;
+      } catch {
+        // sessionStorage throws in some sandboxed frames: resume then works within this page only.
+      }
+    }
   }
 
   get state(): State {
@@ -332,6 +406,7 @@ export class SwitchboardClient {
     if (this.#wanted) return this;
     this.#wanted = true;
     this.#attempt = 0;
+    this.#listenWake(true);
     this.#open("connecting");
     return this;
   }
@@ -339,10 +414,41 @@ export class SwitchboardClient {
   /** Closes the connection for good (until `connect()` is called again). */
   close(): void {
     this.#wanted = false;
+    this.#listenWake(false);
     clearTimeout(this.#retryTimer);
+    this.#retryPending = false;
     this.#drop();
     this.#setState("closed");
   }
+
+  #listenWake(on: boolean): void {
+    if (!this.#o.reconnectOnWake) return;
+    const g = globalThis as any;
+    const method = on ? "addEventListener" : "removeEventListener";
+    if (typeof g[method] === "function") g[method]("online", this.#wake);
+    if (typeof g.document?.[method] === "function") g.document[method]("visibilitychange", this.#wake);
+  }
+
+  /**
+   * The browser is back online, or the page became visible: a backoff wait is cut short (the network
+   * or the laptop is back, waiting longer only loses time), and an open socket is checked at once.
+   */
+  #wake = (ev?: { type?: string }): void => {
+    if (!this.#wanted) return;
+    if (ev?.type === "visibilitychange" && (globalThis as any).document?.visibilityState !== "visible") return;
+    if (this.#state === "reconnecting" && this.#retryPending) {
+      clearTimeout(this.#retryTimer);
+      this.#retryPending = false;
+      this.#open("reconnecting");
+      return;
+    }
+    const conn = this.#conn;
+    if (this.#state === "open" && conn?.kind === "websocket" && this.#o.pingIntervalMs > 0 && !(this.#pong !== undefined && this.#timers.has(this.#pong))) {
+      const gen = this.#gen;
+      conn.send("ping");
+      this.#pong = this.#later(this.#o.pongTimeoutMs, () => this.#abandon(gen, 1006, `no pong within ${this.#o.pongTimeoutMs} ms`));
+    }
+  };
 
   /**
    * Subscribes to envelopes matching any of `filters`; `handler` runs once per envelope (duplicates are
@@ -402,29 +508,153 @@ export class SwitchboardClient {
   }
 
   /**
-   * Joins `channel` (the token's `channels` claim must allow it); `handler` runs once per envelope
-   * published to the channel, and its return value is the ack result. Joins are kept across
-   * reconnects. Resolves when the server confirms. WebSocket only.
+   * Joins `channel` (the token's `channels` claim must allow it); `handler` (optional; several may be
+   * added by joining again) runs once per envelope published to the channel, and its return value is
+   * the ack result. Joins are kept across reconnects, until `leave(channel)`. Resolves when the server
+   * has confirmed the join (on the next connection when not connected). WebSocket only.
    */
-  join<P = any>(channel: string, handler: Handler<P>): Promise<void> {
+  join<P = any>(channel: string, handler?: Handler<P>): Promise<void> {
     if (this.#o.transport === "sse") return Promise.reject(new SwitchboardError("unsupported", "join() needs the websocket transport"));
-    if (typeof channel !== "string" || !channel) throw new TypeError("join: channel must be a non-empty string");
-    if (typeof handler !== "function") throw new TypeError("join: handler must be a function");
-    this.#channels.set(channel, handler);
-    if (this.#state !== "open") return Promise.resolve();
-    return this.#request({ type: "join", channel }).then(
-      () => undefined,
-      (e: SwitchboardError) => {
-        this.#channels.delete(channel);
-        throw e;
-      },
-    );
+    checkChannel("join", channel);
+    if (handler !== undefined && typeof handler !== "function") throw new TypeError("join: handler must be a function");
+    const e = this.#hold(channel, false);
+    if (e.explicit) e.holds--; // one hold for every join() of a channel
+    e.explicit = true;
+    if (handler) e.handlers.add(handler);
+    return e.ready;
   }
 
-  /** Leaves `channel`; its handler stops running. */
+  /**
+   * Joins `channel` for as long as the returned subscription is held: `leave()` on it removes this
+   * handler, and the client leaves the channel once no subscription, `join()` or `presence()` holds it.
+   * Made for components that mount and unmount (the React hooks use it). WebSocket only.
+   */
+  channel<P = any>(channel: string, handler: Handler<P>): ChannelSubscription {
+    if (this.#o.transport === "sse") throw new SwitchboardError("unsupported", "channel() needs the websocket transport");
+    checkChannel("channel", channel);
+    if (typeof handler !== "function") throw new TypeError("channel: handler must be a function");
+    const e = this.#hold(channel, false);
+    const own: Handler<P> = (env) => handler(env); // its own identity: the same function twice is two subscriptions
+    e.handlers.add(own);
+    let active = true;
+    return {
+      channel,
+      ready: e.ready,
+      get active() {
+        return active;
+      },
+      leave: () => {
+        if (!active) return;
+        active = false;
+        e.handlers.delete(own);
+        this.#release(e);
+      },
+    };
+  }
+
+  /**
+   * Who is in `channel`: joins it with `presence: true` (or asks again for presence if it is joined
+   * already) and returns a handle on the channel's members, kept current by the server's `presence`
+   * frames and re-synced from a fresh snapshot after every reconnect. `close()` the handle when done.
+   * WebSocket only.
+   */
+  presence<D = unknown>(channel: string): Presence<D> {
+    if (this.#o.transport === "sse") throw new SwitchboardError("unsupported", "presence() needs the websocket transport");
+    checkChannel("presence", channel);
+    const e = this.#hold(channel, true);
+    return new Presence<D>(e.presence!, () => this.#release(e), (err, event) => this.#error("handler_error", `a presence "${event}" listener threw: ${(err as Error)?.message ?? err}`, err));
+  }
+
+  /** Leaves `channel` at once, whatever holds it; its handlers stop running and its presence empties. */
   leave(channel: string): Promise<void> {
-    if (!this.#channels.delete(channel) || this.#state !== "open") return Promise.resolve();
+    const e = this.#channels.get(channel);
+    if (!e) return Promise.resolve();
+    this.#channels.delete(channel);
+    clearTimeout(e.releaseTimer);
+    e.presence?.end();
+    if (this.#state !== "open" || !e.joined) return Promise.resolve();
     return this.#request({ type: "leave", channel }).then(() => undefined);
+  }
+
+  /** Takes a hold on `name`'s entry (made if new), joining it now when connected. */
+  #hold(name: string, presence: boolean): ChannelEntry {
+    let e = this.#channels.get(name);
+    if (e) {
+      clearTimeout(e.releaseTimer);
+      e.releaseTimer = undefined;
+    } else {
+      let resolve!: () => void, reject!: (e: SwitchboardError) => void;
+      const ready = new Promise<void>((res, rej) => ((resolve = res), (reject = rej)));
+      ready.catch(() => {}); // also reported as an "error" event
+      e = { name, handlers: new Set(), explicit: false, holds: 0, presence: undefined, joined: undefined, queued: false, watching: false, ready, settle: { resolve, reject, done: false } };
+      this.#channels.set(name, e);
+    }
+    e.holds++;
+    const upgrade = presence && !e.presence;
+    if (presence) e.presence ??= new PresenceCore(name);
+    if (this.#state === "open") {
+      if (!e.joined && !e.queued) {
+        // At the end of this task, so that holds taken together (a component's useChannel and
+        // usePresence effects) send one join, with presence if any of them wants it.
+        e.queued = true;
+        const entry = e;
+        queueMicrotask(() => {
+          entry.queued = false;
+          if (this.#channels.get(name) === entry && this.#state === "open" && !entry.joined) this.#sendJoin(entry);
+        });
+      } else if (e.joined && upgrade && !e.watching) {
+        // Joined without presence on this connection: join again asking for it (the server answers
+        // an existing membership's join with the snapshot), once the first join has its answer.
+        const entry = e;
+        const prev = e.joined;
+        e.watching = true;
+        prev.then(
+          () => this.#channels.get(name) === entry && entry.joined === prev && this.#sendJoin(entry),
+          () => {},
+        );
+      }
+    }
+    return e;
+  }
+
+  /** Lets go of one hold; with none left the channel is left one task later (unless held again by then). */
+  #release(e: ChannelEntry): void {
+    if (--e.holds > 0) return;
+    clearTimeout(e.releaseTimer);
+    e.releaseTimer = setTimeout(() => {
+      e.releaseTimer = undefined;
+      if (e.holds > 0 || this.#channels.get(e.name) !== e) return;
+      this.#channels.delete(e.name);
+      e.presence?.end();
+      if (this.#state === "open" && e.joined) this.#request({ type: "leave", channel: e.name }).catch(() => {});
+    }, 0);
+  }
+
+  /** Sends `e`'s join on the current connection; its `ok` carries the presence snapshot when asked. */
+  #sendJoin(e: ChannelEntry): void {
+    const presence = e.presence !== undefined;
+    e.watching = presence;
+    e.presence?.joining();
+    const req = this.#request(presence ? { type: "join", channel: e.name, presence: true } : { type: "join", channel: e.name });
+    e.joined = req;
+    req.then(
+      (ok: any) => {
+        if (this.#channels.get(e.name) !== e || e.joined !== req) return;
+        if (!e.settle.done) ((e.settle.done = true), e.settle.resolve());
+        if (!presence || !e.presence) return;
+        if (ok?.presence && typeof ok.presence === "object") e.presence.snapshot(ok.presence as PresenceSnapshot);
+        else e.presence.fail(new SwitchboardError("unsupported", `the server sent no presence snapshot for \`${e.name}\` (a server without channel presence)`));
+      },
+      (err: SwitchboardError) => {
+        // A connection that ended re-joins on the next one.
+        if (err.code === "disconnected" || this.#channels.get(e.name) !== e || e.joined !== req) return;
+        this.#channels.delete(e.name);
+        clearTimeout(e.releaseTimer);
+        if (!e.settle.done) ((e.settle.done = true), e.settle.reject(err));
+        e.presence?.fail(err);
+        this.#emit("error", err);
+      },
+    );
   }
 
   /**
@@ -570,6 +800,11 @@ export class SwitchboardClient {
 
   #lost(): void {
     this.#confirmed.clear();
+    for (const e of this.#channels.values()) {
+      e.joined = undefined;
+      e.watching = false;
+      e.presence?.lost();
+    }
     for (const [id, r] of this.#requests) {
       this.#requests.delete(id);
       if (!r.keys) r.reject(new SwitchboardError("disconnected", "the connection closed before the server replied"));
@@ -594,7 +829,11 @@ export class SwitchboardClient {
     const delay = code === 4001 && this.#attempt === 0 ? 0 : backoffDelay(this.#attempt + (code === 4029 ? 3 : 0), o);
     this.#attempt++;
     this.#setState("reconnecting");
-    this.#retryTimer = setTimeout(() => this.#wanted && this.#open("reconnecting"), delay);
+    this.#retryPending = true;
+    this.#retryTimer = setTimeout(() => {
+      this.#retryPending = false;
+      if (this.#wanted) this.#open("reconnecting");
+    }, delay);
   }
 
   #openWs(gen: number, [name, value]: ["ticket" | "token", string]): Conn {
@@ -611,7 +850,8 @@ export class SwitchboardClient {
     if (this.#o.pingIntervalMs > 0) {
       const ping = () => {
         if (gen !== this.#gen) return;
-        if (ws.readyState === 1) {
+        // One ping outstanding at a time (a wake may have sent one): its pong clears the one timer.
+        if (ws.readyState === 1 && !(this.#pong !== undefined && this.#timers.has(this.#pong))) {
           ws.send("ping");
           this.#pong = this.#later(this.#o.pongTimeoutMs, () => this.#abandon(gen, 1006, `no pong within ${this.#o.pongTimeoutMs} ms`));
         }
@@ -644,6 +884,7 @@ export class SwitchboardClient {
     u.searchParams.set("filters", JSON.stringify([...this.#held.values()].map((h) => h.filter)));
     // `since` rather than a Last-Event-ID header: a custom header would need a CORS preflight.
     if (this.#o.resume && this.#cursor !== undefined) u.searchParams.set("since", String(this.#cursor));
+    this.#sseLive = this.#cursor === undefined;
     const headers = { accept: "text/event-stream" };
     const abort = new AbortController();
     const keys = [...this.#held.keys()];
@@ -763,6 +1004,7 @@ export class SwitchboardClient {
     if (typeof f.envelopeId === "string") return void this.#envelope(gen, f as Envelope);
     if (f.type === "welcome") return this.#onWelcome(f as Welcome, sseKeys);
     if (f.type === "gap") return this.#emit("gap", f as Gap);
+    if (f.type === "presence" && typeof f.channel === "string") return this.#channels.get(f.channel)?.presence?.frame(f as PresenceFrame);
     if (f.type === "replay_more" && typeof f.since === "number") return this.#replayMore(f.since, sseKeys !== undefined || this.#conn?.kind === "sse");
     if ((f.type === "ok" || f.type === "error") && typeof f.id === "string" && this.#requests.has(f.id)) {
       const r = this.#requests.get(f.id)!;
@@ -775,9 +1017,17 @@ export class SwitchboardClient {
   #onWelcome(w: Welcome, sseKeys?: string[]): void {
     this.#welcome = w;
     this.#clear(this.#connectTimer);
-    // The first welcome sets the resume point: from then on nothing matching is missed. A welcome seq
+    // The first welcome sets the resume point: from then on nothing matching is missed. With
+    // `resume: "session"` a point kept by an earlier page load of this tab comes first. A welcome seq
     // below it means the server lost its history (e.g. a local dev server restarted without storage).
-    if (this.#cursor === undefined || w.seq < this.#cursor) this.#cursor = w.seq;
+    let sseCatchUp = false;
+    if (this.#cursor === undefined) {
+      const kept = this.#loadSeq(w.userId);
+      this.#cursor = kept !== undefined && kept < w.seq ? kept : w.seq;
+      // An SSE stream carries `since` in its URL, and the user (whose point it is) is known only now.
+      sseCatchUp = sseKeys !== undefined && this.#sseLive && this.#cursor < w.seq;
+    } else if (w.seq < this.#cursor) this.#cursor = w.seq;
+    this.#persist();
     // A new connection's resume starts from the cursor; its own pages set this again.
     this.#paging = undefined;
     const since = this.#o.resume ? this.#cursor : undefined;
@@ -785,15 +1035,13 @@ export class SwitchboardClient {
     this.#later(5000, () => gen === this.#gen && (this.#attempt = 0)); // stable: reset the backoff
     this.#setState("open");
     this.#emit("welcome", w);
-    if (sseKeys) this.#confirm(sseKeys, []);
-    else {
+    if (sseKeys) {
+      this.#confirm(sseKeys, []);
+      if (sseCatchUp && this.#o.resume) this.#restartSoon(); // reopen with since = the kept point
+    } else {
       // Joins first: the hub handles a socket's frames in order, so the resume below replays the
       // channels' envelopes too.
-      for (const channel of this.#channels.keys())
-        this.#request({ type: "join", channel }).catch((e: SwitchboardError) => {
-          this.#channels.delete(channel);
-          this.#emit("error", e);
-        });
+      for (const e of this.#channels.values()) this.#sendJoin(e);
       const all = [...this.#held.values()].map((h) => h.filter);
       if (all.length) this.#sendSubscribe(all, since);
       else if (this.#channels.size && since !== undefined) this.#request({ type: "subscribe", filters: [], since }).catch(() => {});
@@ -828,10 +1076,18 @@ export class SwitchboardClient {
     }
     const entry: { result?: unknown; done: boolean } = { done: false };
     this.#seen.set(env.envelopeId, entry);
+    const seq = typeof env.seq === "number" ? env.seq : undefined;
+    if (seq !== undefined) this.#inflight.set(seq, (this.#inflight.get(seq) ?? 0) + 1);
     this.#emit("envelope", env);
     const channel = typeof env.channel === "string" ? this.#channels.get(env.channel) : undefined;
-    const handlers = env.channel !== undefined ? (channel ? [channel] : []) : this.#subs.filter((s) => s.filters.some((f) => matches(f, env))).map((s) => s.handler);
+    const handlers = env.channel !== undefined ? (channel ? [...channel.handlers] : []) : this.#subs.filter((s) => s.filters.some((f) => matches(f, env))).map((s) => s.handler);
     const outcomes = await Promise.allSettled(handlers.map(async (h) => h(env)));
+    if (seq !== undefined) {
+      const n = this.#inflight.get(seq)! - 1;
+      if (n > 0) this.#inflight.set(seq, n);
+      else this.#inflight.delete(seq);
+      this.#persist();
+    }
     let result: unknown = undefined;
     for (const o of outcomes) {
       if (o.status === "rejected") {
@@ -845,6 +1101,43 @@ export class SwitchboardClient {
     entry.done = true;
     entry.result = result;
     this.#ack(gen, connectionId, env.envelopeId, result);
+  }
+
+  // ---- resume across page loads ----
+
+  #seqKey(userId: string): string {
+    return `switchboard:seq:${this.#baseUrl("http").href}:${userId}`;
+  }
+
+  /** The resume point an earlier page load of this tab kept for `userId`, if any. */
+  #loadSeq(userId: string): number | undefined {
+    if (!this.#storage) return undefined;
+    try {
+      const v = this.#storage.getItem(this.#seqKey(userId));
+      const n = v === null ? NaN : Number(v);
+      return Number.isSafeInteger(n) && n >= 0 ? n : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /**
+   * Keeps the resume point for the next page load: the cursor, but below every envelope whose
+   * handler has not finished, so a reload while a handler runs gets that envelope again rather than
+   * never (at least once across page loads; exactly once within one).
+   */
+  #persist(): void {
+    const userId = this.#welcome?.userId;
+    if (!this.#storage || userId === undefined || this.#cursor === undefined) return;
+    let point = this.#cursor;
+    for (const s of this.#inflight.keys()) if (s - 1 < point) point = s - 1;
+    if (point === this.#stored) return;
+    try {
+      this.#storage.setItem(this.#seqKey(userId), String(point));
+      this.#stored = point;
+    } catch {
+      // Storage full or denied: the resume point is kept in memory only.
+    }
   }
 
   #ack(gen: number, connectionId: string | undefined, envelopeId: string, result: unknown): void {

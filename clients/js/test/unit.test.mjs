@@ -5,104 +5,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { SwitchboardClient, SwitchboardError, backoffDelay, shouldReconnect, matches, filterKey, Recent } from "../dist/index.js";
 
-const tick = () => new Promise((r) => setTimeout(r, 0));
-async function waitFor(pred, ms = 2000, what = "condition") {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = pred();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 2));
-  }
-}
-
-/** A scripted WebSocket: records what the client sends; the test plays the server. */
-function fakeSockets() {
-  const all = [];
-  class FakeWS {
-    constructor(url) {
-      this.url = new URL(url);
-      this.readyState = 0;
-      this.sent = [];
-      this.onopen = this.onmessage = this.onclose = this.onerror = null;
-      all.push(this);
-      queueMicrotask(() => {
-        if (this.readyState === 0) {
-          this.readyState = 1;
-          this.onopen?.({});
-        }
-      });
-    }
-    send(d) {
-      if (this.readyState !== 1) throw new Error("send on a socket that is not open");
-      this.sent.push(d);
-    }
-    close(code = 1000, reason = "") {
-      if (this.readyState === 3) return;
-      this.readyState = 3;
-      this.clientClosed = code;
-      queueMicrotask(() => this.onclose?.({ code, reason }));
-    }
-    // --- the server's side ---
-    push(frame) {
-      this.onmessage?.({ data: typeof frame === "string" ? frame : JSON.stringify(frame) });
-    }
-    welcome(seq = 0, connectionId = `c${all.indexOf(this)}`) {
-      this.push({ type: "welcome", connectionId, userId: "u", seq });
-    }
-    drop(code = 1006, reason = "") {
-      this.readyState = 3;
-      this.onclose?.({ code, reason });
-    }
-    frames(type) {
-      return this.sent.filter((s) => s !== "ping").map((s) => JSON.parse(s)).filter((f) => !type || f.type === type);
-    }
-  }
-  return { FakeWS, all };
-}
-
-const env = (seq, type = "chat", payload = { room: "r1" }, extra = {}) => ({
-  envelopeId: `e${seq}`,
-  seq,
-  type,
-  userId: "u",
-  timestamp: new Date().toISOString(),
-  payload,
-  ...extra,
-});
-
-function setup(opts = {}) {
-  const { FakeWS, all } = fakeSockets();
-  let tokens = 0;
-  const client = new SwitchboardClient({
-    tickets: false,
-    url: "http://sb.test:8787",
-    token: () => `tok${++tokens}`,
-    WebSocket: FakeWS,
-    reconnect: { minDelayMs: 1, maxDelayMs: 5, jitter: 0 },
-    pingIntervalMs: 0,
-    ...opts,
-  });
-  const states = [];
-  const errors = [];
-  client.on("state", (s) => states.push(s));
-  client.on("error", (e) => errors.push(e));
-  return { client, all, states, errors, tokens: () => tokens, last: () => all[all.length - 1] };
-}
-
-/** Connects, answers the welcome and every subscribe with ok. */
-async function open(t, seq = 0) {
-  const n = t.all.length;
-  t.client.connect();
-  const ws = await waitFor(() => t.all[n], 1000, "a socket");
-  await waitFor(() => ws.readyState === 1);
-  ws.welcome(seq);
-  return ws;
-}
-async function okAll(ws, type = "subscribe") {
-  await tick();
-  for (const f of ws.frames(type)) if (f.id !== undefined && !f._ok) ws.push({ type: "ok", id: f.id });
-}
+import { tick, waitFor, fakeSockets, env, setup, open, okAll, fakeSse } from "./fakes.mjs";
 
 test("backoff grows by factor, is capped, and jitter only shortens it", () => {
   const o = { minDelayMs: 100, maxDelayMs: 1000, factor: 2, jitter: 0 };
@@ -414,38 +317,6 @@ test("a welcome seq below the resume point (server lost its history) resets it",
   assert.equal(t.client.lastSeq, 0);
   t.client.close();
 });
-
-/** A fake fetch serving /sse from a script and recording /ack posts. */
-function fakeSse() {
-  const streams = [];
-  const acks = [];
-  const f = async (url, init = {}) => {
-    const u = new URL(url);
-    if (u.pathname.endsWith("/ack")) {
-      acks.push({ auth: init.headers.authorization, body: JSON.parse(init.body) });
-      return new Response("{}", { status: 200 });
-    }
-    let ctrl;
-    const body = new ReadableStream({ start: (c) => (ctrl = c) });
-    const enc = new TextEncoder();
-    const s = {
-      url: u,
-      headers: init.headers,
-      write: (text) => ctrl.enqueue(enc.encode(text)),
-      end: () => ctrl.close(),
-      aborted: false,
-    };
-    init.signal?.addEventListener("abort", () => {
-      s.aborted = true;
-      try {
-        ctrl.error(new DOMException("aborted", "AbortError"));
-      } catch {}
-    });
-    streams.push(s);
-    return new Response(body, { status: 200, headers: { "content-type": "text/event-stream" } });
-  };
-  return { f, streams, acks };
-}
 
 test("sse: filters in the query, events parsed across chunk boundaries, acks over POST /ack, Last-Event-ID on reconnect", async () => {
   const { f, streams, acks } = fakeSse();
