@@ -300,8 +300,12 @@ pub async fn connect(
             let ok = next_text(&mut ws).await?;
             // A presence join's `ok` carries the snapshot (and a batch may follow at any time: the
             // acking task skips frames without an envelope id).
-            let fine =
-                if presence { ok.starts_with(r#"{"type":"ok","id":2,"#) } else { ok == r#"{"type":"ok","id":2}"# };
+            let fine = if presence {
+                let v: serde_json::Value = serde_json::from_str(&ok).unwrap_or_default();
+                v["type"] == "ok" && v["id"] == 2 && v["presence"]["count"].is_u64()
+            } else {
+                ok == r#"{"type":"ok","id":2}"#
+            };
             if !fine {
                 return Err(format!("join answered {ok}"));
             }

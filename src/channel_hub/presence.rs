@@ -152,6 +152,14 @@ impl ChannelHub {
         reason: &str,
     ) -> Result<(), Error> {
         let sql = self.sql();
+        // Presence off (nobody watches, no member webhooks): no batch to make, so no pending row,
+        // no batch state and no alarm: a join costs the member's row only. The user's pending row,
+        // if one is left from a watched time, goes, so a later batch never repeats a stale change (a
+        // new watcher's snapshot has the truth).
+        if settings::get(&self.env)?.presence_webhooks.is_none() && self.watcher_count()? == 0 {
+            sql.exec("DELETE FROM presence_pending WHERE user_id = ?", vec![user.to_string().into()])?;
+            return Ok(());
+        }
         let query = format!("SELECT {} FROM presence_pending WHERE user_id = ?", Pending::COLUMNS);
         let earlier = rows(sql.exec(&query, vec![user.to_string().into()])?)?.first().map(|r| Pending::read(r));
         // The state at the last batch: the earliest pending change's "before", if there is one.
