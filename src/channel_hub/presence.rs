@@ -353,18 +353,7 @@ impl ChannelHub {
         cursor: Option<&str>,
         cors: Option<&str>,
     ) -> Result<Response, Error> {
-        let limit = match limit {
-            None => 100,
-            Some(l) => match l.parse::<usize>() {
-                Ok(n) if (1..=MAX_PRESENCE_PAGE).contains(&n) => n,
-                _ => {
-                    return Err(Error::bad_request(
-                        "invalid_limit",
-                        format!("`limit` must be 1 to {MAX_PRESENCE_PAGE}"),
-                    ))
-                }
-            },
-        };
+        let limit = crate::core::query::page_limit(limit, MAX_PRESENCE_PAGE)?;
         let count = self.member_count()?;
         let mut page = self.members_with_data(cursor.unwrap_or_default(), limit + 1)?;
         let more = page.len() > limit;

@@ -63,13 +63,7 @@ impl ChannelHub {
         cursor: Option<&str>,
         cors: Option<&str>,
     ) -> Result<Response, Error> {
-        let limit = match limit {
-            None => 100,
-            Some(l) => match l.parse::<usize>() {
-                Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
-                _ => return Err(Error::bad_request("invalid_limit", format!("`limit` must be 1 to {MAX_PAGE}"))),
-            },
-        };
+        let limit = crate::core::query::page_limit(limit, MAX_PAGE)?;
         let cursor = cursor.unwrap_or_default().to_string();
         let count = self.with_members(|m| m.len())?;
         let mut page = self

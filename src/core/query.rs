@@ -95,3 +95,26 @@ mod tests {
         }
     }
 }
+
+/// A list endpoint's `?limit=`: 100 when absent, else 1 to `max`; anything else is `invalid_limit`.
+pub fn page_limit(limit: Option<&str>, max: usize) -> Result<usize, crate::core::error::Error> {
+    match limit {
+        None => Ok(100.min(max)),
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(crate::core::error::Error::bad_request("invalid_limit", format!("`limit` must be 1 to {max}"))),
+        },
+    }
+}
+
+#[cfg(test)]
+mod page_limit_tests {
+    #[test]
+    fn page_limit_defaults_to_100_and_refuses_what_is_out_of_range() {
+        assert_eq!(super::page_limit(None, 1000).unwrap(), 100);
+        assert_eq!(super::page_limit(Some("7"), 100).unwrap(), 7);
+        for bad in ["0", "101", "x", "-1"] {
+            assert_eq!(super::page_limit(Some(bad), 100).unwrap_err().code(), "invalid_limit", "{bad}");
+        }
+    }
+}

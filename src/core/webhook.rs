@@ -152,6 +152,12 @@ pub fn backoff_ms(attempt: u32, base_ms: u64, max_ms: u64, jitter: f64) -> u64 {
     half + (half as f64 * jitter.clamp(0.0, 1.0)) as u64
 }
 
+/// How long an object waits before retrying an alarm run that failed `failures` times in a row:
+/// 1 s doubling up to 60 s (shared by the user hubs and the event shards).
+pub fn alarm_retry_ms(failures: u32) -> i64 {
+    (1_000i64 << failures.saturating_sub(1).min(6)).min(60_000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

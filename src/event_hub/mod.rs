@@ -36,9 +36,6 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);"
 
 /// Requests one flush makes at most; a longer queue continues at the next flush.
 pub const MAX_REQUESTS_PER_FLUSH: usize = 50;
-/// First retry delay after a failed alarm run (storage error); doubles per failure, up to a minute.
-const ALARM_RETRY_MS: i64 = 1_000;
-const ALARM_RETRY_MAX_MS: i64 = 60_000;
 
 /// Only `fetch` and `alarm` are exported (no sockets here), which keeps the wasm small.
 #[durable_object(alarm)]
@@ -105,7 +102,7 @@ impl worker::DurableObject for EventHub {
             Err(e) => {
                 let failures = self.alarm_failures.get() + 1;
                 self.alarm_failures.set(failures);
-                let delay = (ALARM_RETRY_MS << (failures - 1).min(6)).min(ALARM_RETRY_MAX_MS);
+                let delay = crate::core::webhook::alarm_retry_ms(failures);
                 log::error(
                     "alarm_error",
                     json!({ "message": e.to_string(), "failures": failures, "retryInMs": delay }),

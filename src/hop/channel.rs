@@ -116,11 +116,7 @@ pub async fn presence(
     cursor: Option<&str>,
     cors: Option<&str>,
 ) -> Result<RawResponse, Error> {
-    let mut pairs = vec![("channel", channel)];
-    pairs.extend(limit.map(|l| ("limit", l)));
-    pairs.extend(cursor.map(|c| ("cursor", c)));
-    let url = wire::url("channel", channel_path::PRESENCE, &pairs);
-    send(env, &root_name(channel), super::request(Method::Get, &url, cors, None, None)?).await
+    page(env, channel_path::PRESENCE, channel, limit, cursor, cors).await
 }
 
 /// Hands a presence batch for `users` to the relay at `relay`; returns the users that no longer
@@ -162,10 +158,22 @@ pub async fn members(
     cursor: Option<&str>,
     cors: Option<&str>,
 ) -> Result<RawResponse, Error> {
+    page(env, channel_path::MEMBERS, channel, limit, cursor, cors).await
+}
+
+/// One page of a list the root answers at `path` (`?channel`, `?limit`, `?cursor`), as it is.
+async fn page(
+    env: &Env,
+    path: &str,
+    channel: &str,
+    limit: Option<&str>,
+    cursor: Option<&str>,
+    cors: Option<&str>,
+) -> Result<RawResponse, Error> {
     let mut pairs = vec![("channel", channel)];
     pairs.extend(limit.map(|l| ("limit", l)));
     pairs.extend(cursor.map(|c| ("cursor", c)));
-    let url = wire::url("channel", channel_path::MEMBERS, &pairs);
+    let url = wire::url("channel", path, &pairs);
     send(env, &root_name(channel), super::request(Method::Get, &url, cors, None, None)?).await
 }
 

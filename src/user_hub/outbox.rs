@@ -46,9 +46,6 @@ const COALESCED_PREFIX: &str = "evc_";
 /// Event ids of rows that go to the user's event shard (`hop::events`) instead of `WEBHOOK_URL`:
 /// the online/offline events of `PRESENCE_WEBHOOKS=on`, batched there with other users' events.
 pub(crate) const SHARD_PREFIX: &str = "evs_";
-/// First retry delay after an alarm run failed; doubles per consecutive failure, up to a minute.
-const ALARM_RETRY_MS: i64 = 1_000;
-const ALARM_RETRY_MAX_MS: i64 = 60_000;
 
 #[derive(Deserialize)]
 struct TailRow {
@@ -233,7 +230,7 @@ impl UserHub {
             Err(e) => {
                 let failures = self.alarm_failures.get() + 1;
                 self.alarm_failures.set(failures);
-                let delay = (ALARM_RETRY_MS << (failures - 1).min(6)).min(ALARM_RETRY_MAX_MS);
+                let delay = crate::core::webhook::alarm_retry_ms(failures);
                 log::error(
                     "alarm_error",
                     json!({ "message": e.to_string(), "failures": failures, "retryInMs": delay }),
