@@ -38,6 +38,13 @@ extern "C" {
     type RawStub;
     #[wasm_bindgen(method, catch, js_name = fetch)]
     fn fetch_raw(this: &RawStub, req: &web_sys::Request) -> Result<js_sys::Promise, wasm_bindgen::JsValue>;
+    /// `fetch(url, init)`, the runtime making the request itself from a URL and a plain init object.
+    #[wasm_bindgen(method, catch, js_name = fetch)]
+    fn fetch_url(
+        this: &RawStub,
+        url: &str,
+        init: &wasm_bindgen::JsValue,
+    ) -> Result<js_sys::Promise, wasm_bindgen::JsValue>;
     /// `UserHub::publish_rpc`, over workerd's RPC.
     #[wasm_bindgen(method, catch)]
     fn publish(
@@ -72,6 +79,26 @@ async fn send(env: &Env, binding: &str, name: &str, req: Request, what: &str) ->
     let unavailable =
         |e: wasm_bindgen::JsValue| Error::Unavailable(format!("{what} did not answer: {}", worker::Error::from(e)));
     let promise = stub(env, binding, name)?.fetch_raw(req.inner()).map_err(unavailable)?;
+    let res = wasm_bindgen_futures::JsFuture::from(promise).await.map_err(unavailable)?;
+    Ok(res.unchecked_into())
+}
+
+/// GETs `url` from the object named `name` with the init `init` (a plain JS object the runtime reads),
+/// and returns the object's `Response` as it is; a failure to reach it is 503. No `Request` or
+/// `Headers` object is made in wasm (see [`user::connect`]).
+#[cfg(target_arch = "wasm32")]
+async fn send_url(
+    env: &Env,
+    binding: &str,
+    name: &str,
+    url: &str,
+    init: &wasm_bindgen::JsValue,
+    what: &str,
+) -> Result<web_sys::Response, Error> {
+    use wasm_bindgen::JsCast;
+    let unavailable =
+        |e: wasm_bindgen::JsValue| Error::Unavailable(format!("{what} did not answer: {}", worker::Error::from(e)));
+    let promise = stub(env, binding, name)?.fetch_url(url, init).map_err(unavailable)?;
     let res = wasm_bindgen_futures::JsFuture::from(promise).await.map_err(unavailable)?;
     Ok(res.unchecked_into())
 }

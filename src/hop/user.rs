@@ -48,13 +48,14 @@ async fn send(env: &Env, user_id: &str, req: Request) -> Result<Response, Error>
 }
 
 /// Hands a WebSocket upgrade to the user's hub.
+///
+/// The hop is `fetch(url, {headers: {upgrade: "websocket"}})` with one init object made once per
+/// isolate: a `Request` and a `Headers` built from wasm cost the connect more than the rest of the
+/// hop (see BENCHMARKS.md, "Connects").
 pub async fn connect(env: &Env, c: &Connect) -> Result<Response, Error> {
     let url = wire::url("hub", user_path::CONNECT, &wire::borrowed(&c.to_query()));
-    let headers = Headers::new();
-    headers.set("upgrade", "websocket")?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Get).with_headers(headers);
-    send(env, &c.user_id, Request::new_with_init(&url, &init)?).await
+    let init = crate::runtime::js::upgrade_init();
+    super::send_url(env, wire::USER_HUB_BINDING, &c.user_id, &url, &init, "the user's hub").await
 }
 
 /// Stores a connect ticket in the user's hub. A refusal (429: too many unused tickets) comes back

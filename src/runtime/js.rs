@@ -29,6 +29,11 @@ export function cacheSocketId(ws, id) {
   socketIds.set(ws, id);
 }
 
+const UPGRADE_INIT = Object.freeze({ headers: Object.freeze({ upgrade: "websocket" }) });
+export function upgradeInit() {
+  return UPGRADE_INIT;
+}
+
 export function jsonResponse(status, body, cors, allow) {
   const headers = { "content-type": "application/json; charset=utf-8", "cache-control": "no-store" };
   if (cors !== undefined) {
@@ -49,14 +54,19 @@ extern "C" {
     #[wasm_bindgen(js_name = installFastMicrotasks)]
     fn install_fast_microtasks_js();
 
-    /// A JSON `Response` made in one call, its headers a plain object: building it from Rust took a
-    /// `Headers` object, a crossing per header, a `Uint8Array` copy of the body and the `Response`
-    /// builtin's slower path for a `Headers` init (about 15% of the Worker's CPU per publish).
+    /// `{headers: {upgrade: "websocket"}}`, one frozen object for every WebSocket hop.
+    #[wasm_bindgen(js_name = upgradeInit)]
+    pub fn upgrade_init() -> wasm_bindgen::JsValue;
+
+    /// The connection id [`socket_id`] remembered for a socket object, if any.
     #[wasm_bindgen(js_name = cachedSocketId)]
     fn cached_socket_id(ws: &web_sys::WebSocket) -> Option<String>;
     #[wasm_bindgen(js_name = cacheSocketId)]
     fn cache_socket_id(ws: &web_sys::WebSocket, id: &str);
 
+    /// A JSON `Response` made in one call, its headers a plain object: building it from Rust took a
+    /// `Headers` object, a crossing per header, a `Uint8Array` copy of the body and the `Response`
+    /// builtin's slower path for a `Headers` init (about 15% of the Worker's CPU per publish).
     #[wasm_bindgen(js_name = jsonResponse)]
     fn json_response_js(
         status: u16,

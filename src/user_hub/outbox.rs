@@ -194,7 +194,7 @@ impl UserHub {
     }
 
     /// Sets the alarm at `due` unless (`rearm` false) one is already set at or before it.
-    async fn set_alarm_at(&self, due: i64, rearm: bool) -> Result<(), Error> {
+    pub(crate) async fn set_alarm_at(&self, due: i64, rearm: bool) -> Result<(), Error> {
         let storage = self.state.storage();
         if !rearm {
             // Set by this object and not run yet: no need to ask storage (a connect used to pay a

@@ -140,7 +140,10 @@ impl UserHub {
             stored = self.online_opened(&id, transport).await;
         }
         if let (Ok(()), Some(d)) = (&stored, deadline) {
-            stored = self.schedule_alarm(Some(d.ceil() as i64), false).await;
+            // Only this deadline is new: every other due time was armed when it arose, and the
+            // alarm re-arms for all of them when it runs. (`schedule_alarm` would scan them all,
+            // at several queries and a pass over every connection per connect.)
+            stored = self.set_alarm_at(d.ceil() as i64, false).await;
         }
         if let Err(e) = stored {
             // The socket is accepted already: left alone it would be a ghost that counts against
