@@ -99,7 +99,8 @@ async function publish(i) {
   const acked = channel ? j.totals?.acked : j.acks?.length;
   if (r.status !== 200 || j.clientCount !== sockets || acked !== sockets) throw new Error(JSON.stringify(j).slice(0, 300));
 }
-for (let i = 0; i < Math.min(200, n); i++) await publish(i); // warm-up (tier-up)
+// Warm-up (tier-up): PROFILE_WARMUP publishes (default 200) before the measured ones.
+for (let i = 0; i < Number(process.env.PROFILE_WARMUP || Math.min(200, n)); i++) await publish(i);
 
 const perfData = `/tmp/switchboard-perf-${process.pid}.data`;
 let perf;

@@ -48,6 +48,12 @@ pub struct Config {
     /// it plus `HOP_GRACE_MS` per level, and on a loaded machine a 500-member relay takes longer than
     /// 5 s + 4 s; raise it there (it changes nothing when every ack comes in time).
     pub group_timeout_ms: usize,
+    /// Publishes each fresh server handles before a scenario (`--warm N`, default 0): V8 compiles
+    /// wasm with its baseline compiler first and moves a function to the optimizing one only after
+    /// a budget of executions, so a short run measures Rust code partly unoptimized, while JS
+    /// tiers up within a few hundred calls. A long-lived isolate runs optimized code; this measures
+    /// that steady state, for both servers alike.
+    pub warm: usize,
 }
 
 const ALL_SCENARIOS: &[&str] = &[
@@ -100,6 +106,7 @@ impl Config {
             group_small_n: pick(100, 10),
             group_large_n: pick(20, 3),
             group_timeout_ms: 5000,
+            warm: 0,
         }
     }
 
@@ -125,7 +132,7 @@ const HELP: &str = "switchboard-bench [--quick | --smoke] [--runs N] [--scenario
   [--out FILE] [--extra FILE] [--rtt-n N] [--fanout-small-sockets N] [--fanout-small-n N]
   [--fanout-large-sockets N] [--fanout-large-n N] [--tp-users N] [--tp-publishers N] [--tp-n N]
   [--idle-sockets N] [--idle-per-user N] [--idle-hibernate-s N] [--payload-1k-n N] [--payload-64k-n N] [--payload-512k-n N]
-  [--connect-concurrency N] [--group-small-n N] [--group-large-n N] [--group-timeout-ms N]
+  [--connect-concurrency N] [--group-small-n N] [--group-large-n N] [--group-timeout-ms N] [--warm N]
 Every numeric flag can also be set as BENCH_<NAME> (e.g. BENCH_RTT_N=500). Scenarios:
   rtt fanout100 fanout1000 throughput throughput50 idle payload1k payload64k payload512k
   users100 channel100 users2000 channel2000 (Switchboard only: a group via `userIds` vs a channel)
@@ -197,6 +204,7 @@ fn parse_args() -> Result<Config, String> {
             "group-small-n" => c.group_small_n = num()?,
             "group-large-n" => c.group_large_n = num()?,
             "group-timeout-ms" => c.group_timeout_ms = num()?,
+            "warm" => c.warm = num()?,
             // Environment variables the scripts use for other things.
             "quick" | "smoke" | "no-build" | "coldstart-samples" | "node" | "serve-max-s" | "build-dir"
             | "show-stderr" | "timeout" => {}
@@ -252,6 +260,15 @@ async fn main() {
             for server in order {
                 if scenarios::switchboard_only(scenario) && server.name != "switchboard" {
                     continue;
+                }
+                if config.warm > 0 {
+                    let warm = scenarios::warm(server, &config, run).await;
+                    total_errors += warm.errors;
+                    for e in warm.error_samples.iter().take(5) {
+                        if error_samples.len() < 20 {
+                            error_samples.push(format!("{scenario}/{} warm-up: {e}", server.name));
+                        }
+                    }
                 }
                 let t = Instant::now();
                 let out =

@@ -239,6 +239,7 @@ pub fn summarize(
             "idle": {"sockets": config.idle_sockets, "per_user": config.idle_per_user, "hibernate_s": config.idle_hibernate_s},
             "payload_n": [config.payload_1k_n, config.payload_64k_n, config.payload_512k_n],
             "groups": {"small_n": config.group_small_n, "large_n": config.group_large_n, "timeout_ms": config.group_timeout_ms},
+            "warm": config.warm,
         },
         "extra": extra.unwrap_or(Value::Null),
         "scenarios": scenarios,

@@ -40,6 +40,12 @@ impl Errors {
     }
 }
 
+/// `--warm N`: N sequential publishes to a user of its own with one acking socket, checked like
+/// any other, before the scenario is measured on the same server (see `Config::warm`).
+pub async fn warm(server: &Server, c: &Config, run: usize) -> Outcome {
+    sequential(server, c, &format!("warm-r{run}"), 1, c.warm, 0).await
+}
+
 pub async fn run(name: &str, server: &Server, c: &Config, run: usize) -> Outcome {
     let tag = format!("r{run}");
     match name {
