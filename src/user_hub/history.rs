@@ -187,7 +187,7 @@ impl UserHub {
     }
 
     /// Re-reads the oldest stored envelope's `(seq, at)` after a trim (see `UserHub::oldest`).
-    fn reload_oldest(&self, sql: &worker::SqlStorage) -> Result<(), Error> {
+    fn reload_oldest(&self, sql: &super::HubSql<'_>) -> Result<(), Error> {
         let oldest = sql
             .exec("SELECT seq, at FROM history ORDER BY seq LIMIT 1", None)?
             .to_array::<OldestRow>()?

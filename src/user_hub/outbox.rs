@@ -68,6 +68,8 @@ pub(crate) enum Enqueued {
 impl UserHub {
     /// The outbox as the shared webhook queue (`runtime::webhook`), batching as `hook` says.
     fn outbox(&self, batch_max: usize) -> Queue<'_> {
+        // The queue reads `outbox` through its own handle; a failure here shows in its first query.
+        let _ = self.sql().ensure_lazy();
         Queue {
             sql: self.state.storage().sql(),
             sending: &self.outbox_sending,
