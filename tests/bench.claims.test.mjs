@@ -113,3 +113,53 @@ test("the 'What each change bought' table is its published file, and its summary
   const ratiosAtOrBelow = cols.filter((c) => core[c] && current[c] && current[c].ratio <= core[c].ratio);
   assert.deepEqual(ratiosAtOrBelow, ["fanout100", "fanout1000", "throughput", "payload512k"], "the sentence after the table names these");
 });
+
+test("README's current figures are the steady-state and lazy-schema files', to their rounding", () => {
+  const section = README.slice(README.indexOf("## Benchmarks"), README.indexOf("## Contributing"));
+  const steadyFile = "bench/results-published/2026-11-30-toll-round3-steady.json";
+  const lazyFile = "bench/results-published/2026-11-30-lazy-schema-after.json";
+  assert.ok(section.includes(steadyFile), "names the steady-state file");
+  assert.ok(section.includes(path.basename(lazyFile)), "names the lazy-schema file");
+  const byName = (file) => Object.fromEntries(json(file).scenarios.map((s) => [s.scenario, s]));
+  const steady = byName(steadyFile);
+  const lazyRun = json(lazyFile);
+  const lazy = byName(lazyFile);
+  const rows = Object.fromEntries(table(section, "| figure |").map((r) => [r[0], r.slice(1)]));
+  const nums = (cell) => (cell.match(/\d+(?:\.\d+)?/g) || []).map(Number);
+  // Each printed number is the file's value to the printed precision.
+  const near = (printed, actual, what) => {
+    const decimals = (String(printed).split(".")[1] || "").length;
+    const unit = 10 ** -decimals;
+    assert.ok(Math.abs(printed - actual) <= unit / 2 + 1e-9 || Math.abs(printed - Number(actual.toPrecision(3))) <= unit / 2 + 1e-9,
+      `${what}: printed ${printed}, file ${actual}`);
+  };
+  const cpu = (label, scenarios) => {
+    const [sb, ref, ratio] = rows[label].map(nums);
+    scenarios.forEach((k, i) => {
+      near(sb[i], steady[k].switchboard.cpu_ms_per_publish, `${k} switchboard`);
+      near(ref[i], steady[k].reference.cpu_ms_per_publish, `${k} reference`);
+      near(ratio[i], steady[k].ratio.cpu_ms_per_publish, `${k} ratio`);
+    });
+  };
+  cpu("CPU per publish: rtt (1 socket, acked)", ["rtt"]);
+  cpu("CPU per publish: fanout to 100 sockets", ["fanout100"]);
+  cpu("CPU per publish: 50 users, 16 concurrent publishers", ["throughput50"]);
+  cpu("CPU per publish: payload 1 KiB / 64 KiB / 512 KiB", ["payload1k", "payload64k", "payload512k"]);
+  cpu("CPU per publish: rtt with permessage-deflate (as browsers connect)", ["rtt_deflate"]);
+  const connect = rows["CPU per WebSocket connect (10 per user)"].map(nums).flat();
+  near(connect[0], lazy.idle.switchboard.cpu_ms_per_connect, "connect switchboard");
+  near(connect[1], lazy.idle.reference.cpu_ms_per_connect, "connect reference");
+  near(connect[2], lazy.idle.ratio.cpu_ms_per_connect, "connect ratio");
+  const mem = rows["memory per idle socket (hubs in memory)"].map(nums).flat();
+  near(mem[0], lazy.idle.switchboard.mem_kb_per_socket, "memory switchboard");
+  near(mem[1], lazy.idle.reference.mem_kb_per_socket, "memory reference");
+  near(mem[2], lazy.idle.ratio.mem_kb_per_socket, "memory ratio");
+  // The channel range spans the two sittings' figures (lazy-schema pair, steady state).
+  const channel = nums(rows["channel of 100 members: CPU per member delivery"][0]);
+  near(channel[0], lazy.channel100.switchboard.cpu_us_per_delivery / 1000, "channel (lazy-schema sitting)");
+  near(channel[1], steady.channel100.switchboard.cpu_us_per_delivery / 1000, "channel (steady-state sitting)");
+  const cold = rows["cold start: first connect on a fresh workerd"].map(nums).flat();
+  assert.deepEqual(cold.slice(0, 2), [lazyRun.extra.coldstart.switchboard.first_connect_ms, lazyRun.extra.coldstart.reference.first_connect_ms]);
+  near(cold[2], cold[0] / cold[1], "cold start ratio");
+  near(nums(rows["release wasm, gzip"][0])[0], lazyRun.extra.wasm.gzip_bytes / 1000, "wasm size");
+});
