@@ -1,7 +1,7 @@
 // The Durable Object bench/micro/sql.mjs drives: each request runs one kind of SQLite work `n` times.
-// SCHEMA14 is the user hub's schema (src/user_hub/mod.rs) as of 2026-11-30.
+// SCHEMA12 (12 tables and an index) is the user hub's schema before the lazy tables (src/user_hub/mod.rs) as of 2026-11-30.
 import { DurableObject } from "cloudflare:workers";
-const SCHEMA14 = `
+const SCHEMA12 = `
 CREATE TABLE IF NOT EXISTS subscriptions (conn_id TEXT PRIMARY KEY, filters TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS history (seq INTEGER PRIMARY KEY, at INTEGER NOT NULL, envelope TEXT NOT NULL);
@@ -32,11 +32,11 @@ export class Hub extends DurableObject {
     const n = Number(u.searchParams.get("n") || 1000);
     const size = Number(u.searchParams.get("size") || 100);
     const sql = this.ctx.storage.sql;
-    if (op === "schema14") { sql.exec(SCHEMA14); return new Response("ok"); }
+    if (op === "schema12") { sql.exec(SCHEMA12); return new Response("ok"); }
     if (op === "schema3") { sql.exec(SCHEMA3); return new Response("ok"); }
     if (op === "schema1") { sql.exec(SCHEMA1); return new Response("ok"); }
     if (op === "none") { return new Response("ok"); }
-    if (!this.ready) { sql.exec(SCHEMA14); this.ready = true; this.seq = Number(sql.exec("SELECT coalesce(max(seq),0) AS s FROM history").one().s); }
+    if (!this.ready) { sql.exec(SCHEMA12); this.ready = true; this.seq = Number(sql.exec("SELECT coalesce(max(seq),0) AS s FROM history").one().s); }
     const env = "x".repeat(size);
     let seq = this.seq;
     if (op === "meta") {

@@ -37,7 +37,7 @@ for (let round = 0; round < 2; round++) {
   r[`none/obj`+round] = await timeit("none"+round, "op=none", 400, i => `none${round}-${i}`);
   r[`schema1/obj`+round] = await timeit("s1"+round, "op=schema1", 400, i => `s1${round}-${i}`);
   r[`schema3/obj`+round] = await timeit("s3"+round, "op=schema3", 400, i => `s3${round}-${i}`);
-  r[`schema14/obj`+round] = await timeit("s14"+round, "op=schema14", 400, i => `s14${round}-${i}`);
+  r[`schema12/obj`+round] = await timeit("s12"+round, "op=schema12", 400, i => `s12${round}-${i}`);
   for (const [op, size] of [["meta", 8], ["hist", 100], ["histdel", 100], ["histconsume", 100], ["hist", 1024], ["hist", 65536], ["histdel", 65536], ["kv", 65536], ["str", 65536]]) {
     const per = await timeit(op+size+round, `op=${op}&n=200&size=${size}`, 10, () => `w${op}${size}${round}`);
     r[`${op}${size} us/op `+round] = per * 1000 / 200;

@@ -61,7 +61,7 @@ CREATE TABLE IF NOT EXISTS conn_presence (conn_id TEXT PRIMARY KEY, data TEXT NO
 
 /// The tables of features a hub may never use (`Idempotency-Key`, webhooks, channels, tickets, online
 /// events): created by [`HubSql::exec`] the first time a statement finds one missing. A new hub so
-/// creates 5 tables instead of 13 tables and an index, which costs a connect to a new user about
+/// creates 5 tables instead of 12 tables and an index, which costs a connect to a new user about
 /// 1-2 ms of CPU less and keeps the hub's SQLite smaller in memory (`bench/micro/sql.mjs`).
 const LAZY_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, seq INTEGER NOT NULL, envelope_id TEXT NOT NULL,
