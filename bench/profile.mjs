@@ -139,10 +139,7 @@ if (perfMode) {
   for (const sort of ["comm", "dso", "dso,sym"]) console.log(`by ${sort}:\n${report(sort).join("\n")}`);
   if (process.env.PROFILE_PERF_KEEP) console.log(`perf data kept: ${perfData}`);
   else fs.rmSync(perfData, { force: true });
-  for (const ws of clients) ws.terminate();
-  await mf.dispose();
-  clearTimeout(hardStop);
-  process.exit(0);
+  await finish();
 }
 const { result } = await call("Profiler.stop");
 const profile = result.profile;
@@ -239,8 +236,13 @@ for (const target of (process.env.PROFILE_CALLEES || "").split(",").filter(Boole
   console.log(`under ${target} (self time, ms per publish):`);
   for (const [k, us] of [...under].sort((a, b) => b[1] - a[1]).slice(0, 12)) console.log(`  ${per(us).padStart(8)}  ${k.slice(0, 160)}`);
 }
-for (const ws of clients) ws.terminate();
-cdp.terminate();
-await mf.dispose();
-clearTimeout(hardStop);
-process.exit(0);
+await finish();
+
+/** Closes the clients, the inspector connection (V8 sampler mode) and the server, and exits. */
+async function finish() {
+  for (const ws of clients) ws.terminate();
+  cdp?.terminate();
+  await mf.dispose();
+  clearTimeout(hardStop);
+  process.exit(0);
+}

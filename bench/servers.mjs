@@ -71,6 +71,27 @@ function childPids(ppid) {
   return out;
 }
 
+/** The workerd processes `ppid` started (a Miniflare in this process, by default). */
+export function workerdPids(ppid = process.pid) {
+  return childPids(ppid).filter((p) => {
+    try {
+      return fs.readFileSync(`/proc/${p}/comm`, "utf8").includes("workerd");
+    } catch {
+      return false;
+    }
+  });
+}
+
+/** CPU time (user + system, every thread) of `pids` so far, in ms, from /proc (10 ms ticks). */
+export function cpuMs(pids) {
+  let ticks = 0;
+  for (const p of pids) {
+    const f = fs.readFileSync(`/proc/${p}/stat`, "utf8").split(") ")[1].split(" ");
+    ticks += Number(f[11]) + Number(f[12]);
+  }
+  return ticks * 10;
+}
+
 /** Starts one server; resolves with { mf, url, pid } where pid is its own workerd process. */
 export async function startServer(name, secret, build) {
   const before = new Set(childPids(process.pid));

@@ -5,9 +5,9 @@
 // SQLite upsert, as a channel member's hub records an envelope. A channel publish costs Switchboard
 // one such call per member, so this is the floor of its CPU per member delivery in workerd.
 import { Miniflare } from "miniflare";
-import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { cpuMs, workerdPids } from "../servers.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const mf = new Miniflare({
@@ -19,28 +19,19 @@ const mf = new Miniflare({
   port: 0,
 });
 const url = await mf.ready;
-const pids = fs.readdirSync("/proc").filter((d) => /^\d+$/.test(d)).filter((d) => {
-  try {
-    const stat = fs.readFileSync(`/proc/${d}/stat`, "utf8");
-    return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]) === process.pid
-      && fs.readFileSync(`/proc/${d}/comm`, "utf8").includes("workerd");
-  } catch { return false; }
-});
+const pids = workerdPids();
 if (!pids.length) throw new Error("no workerd child process found");
-const cpuMs = () => pids.reduce((t, p) => {
-  const f = fs.readFileSync(`/proc/${p}/stat`, "utf8").split(") ")[1].split(" ");
-  return t + (Number(f[11]) + Number(f[12])) * 10;
-}, 0);
+const cpu = () => cpuMs(pids);
 const members = 100;
 const out = {};
 for (let round = 0; round < 3; round++) {
   for (const op of ["noop", "write"]) {
     const q = `?op=${op}&members=${members}&prefix=${op}`;
     for (let w = 0; w < 20; w++) await (await fetch(`${url}${q}&rounds=10`)).text(); // warm-up
-    const c0 = cpuMs();
+    const c0 = cpu();
     const requests = 20, rounds = 20;
     for (let i = 0; i < requests; i++) await (await fetch(`${url}${q}&rounds=${rounds}`)).text();
-    out[`${op} µs per call, round ${round + 1}`] = Math.round(((cpuMs() - c0) * 1000) / (requests * rounds * members));
+    out[`${op} µs per call, round ${round + 1}`] = Math.round(((cpu() - c0) * 1000) / (requests * rounds * members));
   }
 }
 console.log(out);

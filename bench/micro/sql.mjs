@@ -8,23 +8,17 @@
 //   `single touch8` (a request that writes nothing): the difference is one write transaction.
 // Not part of run.sh; BENCHMARKS.md ("The JS↔wasm toll, third round") quotes a run.
 import { Miniflare } from "miniflare";
-import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { cpuMs, workerdPids } from "../servers.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const mf = new Miniflare({ modules: true, scriptPath: path.join(here, "sql-worker.js"), compatibilityDate: "2026-08-01",
   durableObjects: { HUB: { className: "Hub", useSQLite: true } }, host: "127.0.0.1", port: 0 });
 const url = await mf.ready;
-const pids = fs.readdirSync("/proc").filter((d) => /^\d+$/.test(d)).filter((d) => {
-  try {
-    const stat = fs.readFileSync(`/proc/${d}/stat`, "utf8");
-    return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]) === process.pid
-      && fs.readFileSync(`/proc/${d}/comm`, "utf8").includes("workerd");
-  } catch { return false; }
-});
+const pids = workerdPids();
 if (!pids.length) throw new Error("no workerd child process found");
-function cpu() { let t = 0; for (const p of pids) { try { const f = fs.readFileSync(`/proc/${p}/stat`, "utf8").split(") ")[1].split(" "); t += Number(f[11]) + Number(f[12]); } catch {} } return t * 10; }
+const cpu = () => cpuMs(pids);
 async function timeit(label, qs, reps, namer) {
   await fetch(`${url}?${qs}&name=warm${label}`).then(r => r.text());
   const c0 = cpu();

@@ -99,16 +99,7 @@ impl worker::DurableObject for EventHub {
                 self.alarm_failures.set(0);
                 self.next_flush().map_err(|e| worker::Error::RustError(e.to_string()))?
             }
-            Err(e) => {
-                let failures = self.alarm_failures.get() + 1;
-                self.alarm_failures.set(failures);
-                let delay = crate::core::webhook::alarm_retry_ms(failures);
-                log::error(
-                    "alarm_error",
-                    json!({ "message": e.to_string(), "failures": failures, "retryInMs": delay }),
-                );
-                Some(now + delay)
-            }
+            Err(e) => Some(crate::runtime::webhook::alarm_failed(&self.alarm_failures, &e, now)),
         };
         if let Some(at) = next {
             self.set_alarm(at).await.map_err(|e| worker::Error::RustError(e.to_string()))?;

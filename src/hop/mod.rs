@@ -75,12 +75,7 @@ fn stub(env: &Env, binding: &str, name: &str) -> Result<RawStub, Error> {
 /// `Response` as it is; a failure to reach it is 503.
 #[cfg(target_arch = "wasm32")]
 async fn send(env: &Env, binding: &str, name: &str, req: Request, what: &str) -> Result<web_sys::Response, Error> {
-    use wasm_bindgen::JsCast;
-    let unavailable =
-        |e: wasm_bindgen::JsValue| Error::Unavailable(format!("{what} did not answer: {}", worker::Error::from(e)));
-    let promise = stub(env, binding, name)?.fetch_raw(req.inner()).map_err(unavailable)?;
-    let res = wasm_bindgen_futures::JsFuture::from(promise).await.map_err(unavailable)?;
-    Ok(res.unchecked_into())
+    answer(stub(env, binding, name)?.fetch_raw(req.inner()), what).await
 }
 
 /// GETs `url` from the object named `name` with the init `init` (a plain JS object the runtime reads),
@@ -95,11 +90,19 @@ async fn send_url(
     init: &wasm_bindgen::JsValue,
     what: &str,
 ) -> Result<web_sys::Response, Error> {
+    answer(stub(env, binding, name)?.fetch_url(url, init), what).await
+}
+
+/// The object's `Response` to a stub's `fetch`, or 503 when it could not be reached.
+#[cfg(target_arch = "wasm32")]
+async fn answer(
+    fetched: Result<js_sys::Promise, wasm_bindgen::JsValue>,
+    what: &str,
+) -> Result<web_sys::Response, Error> {
     use wasm_bindgen::JsCast;
     let unavailable =
         |e: wasm_bindgen::JsValue| Error::Unavailable(format!("{what} did not answer: {}", worker::Error::from(e)));
-    let promise = stub(env, binding, name)?.fetch_url(url, init).map_err(unavailable)?;
-    let res = wasm_bindgen_futures::JsFuture::from(promise).await.map_err(unavailable)?;
+    let res = wasm_bindgen_futures::JsFuture::from(fetched.map_err(unavailable)?).await.map_err(unavailable)?;
     Ok(res.unchecked_into())
 }
 

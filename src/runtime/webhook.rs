@@ -24,6 +24,17 @@ use std::pin::Pin;
 use std::time::Duration;
 use worker::{AbortController, Date, Delay, Fetch, Headers, Method, Request, RequestInit, SqlStorage};
 
+/// After an alarm run that failed: counts it in `failures` (runs failed in a row), logs it, and
+/// returns when to retry (`now` plus the backoff of `core::webhook::alarm_retry_ms`). The user hubs
+/// and the event shards both retry their alarms this way.
+pub fn alarm_failed(failures: &Cell<u32>, error: &Error, now: i64) -> i64 {
+    let count = failures.get() + 1;
+    failures.set(count);
+    let delay = webhook::alarm_retry_ms(count);
+    log::error("alarm_error", json!({ "message": error.to_string(), "failures": count, "retryInMs": delay }));
+    now + delay
+}
+
 /// Why an attempt did not deliver: the HTTP status when there was an answer.
 pub struct Failure {
     pub status: Option<u16>,

@@ -92,8 +92,11 @@ impl HubSql<'_> {
         bindings: impl Into<Option<Vec<worker::SqlStorageValue>>>,
     ) -> worker::Result<worker::SqlCursor> {
         let bindings = bindings.into();
+        if self.lazy_ready.get() {
+            return self.storage.exec(query, bindings); // no table can be missing: no copy for a retry
+        }
         match self.storage.exec(query, bindings.clone()) {
-            Err(e) if !self.lazy_ready.get() && e.to_string().contains("no such table") => {
+            Err(e) if e.to_string().contains("no such table") => {
                 self.ensure_lazy()?;
                 self.storage.exec(query, bindings)
             }

@@ -230,14 +230,8 @@ impl UserHub {
                 self.schedule_alarm(None, true).await
             }
             Err(e) => {
-                let failures = self.alarm_failures.get() + 1;
-                self.alarm_failures.set(failures);
-                let delay = crate::core::webhook::alarm_retry_ms(failures);
-                log::error(
-                    "alarm_error",
-                    json!({ "message": e.to_string(), "failures": failures, "retryInMs": delay }),
-                );
-                self.set_alarm_at(now + delay, true).await
+                let retry_at = crate::runtime::webhook::alarm_failed(&self.alarm_failures, &e, now);
+                self.set_alarm_at(retry_at, true).await
             }
         }
     }
