@@ -19,6 +19,17 @@ export const BUILD_DIR = process.env.SWITCHBOARD_BUILD_DIR || path.join(ROOT, "b
  * with other settings). `analytics`: binds the `METRICS` Analytics Engine dataset (Miniflare's local
  * simulator accepts and discards data points).
  */
+/** Polls `pred` every 10 ms until it returns something truthy (which it returns), failing after `ms`. */
+export async function waitFor(pred, ms = 10000, what = "condition") {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await pred();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
 export async function startWorker(vars = {}, { persist, analytics } = {}) {
   const logs = [];
   const bindings = { JWT_SECRET: SECRET, ...vars };

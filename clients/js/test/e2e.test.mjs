@@ -5,7 +5,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
-import { startWorker, publish, clientToken, publishToken, now } from "../../../tests/harness.mjs";
+import { startWorker, publish, clientToken, publishToken, now, waitFor } from "../../../tests/harness.mjs";
 import { SwitchboardClient } from "../dist/index.js";
 
 let w;
@@ -16,16 +16,6 @@ let n = 0;
 const user = (p = "sdk") => `${p}-${++n}-${Math.random().toString(36).slice(2, 8)}`;
 const clients = [];
 after(() => clients.forEach((c) => c.close()));
-
-async function waitFor(pred, ms = 8000, what = "condition") {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await pred();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 function client(opts) {
   const c = new SwitchboardClient({ url: w.url, reconnect: { minDelayMs: 50, maxDelayMs: 200, jitter: 0 }, ...opts });

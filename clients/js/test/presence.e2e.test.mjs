@@ -5,7 +5,7 @@
 // feature, when the Worker under test has no channel presence.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startWorker, clientToken } from "../../../tests/harness.mjs";
+import { startWorker, clientToken, waitFor } from "../../../tests/harness.mjs";
 import { presenceMissing } from "../../../tests/browser/support.mjs";
 import { SwitchboardClient } from "../dist/index.js";
 
@@ -21,16 +21,6 @@ after(() => w?.stop());
 const clients = [];
 after(() => clients.forEach((c) => c.close()));
 const rand = () => Math.random().toString(36).slice(2, 8);
-
-async function waitFor(pred, ms = 10000, what = "condition") {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await pred();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 function client(userId, opts = {}) {
   const c = new SwitchboardClient({

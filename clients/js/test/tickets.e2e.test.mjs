@@ -3,22 +3,12 @@
 // ticket each time (a ticket is single-use).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startWorker, publish, clientToken, publishToken } from "../../../tests/harness.mjs";
+import { startWorker, publish, clientToken, publishToken, waitFor } from "../../../tests/harness.mjs";
 import { SwitchboardClient } from "../dist/index.js";
 
 let w;
 before(async () => (w = await startWorker()));
 after(() => w?.stop());
-
-async function waitFor(pred, ms = 8000, what = "condition") {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await pred();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 /** Node's WebSocket and fetch, recording every URL the client opens. */
 function recording() {

@@ -7,7 +7,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
 import crypto from "node:crypto";
-import { startWorker, Client, clientToken, publishToken, SECRET } from "../../../tests/harness.mjs";
+import { startWorker, Client, clientToken, publishToken, SECRET, waitFor } from "../../../tests/harness.mjs";
 import { Switchboard, SwitchboardError, WebhookVerificationError, mintToken, verifyWebhook, isFailure } from "../dist/index.js";
 
 const WEBHOOK_SECRET = `whsec_${crypto.randomBytes(24).toString("base64")}`;
@@ -58,16 +58,6 @@ let n = 0;
 const uid = (p = "srv") => `${p}-${++n}-${Math.random().toString(36).slice(2, 8)}`;
 const sdk = (opts = {}) => new Switchboard({ url: w.url, secret: SECRET, retry: { minDelayMs: 20, maxDelayMs: 100 }, ...opts });
 const envelopes = (frames) => frames.filter((f) => f && f.envelopeId);
-
-async function waitFor(pred, ms = 10000, what = "condition") {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await pred();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 test("publish to a user: the acks come back typed; connectionId targets one connection", async () => {
   const u = uid();
