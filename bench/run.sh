@@ -7,6 +7,8 @@
 #   bash bench/run.sh --quick         # every scenario with small counts (not for figures)
 #   bash bench/run.sh --smoke         # CI smoke (.ci/run): ~950 checked publishes, wasm budget enforced
 #   BENCH_NO_BUILD=1 bash bench/run.sh --quick   # use the existing build/ as it is
+#   bash bench/run.sh --against DIR --runs 3 --scenarios rtt   # A/B: build/ against another build in DIR,
+#                                     # which takes the reference's place (ratios are build/ / DIR)
 #
 # Any other flag goes to the generator (bench/target/release/switchboard-bench --help).
 # Exits non-zero if any publish or socket misbehaved.
@@ -32,11 +34,33 @@ fi
 log "building the load generator"
 cargo build --release --quiet --manifest-path bench/Cargo.toml
 
+# --against DIR: the reference's place goes to the Switchboard build in DIR (an A/B of two builds).
+args=()
+against=""
+prev=""
+for a in "$@"; do
+  if [ "$prev" = "--against" ]; then
+    against="$a"
+  elif [ "$a" != "--against" ]; then
+    args+=("$a")
+  fi
+  prev="$a"
+done
+set -- "${args[@]+"${args[@]}"}"
+
 # Benchmark a snapshot of build/, so a rebuild while we run cannot mix two versions.
 snap="$(mktemp -d "${TMPDIR:-/tmp}/switchboard-bench.XXXXXX")"
 trap 'rm -rf "$snap"' EXIT
 cp -R "$src_build"/. "$snap/"
 export BENCH_BUILD_DIR="$snap"
+if [ -n "$against" ]; then
+  [ -f "$against/index.js" ] || { log "--against $against: no index.js there"; exit 2; }
+  against_snap="$(mktemp -d "${TMPDIR:-/tmp}/switchboard-bench-against.XXXXXX")"
+  trap 'rm -rf "$snap" "$against_snap"' EXIT
+  cp -R "$against"/. "$against_snap/"
+  export SWITCHBOARD_BENCH_AGAINST="$against_snap"
+  log "A/B: the reference's place goes to the build in $against; ratios are this build / that one"
+fi
 BENCH_NODE="$(command -v node)"
 export BENCH_NODE
 

@@ -46,6 +46,12 @@ export function serverOptions(name, secret, build = process.env.BENCH_BUILD_DIR 
       compatibilityFlags: ["enable_request_signal"], // as in wrangler.toml
     };
   }
+  // SWITCHBOARD_BENCH_AGAINST=<dir> (run.sh --against <dir>): the "reference" slot runs another Switchboard
+  // build, so a change is measured against the build before it in one sitting, each scenario's two
+  // servers back to back (the ratios are then this build / that one).
+  if (name === "reference" && process.env.SWITCHBOARD_BENCH_AGAINST) {
+    return { ...serverOptions("switchboard", secret, process.env.SWITCHBOARD_BENCH_AGAINST), name: "reference" };
+  }
   if (name === "reference") {
     return {
       ...common,

@@ -258,7 +258,10 @@ async fn main() {
                 order.reverse();
             }
             for server in order {
-                if scenarios::switchboard_only(scenario) && server.name != "switchboard" {
+                // With `run.sh --against`, the reference's place holds another Switchboard build,
+                // which runs every scenario.
+                let ab = std::env::var_os("SWITCHBOARD_BENCH_AGAINST").is_some();
+                if scenarios::switchboard_only(scenario) && server.name != "switchboard" && !ab {
                     continue;
                 }
                 if config.warm > 0 {
