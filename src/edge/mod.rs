@@ -26,6 +26,8 @@ use crate::core::config::Config;
 use crate::core::error::Error;
 use crate::runtime::{http, log, metrics, settings};
 use serde_json::json;
+use std::future::Future;
+use std::pin::Pin;
 use worker::{event, Context, Env, Method, Request};
 
 #[event(fetch)]
@@ -65,37 +67,48 @@ pub async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<web_
     }
 }
 
-async fn route(req: Request, env: &Env, config: &Config, cors: Option<&str>) -> Result<web_sys::Response, Error> {
+/// A handler's answer, as a boxed future of its own. Each route's state machine is then a function of
+/// its own in the wasm, which V8 compiles (lazily, on first call) only when that route is first used,
+/// instead of one state machine holding every route's that the first request of a cold isolate
+/// compiles whole.
+type Answer<'a> = Pin<Box<dyn Future<Output = Result<web_sys::Response, Error>> + 'a>>;
+
+fn route<'a>(req: Request, env: &'a Env, config: &'a Config, cors: Option<&'a str>) -> Answer<'a> {
     let method = req.method();
     if method == Method::Options {
-        return Ok(http::preflight(cors)?.into());
+        return ready(http::preflight(cors).map(Into::into).map_err(Error::from));
     }
     if is_upgrade(&req) {
         if method != Method::Get {
-            return Err(Error::MethodNotAllowed { method: method.to_string(), allow: "GET" });
+            return ready(Err(Error::MethodNotAllowed { method: method.to_string(), allow: "GET" }));
         }
-        return handlers::connect(req, env, config).await;
+        return Box::pin(handlers::connect(req, env, config));
     }
     let path = req.path();
     match (path.as_str(), method) {
-        ("/publish", Method::Post) => handlers::publish(req, env, config, cors).await,
-        ("/publish", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "POST, OPTIONS" }),
-        ("/sse", Method::Get) => handlers::open_sse(req, env, config, cors).await,
-        ("/sse", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "GET, OPTIONS" }),
-        ("/ack", Method::Post) => handlers::ack(req, env, config, cors).await,
-        ("/ack", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "POST, OPTIONS" }),
-        ("/tickets", Method::Post) => handlers::issue_ticket(req, env, config, cors).await,
-        ("/tickets", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "POST, OPTIONS" }),
-        ("/metrics", Method::Get) => handlers::metrics(&req, config, cors),
-        ("/metrics", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "GET, OPTIONS" }),
-        ("/healthz", Method::Get | Method::Head) => Ok(http::respond(200, &r#"{"status":"ok"}"#.into(), cors)),
-        ("/healthz", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "GET, HEAD" }),
-        (p, m) if p.starts_with("/users/") => handlers::connection_api(req, env, config, cors, m).await,
-        (p, m) if p.starts_with("/channels/") => handlers::channel_api(req, env, config, cors, m).await,
-        ("/", Method::Get) => Err(Error::UpgradeRequired),
-        ("/", m) => Err(Error::MethodNotAllowed { method: m.to_string(), allow: "GET, OPTIONS" }),
-        _ => Err(Error::NotFound(format!("there is no route {path}"))),
+        ("/publish", Method::Post) => Box::pin(handlers::publish(req, env, config, cors)),
+        ("/publish", m) => ready(Err(Error::MethodNotAllowed { method: m.to_string(), allow: "POST, OPTIONS" })),
+        ("/sse", Method::Get) => Box::pin(handlers::open_sse(req, env, config, cors)),
+        ("/sse", m) => ready(Err(Error::MethodNotAllowed { method: m.to_string(), allow: "GET, OPTIONS" })),
+        ("/ack", Method::Post) => Box::pin(handlers::ack(req, env, config, cors)),
+        ("/ack", m) => ready(Err(Error::MethodNotAllowed { method: m.to_string(), allow: "POST, OPTIONS" })),
+        ("/tickets", Method::Post) => Box::pin(handlers::issue_ticket(req, env, config, cors)),
+        ("/tickets", m) => ready(Err(Error::MethodNotAllowed { method: m.to_string(), allow: "POST, OPTIONS" })),
+        ("/metrics", Method::Get) => ready(handlers::metrics(&req, config, cors)),
+        ("/metrics", m) => ready(Err(Error::MethodNotAllowed { method: m.to_string(), allow: "GET, OPTIONS" })),
+        ("/healthz", Method::Get | Method::Head) => ready(Ok(http::respond(200, &r#"{"status":"ok"}"#.into(), cors))),
+        ("/healthz", m) => ready(Err(Error::MethodNotAllowed { method: m.to_string(), allow: "GET, HEAD" })),
+        (p, m) if p.starts_with("/users/") => Box::pin(handlers::connection_api(req, env, config, cors, m)),
+        (p, m) if p.starts_with("/channels/") => Box::pin(handlers::channel_api(req, env, config, cors, m)),
+        ("/", Method::Get) => ready(Err(Error::UpgradeRequired)),
+        ("/", m) => ready(Err(Error::MethodNotAllowed { method: m.to_string(), allow: "GET, OPTIONS" })),
+        _ => ready(Err(Error::NotFound(format!("there is no route {path}")))),
     }
+}
+
+/// An answer known without waiting.
+fn ready<'a>(answer: Result<web_sys::Response, Error>) -> Answer<'a> {
+    Box::pin(std::future::ready(answer))
 }
 
 /// Whether the request asks for a WebSocket upgrade.

@@ -218,14 +218,18 @@ impl worker::DurableObject for UserHub {
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
         let cors = hop::cors(&req);
-        let result = match user::read(&req) {
-            Err(e) => Err(e),
-            Ok(Call::Connect(connect)) => self.accept(connect).await,
-            Ok(Call::Ack) => self.http_ack(&mut req, cors.as_deref()).await,
-            Ok(Call::ListConnections) => self.list_connections(cors.as_deref()),
-            Ok(Call::Kick { connection_id }) => self.kick(connection_id, cors.as_deref()).await,
-            Ok(Call::IssueTicket(ticket)) => self.issue_ticket(ticket),
+        // Each call's future is boxed on its own, so the wasm has a state machine per call: V8
+        // compiles (lazily) only the calls a hub has served, not all of them at its first connect.
+        type Answer<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Error>> + 'a>>;
+        let answer: Answer<'_> = match user::read(&req) {
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+            Ok(Call::Connect(connect)) => Box::pin(self.accept(connect)),
+            Ok(Call::Ack) => Box::pin(self.http_ack(&mut req, cors.as_deref())),
+            Ok(Call::ListConnections) => Box::pin(std::future::ready(self.list_connections(cors.as_deref()))),
+            Ok(Call::Kick { connection_id }) => Box::pin(self.kick(connection_id, cors.as_deref())),
+            Ok(Call::IssueTicket(ticket)) => Box::pin(std::future::ready(self.issue_ticket(ticket))),
         };
+        let result = answer.await;
         result.or_else(|e| {
             if e.status() >= 500 {
                 log::error("hub_error", json!({ "code": e.code(), "message": e.to_string() }));
