@@ -26,7 +26,7 @@ pub mod user;
 #[cfg(target_arch = "wasm32")]
 use crate::core::error::Error;
 #[cfg(target_arch = "wasm32")]
-use worker::{Env, Headers, Method, Request, RequestInit};
+use worker::{Env, Headers, Method, Request};
 
 #[cfg(target_arch = "wasm32")]
 #[wasm_bindgen::prelude::wasm_bindgen]
@@ -122,9 +122,7 @@ fn request(
     if let Some(key) = idempotency_key {
         headers.set(wire::IDEMPOTENCY_HEADER, key)?;
     }
-    let mut init = RequestInit::new();
-    init.with_method(method).with_headers(headers).with_body(body);
-    Ok(Request::new_with_init(url, &init)?)
+    Ok(crate::runtime::http::new_request(method, url, &headers, body.as_ref())?)
 }
 
 /// The receiving side: the Worker's CORS decision carried by a hop, to answer with.

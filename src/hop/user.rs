@@ -6,7 +6,7 @@ use crate::core::error::Error;
 use crate::core::query;
 use wasm_bindgen::{JsCast, JsValue};
 use web_sys::Response;
-use worker::{Env, Headers, Method, Request, RequestInit};
+use worker::{Env, Headers, Method, Request};
 
 /// What a hop asks of a user's hub.
 pub enum Call {
@@ -129,12 +129,9 @@ pub async fn ack(env: &Env, user_id: &str, body: Vec<u8>, cors: Option<&str>) ->
     if let Some(origin) = cors {
         headers.set(wire::CORS_HEADER, origin)?;
     }
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post)
-        .with_headers(headers)
-        .with_body(Some(js_sys::Uint8Array::from(body.as_slice()).into()));
+    let body: wasm_bindgen::JsValue = js_sys::Uint8Array::from(body.as_slice()).into();
     let url = wire::url("hub", user_path::ACK, &[]);
-    send(env, user_id, Request::new_with_init(&url, &init)?).await
+    send(env, user_id, crate::runtime::http::new_request(Method::Post, &url, &headers, Some(&body))?).await
 }
 
 /// Hands a channel's presence batch (`frame`, the frame's JSON text as a JS string, shared by every

@@ -22,7 +22,7 @@ use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
-use worker::{AbortController, Date, Delay, Fetch, Headers, Method, Request, RequestInit, SqlStorage};
+use worker::{AbortController, Date, Delay, Fetch, Headers, Method, SqlStorage};
 
 /// After an alarm run that failed: counts it in `failures` (runs failed in a row), logs it, and
 /// returns when to retry (`now` plus the backoff of `core::webhook::alarm_retry_ms`). The user hubs
@@ -59,9 +59,8 @@ pub async fn send(hook: &WebhookConfig, webhook_id: &str, body: &str, content_ty
     set("webhook-timestamp", &timestamp.to_string())?;
     set("webhook-signature", &webhook::sign(&hook.secret, webhook_id, timestamp, body))?;
     set("user-agent", "switchboard-webhooks/1")?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post).with_headers(headers).with_body(Some(body.into()));
-    let req = Request::new_with_init(&hook.url, &init).map_err(|e| fail(e.to_string()))?;
+    let req = super::http::new_request(Method::Post, &hook.url, &headers, Some(&body.into()))
+        .map_err(|e| fail(e.to_string()))?;
     let controller = AbortController::default();
     let signal = controller.signal();
     let fetch = Fetch::Request(req);
