@@ -114,16 +114,16 @@ test("the 'What each change bought' table is its published file, and its summary
   assert.deepEqual(ratiosAtOrBelow, ["fanout100", "fanout1000", "throughput", "payload512k"], "the sentence after the table names these");
 });
 
-test("README's current figures are the steady-state and lazy-schema files', to their rounding", () => {
+test("README's current figures are the steady-state and fourth-round files', to their rounding", () => {
   const section = README.slice(README.indexOf("## Benchmarks"), README.indexOf("## Contributing"));
   const steadyFile = "bench/results-published/2026-11-30-toll-round3-steady.json";
-  const lazyFile = "bench/results-published/2026-11-30-lazy-schema-after.json";
+  const round4File = "bench/results-published/2026-11-30-round4-after.json";
   assert.ok(section.includes(steadyFile), "names the steady-state file");
-  assert.ok(section.includes(path.basename(lazyFile)), "names the lazy-schema file");
+  assert.ok(section.includes(path.basename(round4File)), "names the fourth round's file");
   const byName = (file) => Object.fromEntries(json(file).scenarios.map((s) => [s.scenario, s]));
   const steady = byName(steadyFile);
-  const lazyRun = json(lazyFile);
-  const lazy = byName(lazyFile);
+  const round4Run = json(round4File);
+  const round4 = byName(round4File);
   const rows = Object.fromEntries(table(section, "| figure |").map((r) => [r[0], r.slice(1)]));
   const nums = (cell) => (cell.match(/\d+(?:\.\d+)?/g) || []).map(Number);
   // Each printed number is the file's value to the printed precision.
@@ -147,19 +147,17 @@ test("README's current figures are the steady-state and lazy-schema files', to t
   cpu("CPU per publish: payload 1 KiB / 64 KiB / 512 KiB", ["payload1k", "payload64k", "payload512k"]);
   cpu("CPU per publish: rtt with permessage-deflate (as browsers connect)", ["rtt_deflate"]);
   const connect = rows["CPU per WebSocket connect (10 per user)"].map(nums).flat();
-  near(connect[0], lazy.idle.switchboard.cpu_ms_per_connect, "connect switchboard");
-  near(connect[1], lazy.idle.reference.cpu_ms_per_connect, "connect reference");
-  near(connect[2], lazy.idle.ratio.cpu_ms_per_connect, "connect ratio");
+  near(connect[0], round4.idle.switchboard.cpu_ms_per_connect, "connect switchboard");
+  near(connect[1], round4.idle.reference.cpu_ms_per_connect, "connect reference");
+  near(connect[2], round4.idle.ratio.cpu_ms_per_connect, "connect ratio");
   const mem = rows["memory per idle socket (hubs in memory)"].map(nums).flat();
-  near(mem[0], lazy.idle.switchboard.mem_kb_per_socket, "memory switchboard");
-  near(mem[1], lazy.idle.reference.mem_kb_per_socket, "memory reference");
-  near(mem[2], lazy.idle.ratio.mem_kb_per_socket, "memory ratio");
-  // The channel range spans the two sittings' figures (lazy-schema pair, steady state).
+  near(mem[0], round4.idle.switchboard.mem_kb_per_socket, "memory switchboard");
+  near(mem[1], round4.idle.reference.mem_kb_per_socket, "memory reference");
+  near(mem[2], round4.idle.ratio.mem_kb_per_socket, "memory ratio");
   const channel = nums(rows["channel of 100 members: CPU per member delivery"][0]);
-  near(channel[0], lazy.channel100.switchboard.cpu_us_per_delivery / 1000, "channel (lazy-schema sitting)");
-  near(channel[1], steady.channel100.switchboard.cpu_us_per_delivery / 1000, "channel (steady-state sitting)");
+  near(channel[0], round4.channel100.switchboard.cpu_us_per_delivery / 1000, "channel (fourth round's sitting)");
   const cold = rows["cold start: first connect on a fresh workerd"].map(nums).flat();
-  assert.deepEqual(cold.slice(0, 2), [lazyRun.extra.coldstart.switchboard.first_connect_ms, lazyRun.extra.coldstart.reference.first_connect_ms]);
+  assert.deepEqual(cold.slice(0, 2), [round4Run.extra.coldstart.switchboard.first_connect_ms, round4Run.extra.coldstart.reference.first_connect_ms]);
   near(cold[2], cold[0] / cold[1], "cold start ratio");
-  near(nums(rows["release wasm, gzip"][0])[0], lazyRun.extra.wasm.gzip_bytes / 1000, "wasm size");
+  near(nums(rows["release wasm, gzip"][0])[0], round4Run.extra.wasm.gzip_bytes / 1000, "wasm size");
 });
