@@ -25,9 +25,8 @@ mod sse;
 use crate::core::config::Config;
 use crate::core::error::Error;
 use crate::runtime::{http, log, metrics, settings};
+use futures_util::future::{self, FutureExt, LocalBoxFuture};
 use serde_json::json;
-use std::future::Future;
-use std::pin::Pin;
 use worker::{event, Context, Env, Method, Request};
 
 #[event(fetch)]
@@ -71,7 +70,7 @@ pub async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<web_
 /// its own in the wasm, which V8 compiles (lazily, on first call) only when that route is first used,
 /// instead of one state machine holding every route's that the first request of a cold isolate
 /// compiles whole.
-type Answer<'a> = Pin<Box<dyn Future<Output = Result<web_sys::Response, Error>> + 'a>>;
+type Answer<'a> = LocalBoxFuture<'a, Result<web_sys::Response, Error>>;
 
 fn route<'a>(req: Request, env: &'a Env, config: &'a Config, cors: Option<&'a str>) -> Answer<'a> {
     let method = req.method();
@@ -82,24 +81,24 @@ fn route<'a>(req: Request, env: &'a Env, config: &'a Config, cors: Option<&'a st
         if method != Method::Get {
             return ready(Err(Error::MethodNotAllowed { method: method.to_string(), allow: "GET" }));
         }
-        return Box::pin(handlers::connect(req, env, config));
+        return handlers::connect(req, env, config).boxed_local();
     }
     let path = req.path();
     match (path.as_str(), method) {
-        ("/publish", Method::Post) => Box::pin(handlers::publish(req, env, config, cors)),
+        ("/publish", Method::Post) => handlers::publish(req, env, config, cors).boxed_local(),
         ("/publish", m) => ready(Err(Error::MethodNotAllowed { method: m.to_string(), allow: "POST, OPTIONS" })),
-        ("/sse", Method::Get) => Box::pin(handlers::open_sse(req, env, config, cors)),
+        ("/sse", Method::Get) => handlers::open_sse(req, env, config, cors).boxed_local(),
         ("/sse", m) => ready(Err(Error::MethodNotAllowed { method: m.to_string(), allow: "GET, OPTIONS" })),
-        ("/ack", Method::Post) => Box::pin(handlers::ack(req, env, config, cors)),
+        ("/ack", Method::Post) => handlers::ack(req, env, config, cors).boxed_local(),
         ("/ack", m) => ready(Err(Error::MethodNotAllowed { method: m.to_string(), allow: "POST, OPTIONS" })),
-        ("/tickets", Method::Post) => Box::pin(handlers::issue_ticket(req, env, config, cors)),
+        ("/tickets", Method::Post) => handlers::issue_ticket(req, env, config, cors).boxed_local(),
         ("/tickets", m) => ready(Err(Error::MethodNotAllowed { method: m.to_string(), allow: "POST, OPTIONS" })),
         ("/metrics", Method::Get) => ready(handlers::metrics(&req, config, cors)),
         ("/metrics", m) => ready(Err(Error::MethodNotAllowed { method: m.to_string(), allow: "GET, OPTIONS" })),
         ("/healthz", Method::Get | Method::Head) => ready(Ok(http::respond(200, &r#"{"status":"ok"}"#.into(), cors))),
         ("/healthz", m) => ready(Err(Error::MethodNotAllowed { method: m.to_string(), allow: "GET, HEAD" })),
-        (p, m) if p.starts_with("/users/") => Box::pin(handlers::connection_api(req, env, config, cors, m)),
-        (p, m) if p.starts_with("/channels/") => Box::pin(handlers::channel_api(req, env, config, cors, m)),
+        (p, m) if p.starts_with("/users/") => handlers::connection_api(req, env, config, cors, m).boxed_local(),
+        (p, m) if p.starts_with("/channels/") => handlers::channel_api(req, env, config, cors, m).boxed_local(),
         ("/", Method::Get) => ready(Err(Error::UpgradeRequired)),
         ("/", m) => ready(Err(Error::MethodNotAllowed { method: m.to_string(), allow: "GET, OPTIONS" })),
         _ => ready(Err(Error::NotFound(format!("there is no route {path}")))),
@@ -108,7 +107,7 @@ fn route<'a>(req: Request, env: &'a Env, config: &'a Config, cors: Option<&'a st
 
 /// An answer known without waiting.
 fn ready<'a>(answer: Result<web_sys::Response, Error>) -> Answer<'a> {
-    Box::pin(std::future::ready(answer))
+    future::ready(answer).boxed_local()
 }
 
 /// Whether the request asks for a WebSocket upgrade.

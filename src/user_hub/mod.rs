@@ -220,14 +220,14 @@ impl worker::DurableObject for UserHub {
         let cors = hop::cors(&req);
         // Each call's future is boxed on its own, so the wasm has a state machine per call: V8
         // compiles (lazily) only the calls a hub has served, not all of them at its first connect.
-        type Answer<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Error>> + 'a>>;
-        let answer: Answer<'_> = match user::read(&req) {
-            Err(e) => Box::pin(std::future::ready(Err(e))),
-            Ok(Call::Connect(connect)) => Box::pin(self.accept(connect)),
-            Ok(Call::Ack) => Box::pin(self.http_ack(&mut req, cors.as_deref())),
-            Ok(Call::ListConnections) => Box::pin(std::future::ready(self.list_connections(cors.as_deref()))),
-            Ok(Call::Kick { connection_id }) => Box::pin(self.kick(connection_id, cors.as_deref())),
-            Ok(Call::IssueTicket(ticket)) => Box::pin(std::future::ready(self.issue_ticket(ticket))),
+        use futures_util::future::{ready, FutureExt, LocalBoxFuture};
+        let answer: LocalBoxFuture<'_, Result<Response, Error>> = match user::read(&req) {
+            Err(e) => ready(Err(e)).boxed_local(),
+            Ok(Call::Connect(connect)) => self.accept(connect).boxed_local(),
+            Ok(Call::Ack) => self.http_ack(&mut req, cors.as_deref()).boxed_local(),
+            Ok(Call::ListConnections) => ready(self.list_connections(cors.as_deref())).boxed_local(),
+            Ok(Call::Kick { connection_id }) => self.kick(connection_id, cors.as_deref()).boxed_local(),
+            Ok(Call::IssueTicket(ticket)) => ready(self.issue_ticket(ticket)).boxed_local(),
         };
         let result = answer.await;
         result.or_else(|e| {
