@@ -6,7 +6,7 @@ use crate::core::error::Error;
 use crate::core::query;
 use wasm_bindgen::{JsCast, JsValue};
 use web_sys::Response;
-use worker::{Env, Headers, Method, Request};
+use worker::{Env, Method, Request};
 
 /// What a hop asks of a user's hub.
 pub enum Call {
@@ -124,14 +124,9 @@ pub async fn publish_js(
 
 /// Hands a checked `POST /ack` body to the user's hub and returns its answer as it is.
 pub async fn ack(env: &Env, user_id: &str, body: Vec<u8>, cors: Option<&str>) -> Result<Response, Error> {
-    let headers = Headers::new();
-    headers.set("content-type", "application/json")?;
-    if let Some(origin) = cors {
-        headers.set(wire::CORS_HEADER, origin)?;
-    }
-    let body: wasm_bindgen::JsValue = js_sys::Uint8Array::from(body.as_slice()).into();
+    let body: JsValue = js_sys::Uint8Array::from(body.as_slice()).into();
     let url = wire::url("hub", user_path::ACK, &[]);
-    send(env, user_id, crate::runtime::http::new_request(Method::Post, &url, &headers, Some(&body))?).await
+    send(env, user_id, super::request(Method::Post, &url, cors, None, Some(body))?).await
 }
 
 /// Hands a channel's presence batch (`frame`, the frame's JSON text as a JS string, shared by every
