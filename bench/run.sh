@@ -41,11 +41,17 @@ prev=""
 for a in "$@"; do
   if [ "$prev" = "--against" ]; then
     against="$a"
+  elif [[ "$a" == --against=* ]]; then
+    against="${a#--against=}"
   elif [ "$a" != "--against" ]; then
     args+=("$a")
   fi
   prev="$a"
 done
+if [ "$prev" = "--against" ] || { [ -z "$against" ] && [[ " $* " == *" --against"* ]]; }; then
+  log "--against needs a directory holding another build (a copy of build/)"
+  exit 2
+fi
 set -- "${args[@]+"${args[@]}"}"
 
 # Benchmark a snapshot of build/, so a rebuild while we run cannot mix two versions.
@@ -58,7 +64,7 @@ if [ -n "$against" ]; then
   against_snap="$(mktemp -d "${TMPDIR:-/tmp}/switchboard-bench-against.XXXXXX")"
   trap 'rm -rf "$snap" "$against_snap"' EXIT
   cp -R "$against"/. "$against_snap/"
-  export SWITCHBOARD_BENCH_AGAINST="$against_snap"
+  export SWITCHBOARD_BENCH_AGAINST="$against_snap" SWITCHBOARD_BENCH_AGAINST_FROM="$against"
   log "A/B: the reference's place goes to the build in $against; ratios are this build / that one"
 fi
 BENCH_NODE="$(command -v node)"

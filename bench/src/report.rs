@@ -240,6 +240,8 @@ pub fn summarize(
             "payload_n": [config.payload_1k_n, config.payload_64k_n, config.payload_512k_n],
             "groups": {"small_n": config.group_small_n, "large_n": config.group_large_n, "timeout_ms": config.group_timeout_ms},
             "warm": config.warm,
+            // `run.sh --against DIR`: the "reference" columns are the Switchboard build in DIR.
+            "against": std::env::var("SWITCHBOARD_BENCH_AGAINST_FROM").ok(),
         },
         "extra": extra.unwrap_or(Value::Null),
         "scenarios": scenarios,
@@ -272,6 +274,10 @@ pub fn print(summary: &Value) {
         summary["mode"].as_str().unwrap_or("?"),
         summary["runs"]
     );
+    if let Some(dir) = summary["config"]["against"].as_str() {
+        println!("A/B run: the \"reference\" columns are the Switchboard build in {dir}, and the budget lines");
+        println!("below compare the two builds, not Switchboard with the reference Worker.");
+    }
     println!();
     println!("| scenario | metric | switchboard | reference | ratio |");
     println!("|---|---|---:|---:|---:|");
