@@ -11,7 +11,7 @@ import fs from "node:fs";
 import { Miniflare } from "miniflare";
 import WebSocket from "ws";
 import { spawn, spawnSync } from "node:child_process";
-import { serverOptions, startServer } from "./servers.mjs";
+import { requirePerf, serverOptions, startServer } from "./servers.mjs";
 
 const [name = "switchboard", socketsArg = "1", nArg = "2000", padArg = "0"] = process.argv.slice(2);
 const sockets = Number(socketsArg);
@@ -36,6 +36,7 @@ const exp = Math.floor(Date.now() / 1000) + 3600;
 const perfMode = process.env.PROFILE_PERF === "1";
 let mf, url, call, cdp, workerdPid;
 if (perfMode) {
+  requirePerf("PROFILE_PERF=1");
   const started = await startServer(name, secret);
   ({ mf, url, pid: workerdPid } = started);
 } else {

@@ -1,5 +1,6 @@
 // Shared by serve.mjs and coldstart.mjs: how each server under test is started with Miniflare.
 import { Miniflare } from "miniflare";
+import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -75,6 +76,16 @@ function childPids(ppid) {
     } catch {}
   }
   return out;
+}
+
+/** Exits with a clear message unless `perf record` can run here (the binary, and perf_event access). */
+export function requirePerf(what) {
+  const probe = spawnSync("perf", ["record", "-q", "-o", "/dev/null", "--", "true"], { encoding: "utf8" });
+  if (probe.error || probe.status !== 0) {
+    const why = probe.error ? "the perf command is not installed (Debian: apt-get install linux-perf)" : (probe.stderr || "").trim().split("\n")[0];
+    console.error(`${what} needs perf: ${why}`);
+    process.exit(2);
+  }
 }
 
 /** The workerd processes `ppid` started (a Miniflare in this process, by default). */

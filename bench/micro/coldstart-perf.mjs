@@ -14,8 +14,9 @@ import os from "node:os";
 import path from "node:path";
 import { spawn, spawnSync } from "node:child_process";
 import WebSocket from "ws";
-import { startServer } from "../servers.mjs";
+import { requirePerf, startServer } from "../servers.mjs";
 
+requirePerf("coldstart-perf.mjs");
 const samples = Number(process.argv[2] || 3);
 const hardStop = setTimeout(() => {
   console.error("coldstart-perf: gave up after 240 s");
