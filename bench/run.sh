@@ -24,6 +24,9 @@ bash scripts/setup.sh
 if [ -n "${BENCH_BUILD_DIR:-}" ]; then
   BENCH_NO_BUILD=1
   src_build="$BENCH_BUILD_DIR"
+  # Recorded as config.build (and said in the printout): the "switchboard" columns are that build.
+  export SWITCHBOARD_BENCH_BUILD_FROM="$BENCH_BUILD_DIR"
+  log "the \"switchboard\" columns are the build in $BENCH_BUILD_DIR"
 else
   src_build=build
 fi

@@ -242,6 +242,9 @@ pub fn summarize(
             "warm": config.warm,
             // `run.sh --against DIR`: the "reference" columns are the Switchboard build in DIR.
             "against": std::env::var("SWITCHBOARD_BENCH_AGAINST_FROM").ok(),
+            // `BENCH_BUILD_DIR=DIR bash bench/run.sh`: the "switchboard" columns are the build in DIR
+            // (an older build, or the Rust floor in bench/floor/build).
+            "build": std::env::var("SWITCHBOARD_BENCH_BUILD_FROM").ok(),
         },
         "extra": extra.unwrap_or(Value::Null),
         "scenarios": scenarios,
@@ -274,6 +277,9 @@ pub fn print(summary: &Value) {
         summary["mode"].as_str().unwrap_or("?"),
         summary["runs"]
     );
+    if let Some(dir) = summary["config"]["build"].as_str() {
+        println!("The \"switchboard\" columns are the build in {dir}.");
+    }
     if let Some(dir) = summary["config"]["against"].as_str() {
         println!("A/B run: the \"reference\" columns are the Switchboard build in {dir}, and the budget lines");
         println!("below compare the two builds, not Switchboard with the reference Worker.");
