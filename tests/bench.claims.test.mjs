@@ -161,3 +161,83 @@ test("README's current figures are the steady-state and fourth-round files', to 
   near(cold[2], cold[0] / cold[1], "cold start ratio");
   near(nums(rows["release wasm, gzip"][0])[0], round4Run.extra.wasm.gzip_bytes / 1000, "wasm size");
 });
+
+test("the Rust floor's tables (README and BENCHMARKS.md) are its two published sittings, to their rounding", () => {
+  const floorFile = "bench/results-published/2026-11-30-rust-floor.json";
+  const vsFile = "bench/results-published/2026-11-30-switchboard-vs-floor.json";
+  const floorRun = json(floorFile);
+  const vsRun = json(vsFile);
+  // Each file says which build stood where: the floor in Switchboard's place, then in the reference's.
+  assert.equal(floorRun.config.build, "bench/floor/build");
+  assert.equal(vsRun.config.against, "bench/floor/build");
+  assert.equal(floorRun.errors + vsRun.errors, 0);
+  const byName = (run) => Object.fromEntries(run.scenarios.map((s) => [s.scenario, s]));
+  const floor = byName(floorRun);
+  const vs = byName(vsRun);
+  const nums = (cell) => (cell.match(/\d+(?:\.\d+)?/g) || []).map(Number);
+  const near = (printed, actual, what) => {
+    const decimals = (String(printed).split(".")[1] || "").length;
+    assert.ok(Math.abs(printed - actual) <= 10 ** -decimals / 2 + 1e-9, `${what}: printed ${printed}, file ${actual}`);
+  };
+  const coldRatio = (run) => run.extra.coldstart.switchboard.first_connect_ms / run.extra.coldstart.reference.first_connect_ms;
+
+  const start = README.indexOf("### Against the Rust floor");
+  const section = README.slice(start, README.indexOf("\n### ", start + 1));
+  assert.ok(section.includes(floorFile) && section.includes(vsFile), "README names both files");
+  const rows = Object.fromEntries(table(section, "| figure |").map((r) => [r[0], r.slice(1).map(nums)]));
+  const ratios = (label, keys, metric = "cpu_ms_per_publish") => {
+    const [a, b] = rows[label];
+    keys.forEach((k, i) => {
+      near(a[i], floor[k].ratio[metric], `README ${k} floor/reference`);
+      near(b[i], vs[k].ratio[metric], `README ${k} switchboard/floor`);
+    });
+  };
+  ratios("CPU per publish: rtt / fanout100 / throughput50", ["rtt", "fanout100", "throughput50"]);
+  ratios("CPU per publish: payload 1 KiB / 64 KiB / 512 KiB", ["payload1k", "payload64k", "payload512k"]);
+  ratios("CPU per WebSocket connect", ["idle"], "cpu_ms_per_connect");
+  const [coldFloor, coldVs] = rows["cold start: first connect on a fresh workerd"];
+  near(coldFloor[0], coldRatio(floorRun), "README cold start floor/reference");
+  near(coldVs[0], coldRatio(vsRun), "README cold start switchboard/floor");
+  const [wasmFloor, wasmSb] = rows["release wasm, gzip"];
+  near(wasmFloor[0], floorRun.extra.wasm.gzip_bytes / 1000, "README floor wasm");
+  near(wasmSb[0], vsRun.extra.wasm.gzip_bytes / 1000, "README switchboard wasm");
+  // "Switchboard costs less per publish than a plain Rust port": every publish scenario, both tables.
+  if (/costs less per publish than a plain Rust port/.test(section)) {
+    for (const k of ["rtt", "fanout100", "throughput50", "payload1k", "payload64k", "payload512k"]) {
+      assert.ok(vs[k].ratio.cpu_ms_per_publish < 1, `${k}: Switchboard / floor is ${vs[k].ratio.cpu_ms_per_publish}`);
+    }
+  }
+
+  // BENCHMARKS.md's table: each cell "a / b ms, r" (or "r") in its sitting.
+  const md = Object.fromEntries(table(MD, "### The Rust floor").map((r) => [r[0], r.slice(1).map(nums)]));
+  const cpu = { rtt: "rtt", fanout100: "fanout100", throughput50: "throughput50", "payload 1 KiB": "payload1k", "payload 64 KiB": "payload64k", "payload 512 KiB": "payload512k" };
+  for (const [label, k] of Object.entries(cpu)) {
+    const [[fa, fb, fr], [va, vb, vr]] = md[`CPU per publish: ${label}`];
+    near(fa, floor[k].switchboard.cpu_ms_per_publish, `${k} floor`);
+    near(fb, floor[k].reference.cpu_ms_per_publish, `${k} reference`);
+    near(fr, floor[k].ratio.cpu_ms_per_publish, `${k} floor ratio`);
+    near(va, vs[k].switchboard.cpu_ms_per_publish, `${k} switchboard`);
+    near(vb, vs[k].reference.cpu_ms_per_publish, `${k} floor (second sitting)`);
+    near(vr, vs[k].ratio.cpu_ms_per_publish, `${k} switchboard ratio`);
+  }
+  const [[rate, p50], [vsRate, vsP50]] = md["throughput50: publish rate / p50"];
+  near(rate, floor.throughput50.ratio.publishes_per_s, "throughput50 rate");
+  near(p50, floor.throughput50.ratio.p50_ms, "throughput50 p50");
+  near(vsRate, vs.throughput50.ratio.publishes_per_s, "throughput50 rate (switchboard/floor)");
+  near(vsP50, vs.throughput50.ratio.p50_ms, "throughput50 p50 (switchboard/floor)");
+  const [[ca, cb, cr], [da, db, dr]] = md["CPU per WebSocket connect (10 per user)"];
+  near(ca, floor.idle.switchboard.cpu_ms_per_connect, "connect floor");
+  near(cb, floor.idle.reference.cpu_ms_per_connect, "connect reference");
+  near(cr, floor.idle.ratio.cpu_ms_per_connect, "connect floor ratio");
+  near(da, vs.idle.switchboard.cpu_ms_per_connect, "connect switchboard");
+  near(db, vs.idle.reference.cpu_ms_per_connect, "connect floor (second sitting)");
+  near(dr, vs.idle.ratio.cpu_ms_per_connect, "connect switchboard ratio");
+  const [[mf], [mv]] = md["memory per idle socket"];
+  near(mf, floor.idle.ratio.mem_kb_per_socket, "memory floor");
+  near(mv, vs.idle.ratio.mem_kb_per_socket, "memory switchboard/floor");
+  const [[fc, rc, fcr], [sc, fc2, scr]] = md["cold start: first connect on a fresh workerd"];
+  assert.deepEqual([fc, rc], [floorRun.extra.coldstart.switchboard.first_connect_ms, floorRun.extra.coldstart.reference.first_connect_ms]);
+  assert.deepEqual([sc, fc2], [vsRun.extra.coldstart.switchboard.first_connect_ms, vsRun.extra.coldstart.reference.first_connect_ms]);
+  near(fcr, coldRatio(floorRun), "cold start floor ratio");
+  near(scr, coldRatio(vsRun), "cold start switchboard ratio");
+});
