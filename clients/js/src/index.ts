@@ -326,6 +326,10 @@ export class SwitchboardClient {
   #storage: StorageLike | undefined;
   /** The current SSE stream was opened without `since` (a page load's first stream). */
   #sseLive = false;
+  /** The current SSE stream is being reopened with `since` = a point kept by an earlier page load:
+   * its envelopes are not handled, because the reopened stream replays them in order after the ones
+   * this page missed (handling one now would move the cursor past those). */
+  #sseReplacing = false;
   #retryPending = false;
 
   constructor(options: ClientOptions) {
@@ -770,6 +774,7 @@ export class SwitchboardClient {
   /** Stops the current connection without reporting anything. */
   #drop(): void {
     this.#gen++;
+    this.#sseReplacing = false;
     for (const t of this.#timers) clearTimeout(t);
     this.#timers.clear();
     const c = this.#conn;
@@ -923,6 +928,7 @@ export class SwitchboardClient {
         const lines = (hold ? buf.slice(0, -1) : buf).split(/\r\n|\r|\n/);
         buf = lines.pop()! + (hold ? "\r" : "");
         for (const line of lines) {
+          if (gen !== this.#gen) break; // dropped by a frame of this chunk: the rest is not ours
           if (line === "") {
             if (data.length) this.#frame(gen, data.join("\n"), keys);
             data = [];
@@ -1001,7 +1007,10 @@ export class SwitchboardClient {
       return this.#error("protocol_error", `unreadable frame: ${raw.slice(0, 100)}`);
     }
     if (!f || typeof f !== "object") return;
-    if (typeof f.envelopeId === "string") return void this.#envelope(gen, f as Envelope);
+    if (typeof f.envelopeId === "string") {
+      if (sseKeys !== undefined && this.#sseReplacing) return; // the reopened stream replays it
+      return void this.#envelope(gen, f as Envelope);
+    }
     if (f.type === "welcome") return this.#onWelcome(f as Welcome, sseKeys);
     if (f.type === "gap") return this.#emit("gap", f as Gap);
     if (f.type === "presence" && typeof f.channel === "string") return this.#channels.get(f.channel)?.presence?.frame(f as PresenceFrame);
@@ -1037,7 +1046,12 @@ export class SwitchboardClient {
     this.#emit("welcome", w);
     if (sseKeys) {
       this.#confirm(sseKeys, []);
-      if (sseCatchUp && this.#o.resume) this.#restartSoon(); // reopen with since = the kept point
+      if (sseCatchUp && this.#o.resume) {
+        // Reopen with since = the kept point. Envelopes already on their way in this stream (the
+        // same chunk as the welcome can carry live ones) are left to that replay.
+        this.#sseReplacing = true;
+        this.#restartSoon();
+      }
     } else {
       // Joins first: the hub handles a socket's frames in order, so the resume below replays the
       // channels' envelopes too.

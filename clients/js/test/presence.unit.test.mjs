@@ -324,6 +324,38 @@ test('resume: "session" over SSE: the first stream of a page load is reopened wi
   client.close();
 });
 
+test('resume: "session" over SSE: a live envelope in the first stream\'s welcome chunk waits for the replay (nothing skipped, order kept)', async () => {
+  const storage = memoryStorage();
+  const { f, streams, acks } = fakeSse();
+  storage.setItem("switchboard:seq:http://sb.test:8787/:u", "4");
+  const client = new SwitchboardClient({ url: "http://sb.test:8787", token: "t", transport: "sse", fetch: f, tickets: false, resume: "session", storage, pingIntervalMs: 0 });
+  const got = [];
+  client.subscribe({ type: "chat" }, (e) => void got.push(`${e.seq}${e.replayed ? "r" : ""}`));
+  client.connect();
+  try {
+  await waitFor(() => streams[0]);
+  // The page load's first stream (no since): the welcome and a live envelope published right after
+  // it arrive in one chunk, before the client can reopen the stream with its kept point.
+  streams[0].write(
+    `data: ${JSON.stringify({ type: "welcome", connectionId: "c1", userId: "u", seq: 7 })}\n\n` + `data: ${JSON.stringify(env(8))}\n\n`,
+  );
+  await waitFor(() => streams[1], 1000, "the stream reopened");
+  assert.equal(streams[1].url.searchParams.get("since"), "4", "reopened from the kept point, not from the live envelope");
+  streams[1].write(`data: ${JSON.stringify({ type: "welcome", connectionId: "c2", userId: "u", seq: 8 })}\n\n`);
+  for (const s of [5, 6, 7, 8]) streams[1].write(`data: ${JSON.stringify(env(s, "chat", { room: "r1" }, { replayed: true }))}\n\n`);
+  streams[1].write(`data: ${JSON.stringify(env(9))}\n\n`);
+  await waitFor(() => got.length === 5);
+  await new Promise((r) => setTimeout(r, 20));
+  assert.deepEqual(got, ["5r", "6r", "7r", "8r", "9"], "each envelope once, in order");
+  assert.equal(client.lastSeq, 9);
+  assert.equal(storage.getItem("switchboard:seq:http://sb.test:8787/:u"), "9");
+  await waitFor(() => acks.length === 5);
+  assert.deepEqual(acks.map((a) => a.body.envelopeId), ["e5", "e6", "e7", "e8", "e9"], "nothing acked on the replaced stream");
+  } finally {
+    client.close();
+  }
+});
+
 // ---- reconnect on wake ----
 
 let restore;
