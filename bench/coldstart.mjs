@@ -9,16 +9,10 @@ import os from "node:os";
 import path from "node:path";
 import zlib from "node:zlib";
 import WebSocket from "ws";
-import { ROOT, startServer } from "./servers.mjs";
+import { ROOT, mint, startServer } from "./servers.mjs";
 
 const build = process.env.BENCH_BUILD_DIR || path.join(ROOT, "build");
 const samples = Number(process.env.BENCH_COLDSTART_SAMPLES || 5);
-
-const b64 = (x) => Buffer.from(JSON.stringify(x)).toString("base64url");
-function mint(secret, claims) {
-  const data = `${b64({ alg: "HS256", typ: "JWT" })}.${b64(claims)}`;
-  return `${data}.${crypto.createHmac("sha256", secret).update(data).digest("base64url")}`;
-}
 
 function firstConnect(url, secret) {
   const token = mint(secret, { userId: "cold", exp: Math.floor(Date.now() / 1000) + 600 });

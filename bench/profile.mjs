@@ -11,7 +11,7 @@ import fs from "node:fs";
 import { Miniflare } from "miniflare";
 import WebSocket from "ws";
 import { spawn, spawnSync } from "node:child_process";
-import { requirePerf, serverOptions, startServer } from "./servers.mjs";
+import { mint as mintWith, requirePerf, serverOptions, startServer } from "./servers.mjs";
 
 const [name = "switchboard", socketsArg = "1", nArg = "2000", padArg = "0"] = process.argv.slice(2);
 const sockets = Number(socketsArg);
@@ -23,11 +23,7 @@ const hardStop = setTimeout(() => {
   process.exit(2);
 }, 300000);
 
-const b64 = (x) => Buffer.from(JSON.stringify(x)).toString("base64url");
-const mint = (claims) => {
-  const data = `${b64({ alg: "HS256", typ: "JWT" })}.${b64(claims)}`;
-  return `${data}.${crypto.createHmac("sha256", secret).update(data).digest("base64url")}`;
-};
+const mint = (claims) => mintWith(secret, claims);
 const exp = Math.floor(Date.now() / 1000) + 3600;
 
 // PROFILE_PERF=1: no JS sampler; `perf record` samples the server's workerd process instead (every

@@ -1,5 +1,6 @@
 // Shared by serve.mjs and coldstart.mjs: how each server under test is started with Miniflare.
 import { Miniflare } from "miniflare";
+import crypto from "node:crypto";
 import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
@@ -7,6 +8,13 @@ import { fileURLToPath } from "node:url";
 
 export const BENCH = path.dirname(fileURLToPath(import.meta.url));
 export const ROOT = path.resolve(BENCH, "..");
+
+/** An HS256 token for `claims`, signed with `secret`, as both servers verify it. */
+export function mint(secret, claims) {
+  const b64 = (x) => Buffer.from(JSON.stringify(x)).toString("base64url");
+  const data = `${b64({ alg: "HS256", typ: "JWT" })}.${b64(claims)}`;
+  return `${data}.${crypto.createHmac("sha256", secret).update(data).digest("base64url")}`;
+}
 
 /** The servers under test. `build` is the directory holding Switchboard's index.js + wasm. */
 export function serverOptions(name, secret, build = process.env.BENCH_BUILD_DIR || path.join(ROOT, "build")) {

@@ -12,7 +12,7 @@ import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import WebSocket from "ws";
-import { startServer, ROOT } from "./servers.mjs";
+import { mint as mintWith, startServer, ROOT } from "./servers.mjs";
 
 const args = Object.fromEntries(
   process.argv
@@ -28,11 +28,7 @@ const sampleMs = Number(args["sample-ms"] ?? 5000);
 const maxInFlight = Number(args["in-flight"] ?? 64);
 
 const secret = "soak-" + crypto.randomBytes(24).toString("hex");
-const b64 = (x) => Buffer.from(JSON.stringify(x)).toString("base64url");
-const mint = (claims) => {
-  const data = `${b64({ alg: "HS256", typ: "JWT" })}.${b64(claims)}`;
-  return `${data}.${crypto.createHmac("sha256", secret).update(data).digest("base64url")}`;
-};
+const mint = (claims) => mintWith(secret, claims);
 const exp = () => Math.floor(Date.now() / 1000) + 3600;
 const publishToken = mint({ sub: "soak", scope: "publish", exp: exp() });
 

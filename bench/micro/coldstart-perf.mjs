@@ -14,7 +14,7 @@ import os from "node:os";
 import path from "node:path";
 import { spawn, spawnSync } from "node:child_process";
 import WebSocket from "ws";
-import { requirePerf, startServer } from "../servers.mjs";
+import { mint, requirePerf, startServer } from "../servers.mjs";
 
 requirePerf("coldstart-perf.mjs");
 const samples = Number(process.argv[2] || 3);
@@ -33,11 +33,6 @@ const KINDS = [
   ["GC", /Heap|Mark|Scaveng|Sweep|GC/],
 ];
 
-const b64 = (x) => Buffer.from(JSON.stringify(x)).toString("base64url");
-const mint = (secret, claims) => {
-  const data = `${b64({ alg: "HS256", typ: "JWT" })}.${b64(claims)}`;
-  return `${data}.${crypto.createHmac("sha256", secret).update(data).digest("base64url")}`;
-};
 
 async function once(name) {
   const secret = crypto.randomBytes(16).toString("hex");

@@ -14,7 +14,7 @@ import path from "node:path";
 import { spawnSync } from "node:child_process";
 import { Miniflare } from "miniflare";
 import WebSocket from "ws";
-import { ROOT, serverOptions } from "../servers.mjs";
+import { ROOT, mint, serverOptions } from "../servers.mjs";
 
 const build = path.resolve(process.argv[2] || path.join(ROOT, "build"));
 const top = Number(process.argv[3] || 25);
@@ -67,9 +67,7 @@ try {
   await (await fetch(`${url}/healthz`)).text();
   await settle();
   phase = "first connect";
-  const b64 = (x) => Buffer.from(JSON.stringify(x)).toString("base64url");
-  const data = `${b64({ alg: "HS256", typ: "JWT" })}.${b64({ userId: "cold", exp: Math.floor(Date.now() / 1000) + 600 })}`;
-  const token = `${data}.${crypto.createHmac("sha256", secret).update(data).digest("base64url")}`;
+  const token = mint(secret, { userId: "cold", exp: Math.floor(Date.now() / 1000) + 600 });
   const ws = new WebSocket(`${url.replace(/^http/, "ws")}/?token=${token}`);
   await new Promise((resolve, reject) => {
     ws.once("message", resolve);
