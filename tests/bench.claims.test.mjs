@@ -28,6 +28,17 @@ function table(text, heading) {
   return rows;
 }
 
+/** A published run's scenarios by name. */
+const byName = (run) => Object.fromEntries(run.scenarios.map((s) => [s.scenario, s]));
+/** The numbers in a table cell. */
+const nums = (cell) => (cell.match(/\d+(?:\.\d+)?/g) || []).map(Number);
+/** A printed number is the file's value to the printed precision (or to 3 significant digits). */
+function near(printed, actual, what) {
+  const unit = 10 ** -(String(printed).split(".")[1] || "").length;
+  assert.ok(Math.abs(printed - actual) <= unit / 2 + 1e-9 || Math.abs(printed - Number(actual.toPrecision(3))) <= unit / 2 + 1e-9,
+    `${what}: printed ${printed}, file ${actual}`);
+}
+
 test("BENCHMARKS.md's Results table is the published results file, value for value", () => {
   const rows = table(MD, "\n## Results");
   assert.equal(rows.length, Object.values(MULTI.scenarios).reduce((n, s) => n + Object.keys(s.switchboard).length, 0));
@@ -120,19 +131,10 @@ test("README's current figures are the steady-state and fourth-round files', to 
   const round4File = "bench/results-published/2026-11-30-round4-after.json";
   assert.ok(section.includes(steadyFile), "names the steady-state file");
   assert.ok(section.includes(path.basename(round4File)), "names the fourth round's file");
-  const byName = (file) => Object.fromEntries(json(file).scenarios.map((s) => [s.scenario, s]));
-  const steady = byName(steadyFile);
+  const steady = byName(json(steadyFile));
   const round4Run = json(round4File);
-  const round4 = byName(round4File);
+  const round4 = byName(json(round4File));
   const rows = Object.fromEntries(table(section, "| figure |").map((r) => [r[0], r.slice(1)]));
-  const nums = (cell) => (cell.match(/\d+(?:\.\d+)?/g) || []).map(Number);
-  // Each printed number is the file's value to the printed precision.
-  const near = (printed, actual, what) => {
-    const decimals = (String(printed).split(".")[1] || "").length;
-    const unit = 10 ** -decimals;
-    assert.ok(Math.abs(printed - actual) <= unit / 2 + 1e-9 || Math.abs(printed - Number(actual.toPrecision(3))) <= unit / 2 + 1e-9,
-      `${what}: printed ${printed}, file ${actual}`);
-  };
   const cpu = (label, scenarios) => {
     const [sb, ref, ratio] = rows[label].map(nums);
     scenarios.forEach((k, i) => {
@@ -171,14 +173,8 @@ test("the Rust floor's tables (README and BENCHMARKS.md) are its two published s
   assert.equal(floorRun.config.build, "bench/floor/build");
   assert.equal(vsRun.config.against, "bench/floor/build");
   assert.equal(floorRun.errors + vsRun.errors, 0);
-  const byName = (run) => Object.fromEntries(run.scenarios.map((s) => [s.scenario, s]));
   const floor = byName(floorRun);
   const vs = byName(vsRun);
-  const nums = (cell) => (cell.match(/\d+(?:\.\d+)?/g) || []).map(Number);
-  const near = (printed, actual, what) => {
-    const decimals = (String(printed).split(".")[1] || "").length;
-    assert.ok(Math.abs(printed - actual) <= 10 ** -decimals / 2 + 1e-9, `${what}: printed ${printed}, file ${actual}`);
-  };
   const coldRatio = (run) => run.extra.coldstart.switchboard.first_connect_ms / run.extra.coldstart.reference.first_connect_ms;
 
   const start = README.indexOf("### Against the Rust floor");
