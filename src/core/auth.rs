@@ -12,11 +12,12 @@
 
 use crate::core::channel::Grants;
 use crate::core::error::Error;
+use base64ct::{Base64UrlUnpadded, Encoding};
 use jwt_compact::{
-    alg::{Hs256, Hs256Key},
-    AlgorithmExt, UntrustedToken, ValidationError,
+    alg::{Hs256, Hs256Key, Hs256Signature},
+    Algorithm, AlgorithmSignature,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use std::collections::HashMap;
 
@@ -127,8 +128,28 @@ pub fn check_connect(identity: &Identity, rules: &TokenRules, now_ms: i64) -> Re
     }
 }
 
+/// The JOSE header fields read (any others are ignored).
 #[derive(Deserialize)]
-struct CustomClaims {
+struct JoseHeader {
+    alg: String,
+    #[serde(default)]
+    cty: Option<String>,
+}
+
+/// The claims read, each as the token carries it (any others are ignored). Read in one pass into
+/// this struct: jwt-compact's `Claims<T>` flattens the custom claims through serde's buffered
+/// `Content`, which cost 20 KB of wasm and most of a cold isolate's first-connect compile
+/// (BENCHMARKS.md, "The token check").
+#[derive(Deserialize)]
+struct RawClaims {
+    #[serde(default, deserialize_with = "timestamp")]
+    exp: Option<i64>,
+    #[serde(default, deserialize_with = "timestamp")]
+    nbf: Option<i64>,
+    /// Read only so that a malformed one refuses the token, as `exp` and `nbf` do.
+    #[serde(default, deserialize_with = "timestamp")]
+    #[allow(dead_code)]
+    iat: Option<i64>,
     #[serde(rename = "userId", default)]
     user_id: Option<Value>,
     #[serde(default)]
@@ -143,6 +164,24 @@ struct CustomClaims {
     iss: Option<Value>,
     #[serde(default)]
     aud: Option<Value>,
+}
+
+/// Farthest a time claim may be from the epoch, in seconds (about 300,000 years): its milliseconds
+/// and the leeway then fit an `i64`.
+const MAX_TIMESTAMP_SECONDS: i64 = 10_000_000_000_000;
+
+/// A NumericDate (RFC 7519): seconds since the epoch, an integer or a number whose fraction is
+/// dropped. Anything else (a string, `null`, out of range) makes the claims malformed.
+fn timestamp<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    use serde::de::Error as _;
+    let seconds = match serde_json::Number::deserialize(deserializer)? {
+        n if n.is_f64() => n.as_f64().filter(|f| f.is_finite()).map(|f| f.trunc() as i64),
+        n => n.as_i64(),
+    };
+    match seconds {
+        Some(s) if s.abs() <= MAX_TIMESTAMP_SECONDS => Ok(Some(s * 1000)),
+        _ => Err(D::Error::custom("a time claim is out of range")),
+    }
 }
 
 /// Picks the token: `Authorization: Bearer <jwt>` first, else the `token` query parameter.
@@ -209,63 +248,76 @@ impl TokenCache {
 }
 
 /// Signature and claims, without the time checks: `(identity, nbf in ms)`.
+///
+/// jwt-compact checks the HS256 signature (an HMAC compared in constant time); the token's three
+/// parts are split and decoded here, and the claims are parsed only once a secret has verified
+/// them.
 fn verify_signature(token: &str, secrets: &[Vec<u8>]) -> Result<(Identity, Option<i64>), Error> {
+    let malformed = || Error::InvalidToken("the token is not a well-formed JWT".into());
     if token.len() > MAX_TOKEN_BYTES {
         return Err(Error::InvalidToken(format!("the token is longer than {MAX_TOKEN_BYTES} bytes")));
     }
-    let untrusted =
-        UntrustedToken::new(token).map_err(|_| Error::InvalidToken("the token is not a well-formed JWT".into()))?;
-    if untrusted.algorithm() != "HS256" {
+    let mut parts = token.split('.');
+    let (Some(header), Some(claims), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(malformed());
+    };
+    // What the signature covers: `header.claims`, as sent.
+    let signed = &token.as_bytes()[..header.len() + 1 + claims.len()];
+    let header = Base64UrlUnpadded::decode_vec(header).map_err(|_| malformed())?;
+    let claims = Base64UrlUnpadded::decode_vec(claims).map_err(|_| malformed())?;
+    let signature = Base64UrlUnpadded::decode_vec(signature).map_err(|_| malformed())?;
+    let header: JoseHeader = serde_json::from_slice(&header).map_err(|_| malformed())?;
+    if header.cty.as_deref().is_some_and(|cty| !cty.eq_ignore_ascii_case("json")) {
+        return Err(malformed());
+    }
+    if header.alg != "HS256" {
         return Err(Error::InvalidToken("only HS256-signed tokens are accepted".into()));
     }
-    let mut verified = None;
-    for secret in secrets {
-        let key = Hs256Key::new(secret);
-        match Hs256.validator::<CustomClaims>(&key).validate(&untrusted) {
-            Ok(token) => {
-                verified = Some(token);
-                break;
-            }
-            Err(ValidationError::InvalidSignature) => continue,
-            Err(ValidationError::MalformedClaims(_)) => {
-                return Err(Error::InvalidToken("the token's claims are not valid JSON claims".into()))
-            }
-            Err(_) => return Err(Error::InvalidToken("the token's signature is malformed".into())),
-        }
+    let signature = (signature.len() == 32)
+        .then(|| Hs256Signature::try_from_slice(&signature).ok())
+        .flatten()
+        .ok_or_else(|| Error::InvalidToken("the token's signature is malformed".into()))?;
+    if !secrets.iter().any(|secret| Hs256.verify_signature(&signature, &Hs256Key::new(secret), signed)) {
+        return Err(Error::InvalidToken("the token's signature does not verify".into()));
     }
-    let token = verified.ok_or_else(|| Error::InvalidToken("the token's signature does not verify".into()))?;
-    let claims = token.claims();
 
-    let user_id = match &claims.custom.user_id {
-        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
+    // Claims are a JSON object (serde would also take an array, field by field).
+    let claims = match claims.trim_ascii_start().first() {
+        Some(b'{') => serde_json::from_slice::<RawClaims>(&claims).ok(),
+        _ => None,
+    }
+    .ok_or_else(|| Error::InvalidToken("the token's claims are not valid JSON claims".into()))?;
+    let user_id = match claims.user_id {
+        Some(Value::String(s)) if !s.trim().is_empty() => Some(s),
         _ => None,
     };
-    let can_publish = match &claims.custom.scope {
+    let can_publish = match &claims.scope {
         Some(Value::String(s)) => s.split_ascii_whitespace().any(|s| s == "publish"),
         _ => false,
     };
-    let channels = Grants::from_claim(claims.custom.channels.as_ref(), "channels").map_err(Error::InvalidToken)?;
+    let channels = Grants::from_claim(claims.channels.as_ref(), "channels").map_err(Error::InvalidToken)?;
     let publish_channels =
-        Grants::from_claim(claims.custom.publish_channels.as_ref(), "publishChannels").map_err(Error::InvalidToken)?;
+        Grants::from_claim(claims.publish_channels.as_ref(), "publishChannels").map_err(Error::InvalidToken)?;
     let identity = Identity {
         user_id,
         can_publish,
-        expires_at_ms: claims.expiration.map(|e| e.timestamp_millis()),
+        expires_at_ms: claims.exp,
         channels,
         publish_channels,
         // `null` counts as no data, like an absent claim.
-        presence: claims.custom.presence.as_ref().filter(|v| !v.is_null()).map(Value::to_string),
-        issuer: match &claims.custom.iss {
-            Some(Value::String(s)) => Some(s.clone()),
+        presence: claims.presence.as_ref().filter(|v| !v.is_null()).map(Value::to_string),
+        issuer: match claims.iss {
+            Some(Value::String(s)) => Some(s),
             _ => None,
         },
-        audience: match &claims.custom.aud {
-            Some(Value::String(s)) => vec![s.clone()],
-            Some(Value::Array(list)) => list.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+        audience: match claims.aud {
+            Some(Value::String(s)) => vec![s],
+            Some(Value::Array(list)) => list.into_iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
             _ => Vec::new(),
         },
     };
-    Ok((identity, claims.not_before.map(|n| n.timestamp_millis())))
+    Ok((identity, claims.nbf))
 }
 
 /// Checks a `userId` read from a token or a request body.
@@ -283,7 +335,7 @@ pub fn check_user_id(user_id: &str) -> Result<(), String> {
 pub(crate) mod tests {
     use super::*;
     use chrono::DateTime;
-    use jwt_compact::{Claims, Header};
+    use jwt_compact::{AlgorithmExt, AlgorithmSignature, Claims, Header};
     use serde_json::json;
 
     const NOW: i64 = 1_800_000_000_000;
@@ -401,6 +453,44 @@ pub(crate) mod tests {
         t.pop();
         t.push(if t.ends_with('A') { 'B' } else { 'A' });
         assert!(verify(&t, &s, NOW).is_err());
+    }
+
+    /// A token with this exact header and claims text, signed with `secret`.
+    fn sign_raw(secret: &[u8], header: &str, claims: &str) -> String {
+        let message = format!("{}.{}", b64(header), b64(claims));
+        let signature = Hs256.sign(&Hs256Key::new(secret), message.as_bytes());
+        format!("{message}.{}", base64ct::Base64UrlUnpadded::encode_string(&signature.as_bytes()))
+    }
+
+    #[test]
+    fn signed_tokens_with_malformed_parts_are_refused_with_the_reason() {
+        let s = [b"s".to_vec()];
+        let hs = r#"{"alg":"HS256","typ":"JWT"}"#;
+        let reason = |t: &str| match verify(t, &s, NOW) {
+            Err(Error::InvalidToken(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        for claims in [
+            r#"[]"#,
+            r#"[1800000000,1,1,"u1"]"#,
+            r#"{"exp":"soon"}"#,
+            r#"{"nbf":null}"#,
+            r#"{"iat":[1]}"#,
+            r#"{"exp":1e300}"#,
+            "7",
+        ] {
+            assert!(reason(&sign_raw(b"s", hs, claims)).contains("not valid JSON claims"), "{claims}");
+        }
+        // Claims are read only once a secret verifies them.
+        assert!(reason(&sign_raw(b"other", hs, r#"{"exp":"soon"}"#)).contains("does not verify"));
+        assert!(reason(&sign_raw(b"s", r#"{"alg":"HS256","cty":"cbor"}"#, r#"{"userId":"u"}"#)).contains("well-formed"));
+        assert!(reason(&sign_raw(b"s", r#"{"typ":"JWT"}"#, r#"{"userId":"u"}"#)).contains("well-formed"));
+        let t = sign_raw(b"s", hs, r#"{"userId":"u"}"#);
+        assert!(reason(&format!("{t}.x")).contains("well-formed"), "four parts");
+        assert!(reason(&t[..t.len() - 4]).contains("signature is malformed"), "a short signature");
+        // What is accepted: any header order and fields, a content type of JSON, a fractional time.
+        let ok = sign_raw(b"s", r#"{"typ":"JWT","cty":"JSON","alg":"HS256"}"#, r#"{"userId":"u","exp":1800000060.9}"#);
+        assert_eq!(verify(&ok, &s, NOW).unwrap().expires_at_ms, Some(1_800_000_060_000));
     }
 
     #[test]
