@@ -30,13 +30,14 @@ function table(text, heading) {
 
 /** A published run's scenarios by name. */
 const byName = (run) => Object.fromEntries(run.scenarios.map((s) => [s.scenario, s]));
-/** The numbers in a table cell. */
-const nums = (cell) => (cell.match(/\d+(?:\.\d+)?/g) || []).map(Number);
+/** The numbers in a table cell, as printed (so "1.40" keeps its two decimals for `near`). */
+const nums = (cell) => cell.match(/\d+(?:\.\d+)?/g) || [];
 /** A printed number is the file's value to the printed precision (or to 3 significant digits). */
-function near(printed, actual, what) {
-  const unit = 10 ** -(String(printed).split(".")[1] || "").length;
+function near(text, actual, what) {
+  const unit = 10 ** -(String(text).split(".")[1] || "").length;
+  const printed = Number(text);
   assert.ok(Math.abs(printed - actual) <= unit / 2 + 1e-9 || Math.abs(printed - Number(actual.toPrecision(3))) <= unit / 2 + 1e-9,
-    `${what}: printed ${printed}, file ${actual}`);
+    `${what}: printed ${text}, file ${actual}`);
 }
 
 test("BENCHMARKS.md's Results table is the published results file, value for value", () => {
@@ -125,15 +126,19 @@ test("the 'What each change bought' table is its published file, and its summary
   assert.deepEqual(ratiosAtOrBelow, ["fanout100", "fanout1000", "throughput", "payload512k"], "the sentence after the table names these");
 });
 
-test("README's current figures are the steady-state and fourth-round files', to their rounding", () => {
+test("README's current figures are the steady-state, sixth- and fourth-round files', to their rounding", () => {
   const section = README.slice(README.indexOf("## Benchmarks"), README.indexOf("## Contributing"));
   const steadyFile = "bench/results-published/2026-11-30-toll-round3-steady.json";
+  const round6File = "bench/results-published/2026-11-30-token-check.json";
   const round4File = "bench/results-published/2026-11-30-round4-after.json";
   assert.ok(section.includes(steadyFile), "names the steady-state file");
+  assert.ok(section.includes(path.basename(round6File)), "names the sixth round's file");
   assert.ok(section.includes(path.basename(round4File)), "names the fourth round's file");
   const steady = byName(json(steadyFile));
-  const round4Run = json(round4File);
+  const round6Run = json(round6File);
+  const round6 = byName(round6Run);
   const round4 = byName(json(round4File));
+  assert.equal(round6Run.errors, 0);
   const rows = Object.fromEntries(table(section, "| figure |").map((r) => [r[0], r.slice(1)]));
   const cpu = (label, scenarios) => {
     const [sb, ref, ratio] = rows[label].map(nums);
@@ -149,19 +154,66 @@ test("README's current figures are the steady-state and fourth-round files', to 
   cpu("CPU per publish: payload 1 KiB / 64 KiB / 512 KiB", ["payload1k", "payload64k", "payload512k"]);
   cpu("CPU per publish: rtt with permessage-deflate (as browsers connect)", ["rtt_deflate"]);
   const connect = rows["CPU per WebSocket connect (10 per user)"].map(nums).flat();
-  near(connect[0], round4.idle.switchboard.cpu_ms_per_connect, "connect switchboard");
-  near(connect[1], round4.idle.reference.cpu_ms_per_connect, "connect reference");
-  near(connect[2], round4.idle.ratio.cpu_ms_per_connect, "connect ratio");
+  near(connect[0], round6.idle.switchboard.cpu_ms_per_connect, "connect switchboard");
+  near(connect[1], round6.idle.reference.cpu_ms_per_connect, "connect reference");
+  near(connect[2], round6.idle.ratio.cpu_ms_per_connect, "connect ratio");
+  // "read 1.27-1.44x as the connect figure": the range holds this sitting's ratio.
+  const [lo, hi] = section.match(/read ([\d.]+)-([\d.]+)x as the\s+connect figure/).slice(1).map(Number);
+  assert.ok(lo <= connect[2] && connect[2] <= hi, `the connect range ${lo}-${hi} holds ${connect[2]}`);
   const mem = rows["memory per idle socket (hubs in memory)"].map(nums).flat();
-  near(mem[0], round4.idle.switchboard.mem_kb_per_socket, "memory switchboard");
-  near(mem[1], round4.idle.reference.mem_kb_per_socket, "memory reference");
-  near(mem[2], round4.idle.ratio.mem_kb_per_socket, "memory ratio");
+  near(mem[0], round6.idle.switchboard.mem_kb_per_socket, "memory switchboard");
+  near(mem[1], round6.idle.reference.mem_kb_per_socket, "memory reference");
+  near(mem[2], round6.idle.ratio.mem_kb_per_socket, "memory ratio");
   const channel = nums(rows["channel of 100 members: CPU per member delivery"][0]);
   near(channel[0], round4.channel100.switchboard.cpu_us_per_delivery / 1000, "channel (fourth round's sitting)");
   const cold = rows["cold start: first connect on a fresh workerd"].map(nums).flat();
-  assert.deepEqual(cold.slice(0, 2), [round4Run.extra.coldstart.switchboard.first_connect_ms, round4Run.extra.coldstart.reference.first_connect_ms]);
+  assert.deepEqual(cold.slice(0, 2).map(Number), [round6Run.extra.coldstart.switchboard.first_connect_ms, round6Run.extra.coldstart.reference.first_connect_ms]);
   near(cold[2], cold[0] / cold[1], "cold start ratio");
-  near(nums(rows["release wasm, gzip"][0])[0], round4Run.extra.wasm.gzip_bytes / 1000, "wasm size");
+  near(nums(rows["release wasm, gzip"][0])[0], round6Run.extra.wasm.gzip_bytes / 1000, "wasm size");
+});
+
+test("the token check's A/B table (BENCHMARKS.md) is its three published sittings, to their rounding", () => {
+  const ab = json("bench/results-published/2026-11-30-token-check-ab.json");
+  const swapped = json("bench/results-published/2026-11-30-token-check-ab-swapped.json");
+  const vsRef = json("bench/results-published/2026-11-30-token-check.json");
+  assert.equal(ab.errors + swapped.errors + vsRef.errors, 0);
+  // The A/B's two builds are the same two builds, each order once: the sizes say which is which.
+  assert.equal(ab.extra.wasm.gzip_bytes, vsRef.extra.wasm.gzip_bytes, "the A/B's build is the sitting's");
+  assert.ok(swapped.extra.wasm.gzip_bytes > ab.extra.wasm.gzip_bytes, "the swapped A/B measures the build before");
+  assert.ok(ab.config.against && swapped.config.against, "both are A/Bs");
+  const [a, b, c] = [ab, swapped, vsRef].map((r) => byName(r).idle);
+  const md = Object.fromEntries(table(MD, "### The token check").map((r) => [r[0], r.slice(1).map(nums)]));
+  const [[c1, c2, c3], [s1, s2, s3], [r1, r2, r3]] = md["CPU per WebSocket connect (10 per user)"];
+  near(c1, a.switchboard.cpu_ms_per_connect, "A/B this build");
+  near(c2, a.reference.cpu_ms_per_connect, "A/B the build before");
+  near(c3, a.ratio.cpu_ms_per_connect, "A/B ratio");
+  near(s1, b.switchboard.cpu_ms_per_connect, "swapped: the build before");
+  near(s2, b.reference.cpu_ms_per_connect, "swapped: this build");
+  near(s3, b.ratio.cpu_ms_per_connect, "swapped ratio");
+  near(r1, c.switchboard.cpu_ms_per_connect, "this build vs reference");
+  near(r2, c.reference.cpu_ms_per_connect, "reference");
+  near(r3, c.ratio.cpu_ms_per_connect, "ratio to the reference");
+  const [[m1], [m2], [m3]] = md["memory per idle socket"];
+  near(m1, a.ratio.mem_kb_per_socket, "A/B memory");
+  near(m2, b.ratio.mem_kb_per_socket, "swapped memory");
+  near(m3, c.ratio.mem_kb_per_socket, "memory vs reference");
+  const [[k1, k2], [k3, k4], [k5, k6, k7]] = md["cold start: first connect on a fresh workerd"];
+  assert.deepEqual([k1, k2].map(Number), [ab.extra.coldstart.switchboard.first_connect_ms, ab.extra.coldstart.reference.first_connect_ms]);
+  assert.deepEqual([k3, k4].map(Number), [swapped.extra.coldstart.switchboard.first_connect_ms, swapped.extra.coldstart.reference.first_connect_ms]);
+  assert.deepEqual([k5, k6].map(Number), [vsRef.extra.coldstart.switchboard.first_connect_ms, vsRef.extra.coldstart.reference.first_connect_ms]);
+  near(k7, k5 / k6, "cold start ratio");
+  const [[w1, w2]] = md["release wasm, gzip"];
+  near(w1, ab.extra.wasm.gzip_bytes / 1000, "this build's wasm");
+  near(w2, swapped.extra.wasm.gzip_bytes / 1000, "the build before's wasm");
+  // "the six runs of each build pooled give 2.99 against 3.04 ms per connect (-1.6%)"
+  const median = (v) => ((s) => (s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2))([...v].sort((x, y) => x - y));
+  const runs = (r, side) => byName(r).idle[`${side}_runs`].map((m) => m.cpu_ms_per_connect);
+  const thisPooled = median([...runs(ab, "switchboard"), ...runs(swapped, "reference")]);
+  const beforePooled = median([...runs(ab, "reference"), ...runs(swapped, "switchboard")]);
+  const [p1, p2, p3] = nums(MD.match(/pooled give ([\d.]+) against ([\d.]+) ms per connect \(-([\d.]+)%\)/).slice(1).join(" "));
+  near(p1, thisPooled, "pooled, this build");
+  near(p2, beforePooled, "pooled, the build before");
+  near(p3, (1 - thisPooled / beforePooled) * 100, "pooled change");
 });
 
 test("the Rust floor's tables (README and BENCHMARKS.md) are its two published sittings, to their rounding", () => {
@@ -232,8 +284,8 @@ test("the Rust floor's tables (README and BENCHMARKS.md) are its two published s
   near(mf, floor.idle.ratio.mem_kb_per_socket, "memory floor");
   near(mv, vs.idle.ratio.mem_kb_per_socket, "memory switchboard/floor");
   const [[fc, rc, fcr], [sc, fc2, scr]] = md["cold start: first connect on a fresh workerd"];
-  assert.deepEqual([fc, rc], [floorRun.extra.coldstart.switchboard.first_connect_ms, floorRun.extra.coldstart.reference.first_connect_ms]);
-  assert.deepEqual([sc, fc2], [vsRun.extra.coldstart.switchboard.first_connect_ms, vsRun.extra.coldstart.reference.first_connect_ms]);
+  assert.deepEqual([fc, rc].map(Number), [floorRun.extra.coldstart.switchboard.first_connect_ms, floorRun.extra.coldstart.reference.first_connect_ms]);
+  assert.deepEqual([sc, fc2].map(Number), [vsRun.extra.coldstart.switchboard.first_connect_ms, vsRun.extra.coldstart.reference.first_connect_ms]);
   near(fcr, coldRatio(floorRun), "cold start floor ratio");
   near(scr, coldRatio(vsRun), "cold start switchboard ratio");
 });
