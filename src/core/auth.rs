@@ -137,9 +137,9 @@ struct JoseHeader {
 }
 
 /// The claims read, each as the token carries it (any others are ignored). Read in one pass into
-/// this struct: jwt-compact's `Claims<T>` flattens the custom claims through serde's buffered
-/// `Content`, which cost 20 KB of wasm and most of a cold isolate's first-connect compile
-/// (BENCHMARKS.md, "The token check").
+/// this struct: jwt-compact's `Claims<T>` reads custom claims through `#[serde(flatten)]` (serde's
+/// buffered `Content`) and its times through chrono, 10.5 KB of gzip wasm more (BENCHMARKS.md, "The
+/// token check").
 #[derive(Deserialize)]
 struct RawClaims {
     #[serde(default, deserialize_with = "timestamp")]
@@ -274,10 +274,12 @@ fn verify_signature(token: &str, secrets: &[Vec<u8>]) -> Result<(Identity, Optio
     if header.alg != "HS256" {
         return Err(Error::InvalidToken("only HS256-signed tokens are accepted".into()));
     }
-    let signature = (signature.len() == 32)
-        .then(|| Hs256Signature::try_from_slice(&signature).ok())
-        .flatten()
-        .ok_or_else(|| Error::InvalidToken("the token's signature is malformed".into()))?;
+    let bad_signature = || Error::InvalidToken("the token's signature is malformed".into());
+    // An HMAC-SHA256 is 32 bytes; jwt-compact's `try_from_slice` panics on any other length.
+    if signature.len() != 32 {
+        return Err(bad_signature());
+    }
+    let signature = Hs256Signature::try_from_slice(&signature).map_err(|_| bad_signature())?;
     if !secrets.iter().any(|secret| Hs256.verify_signature(&signature, &Hs256Key::new(secret), signed)) {
         return Err(Error::InvalidToken("the token's signature does not verify".into()));
     }
