@@ -124,6 +124,9 @@ test("usePresence: who is in the channel, with the token's presence data; unmoun
   if (missing) return t.skip(missing);
   const observer = await Client.connect(w, clientToken("zz-observer", { channels: ["room:*"] }));
   assert.equal((await observer.request({ type: "join", channel, presence: true, id: "o" })).type, "ok");
+  // The observer's own join comes back in a presence frame, batched after the `ok`: let it arrive
+  // before the mark, so the room's frames below are only alice's and bob's.
+  await observer.next((f) => f?.type === "presence" && (f.joined ?? []).some((m) => m.userId === "zz-observer"), 10000);
   const presenceOf = (frames) => frames.filter((f) => f?.type === "presence").flatMap((f) => [...(f.left ?? []).map((u) => `-${u}`), ...(f.joined ?? []).map((m) => `+${m.userId}`)]);
   const context = await browser.newContext();
   try {
