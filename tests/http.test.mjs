@@ -177,6 +177,10 @@ test("publish bodies must be JSON (415) and well-formed (400)", async () => {
   for (const [body, code] of cases) {
     assertError(await publish(w, body), 400, code);
   }
+  // Bytes that are not UTF-8, alone and inside a string of an object that is otherwise valid.
+  for (const bytes of [[0xff, 0xfe], [...Buffer.from('{"userId":"u'), 0xc3, 0x28, ...Buffer.from('"}')]]) {
+    assertError(await publish(w, Uint8Array.from(bytes)), 400, "invalid_json");
+  }
 });
 
 test("bodies over MAX_PUBLISH_BYTES are refused with 413, with or without Content-Length", async () => {

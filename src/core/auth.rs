@@ -267,7 +267,8 @@ fn verify_signature(token: &str, secrets: &[Vec<u8>]) -> Result<(Identity, Optio
     let header = Base64UrlUnpadded::decode_vec(header).map_err(|_| malformed())?;
     let claims = Base64UrlUnpadded::decode_vec(claims).map_err(|_| malformed())?;
     let signature = Base64UrlUnpadded::decode_vec(signature).map_err(|_| malformed())?;
-    let header: JoseHeader = serde_json::from_slice(&header).map_err(|_| malformed())?;
+    let header: JoseHeader =
+        std::str::from_utf8(&header).ok().and_then(|h| serde_json::from_str(h).ok()).ok_or_else(malformed)?;
     if header.cty.as_deref().is_some_and(|cty| !cty.eq_ignore_ascii_case("json")) {
         return Err(malformed());
     }
@@ -285,11 +286,11 @@ fn verify_signature(token: &str, secrets: &[Vec<u8>]) -> Result<(Identity, Optio
     }
 
     // Claims are a JSON object (serde would also take an array, field by field).
-    let claims = match claims.trim_ascii_start().first() {
-        Some(b'{') => serde_json::from_slice::<RawClaims>(&claims).ok(),
-        _ => None,
-    }
-    .ok_or_else(|| Error::InvalidToken("the token's claims are not valid JSON claims".into()))?;
+    let claims = std::str::from_utf8(&claims)
+        .ok()
+        .filter(|c| c.trim_ascii_start().starts_with('{'))
+        .and_then(|c| serde_json::from_str::<RawClaims>(c).ok())
+        .ok_or_else(|| Error::InvalidToken("the token's claims are not valid JSON claims".into()))?;
     let user_id = match claims.user_id {
         Some(Value::String(s)) if !s.trim().is_empty() => Some(s),
         _ => None,
@@ -359,10 +360,10 @@ pub(crate) mod tests {
         Hs256.token(&Header::empty(), &c, &key).unwrap()
     }
 
-    fn b64(s: &str) -> String {
+    fn b64(s: impl AsRef<[u8]>) -> String {
         // Minimal base64url without padding, for hand-made hostile tokens.
         const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-        let b = s.as_bytes();
+        let b = s.as_ref();
         let mut out = String::new();
         for chunk in b.chunks(3) {
             let n = chunk.iter().enumerate().fold(0u32, |acc, (i, &x)| acc | (x as u32) << (16 - 8 * i));
@@ -458,7 +459,7 @@ pub(crate) mod tests {
     }
 
     /// A token with this exact header and claims text, signed with `secret`.
-    fn sign_raw(secret: &[u8], header: &str, claims: &str) -> String {
+    fn sign_raw(secret: &[u8], header: impl AsRef<[u8]>, claims: impl AsRef<[u8]>) -> String {
         let message = format!("{}.{}", b64(header), b64(claims));
         let signature = Hs256.sign(&Hs256Key::new(secret), message.as_bytes());
         format!("{message}.{}", base64ct::Base64UrlUnpadded::encode_string(&signature.as_bytes()))
@@ -483,6 +484,9 @@ pub(crate) mod tests {
         ] {
             assert!(reason(&sign_raw(b"s", hs, claims)).contains("not valid JSON claims"), "{claims}");
         }
+        let not_utf8 = b"{\"userId\":\"u\xff\"}";
+        assert!(reason(&sign_raw(b"s", hs, not_utf8)).contains("not valid JSON claims"), "claims that are not UTF-8");
+        assert!(reason(&sign_raw(b"s", b"{\"alg\":\"HS256\xff\"}", r#"{"userId":"u"}"#)).contains("well-formed"));
         // Claims are read only once a secret verifies them.
         assert!(reason(&sign_raw(b"other", hs, r#"{"exp":"soon"}"#)).contains("does not verify"));
         assert!(reason(&sign_raw(b"s", r#"{"alg":"HS256","cty":"cbor"}"#, r#"{"userId":"u"}"#)).contains("well-formed"));
