@@ -23,7 +23,6 @@ use crate::core::ratelimit::TokenBucket;
 use crate::hop::channel::{self, Call};
 use crate::runtime::{http, log};
 use serde::Deserialize;
-use serde_json::json;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
 use std::rc::Rc;
@@ -109,7 +108,7 @@ impl worker::DurableObject for ChannelHub {
         };
         result.or_else(|e| {
             if e.status() >= 500 {
-                log::error("channel_error", json!({ "code": e.code(), "message": e.to_string() }));
+                log::error!("channel_error", "code" => e.code(), "message" => e.to_string());
             }
             http::error(&e, cors.as_deref())
         })
@@ -119,7 +118,7 @@ impl worker::DurableObject for ChannelHub {
     /// runtime (the pending changes stay in SQLite until a batch has taken them).
     async fn alarm(&self) -> worker::Result<Response> {
         if let Err(e) = self.flush_presence().await {
-            log::error("presence_error", json!({ "op": "flush", "message": e.to_string() }));
+            log::error!("presence_error", "op" => "flush", "message" => e.to_string());
             return Err(worker::Error::RustError(format!("the presence batch failed: {e}")));
         }
         Response::empty()

@@ -79,7 +79,7 @@ struct BatchState {
 }
 
 fn hop_failed(channel: &str, to: &str, message: &str) {
-    log::error("presence_hop_failed", json!({ "channel": channel, "to": to, "message": message }));
+    log::error!("presence_hop_failed", "channel" => channel, "to" => to, "message" => message);
 }
 
 fn now_ms() -> i64 {
@@ -302,10 +302,10 @@ impl ChannelHub {
             let at = js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(due.max(now_ms()) as f64));
             self.state.storage().set_alarm(worker::ScheduledTime::new(at)).await?;
         }
-        log::info(
+        log::info!(
             "presence_batch",
-            json!({ "channel": state.channel, "version": version, "changes": changes.len(), "count": count,
-                "watchers": watchers.len(), "stoppedWatching": stopped, "ms": now_ms().saturating_sub(started) }),
+            "channel" => state.channel, "version" => version, "changes" => changes.len(), "count" => count,
+            "watchers" => watchers.len(), "stoppedWatching" => stopped, "ms" => now_ms().saturating_sub(started),
         );
         Ok(())
     }
@@ -329,9 +329,9 @@ impl ChannelHub {
                 sql.exec("DELETE FROM presence_events WHERE id <= ?", vec![last_kept.into()])?;
             }
             Err(e) => {
-                log::error(
+                log::error!(
                     "presence_error",
-                    json!({ "op": "member_events", "kept": events.len(), "message": e.to_string() }),
+                    "op" => "member_events", "kept" => events.len(), "message" => e.to_string(),
                 );
                 for event in fresh {
                     sql.exec("INSERT INTO presence_events (body) VALUES (?)", vec![event.to_string().into()])?;

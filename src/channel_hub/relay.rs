@@ -11,7 +11,6 @@ use crate::hop::wire::PublishMeta;
 use crate::runtime::{http, js, log, settings};
 use futures_util::future::{select, Either};
 use futures_util::stream::{self, StreamExt};
-use serde_json::json;
 use std::time::Duration;
 use worker::{Delay, Env, Request, Response};
 
@@ -87,9 +86,9 @@ pub(super) async fn step(
         match outcome {
             Ok(a) => aggregate.merge(a),
             Err((relay, n, e)) => {
-                log::error(
+                log::error!(
                     "relay_failed",
-                    json!({ "channel": channel, "relay": relay, "users": n, "message": e.to_string() }),
+                    "channel" => channel, "relay" => relay, "users" => n, "message" => e.to_string(),
                 );
                 aggregate.relay_failed(&relay, n, e.status(), e.code(), &e.to_string());
             }

@@ -47,7 +47,7 @@ impl ChannelHub {
         // (its watch flag), or a leave that removed the member.
         self.presence_update(update, present, now_present)?;
         self.arm_presence().await?;
-        log::info("membership", json!({ "channel": channel, "userId": user, "joined": joined, "members": members }));
+        log::info!("membership", "channel" => channel, "userId" => user, "joined" => joined, "members" => members);
         let mut body = json!({ "members": members });
         if update.snapshot {
             body["presence"] = self.snapshot()?;
@@ -133,12 +133,12 @@ impl ChannelHub {
         }
         self.arm_presence().await?;
         let t = aggregate.totals;
-        log::info(
+        log::info!(
             "publish_channel",
-            json!({ "channel": channel, "type": meta.kind, "from": meta.from, "users": t.users, "failed": t.failed,
-                "pruned": t.pruned, "clientCount": t.client_count, "acked": t.acked,
-                "depth": channel::depth(members.len(), config.channel_fanout),
-                "ms": Date::now().as_millis().saturating_sub(started) }),
+            "channel" => channel, "type" => meta.kind, "from" => meta.from, "users" => t.users, "failed" => t.failed,
+            "pruned" => t.pruned, "clientCount" => t.client_count, "acked" => t.acked,
+            "depth" => channel::depth(members.len(), config.channel_fanout),
+            "ms" => Date::now().as_millis().saturating_sub(started),
         );
         if meta.from.is_some() {
             // A client publisher hears the totals only: its hub reads nothing else.

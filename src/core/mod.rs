@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod filter;
 pub mod ids;
+pub mod log_line;
 pub mod metrics;
 pub mod presence;
 pub mod protocol;

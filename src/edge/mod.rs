@@ -26,7 +26,6 @@ use crate::core::config::Config;
 use crate::core::error::Error;
 use crate::runtime::{http, log, metrics, settings};
 use futures_util::future::{self, FutureExt, LocalBoxFuture};
-use serde_json::json;
 use worker::{event, Context, Env, Method, Request};
 
 #[event(fetch)]
@@ -35,7 +34,7 @@ pub async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<web_
     let config = match settings::get(&env) {
         Ok(c) => c,
         Err(e) => {
-            log::error("misconfigured", json!({ "message": e.to_string() }));
+            log::error!("misconfigured", "message" => e.to_string());
             return Ok(http::error_response(&e, Some("*")));
         }
     };
@@ -52,14 +51,17 @@ pub async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<web_
     match answer {
         Ok(response) => Ok(response),
         Err(e) => {
-            let fields = json!({
-                "method": method.as_ref(), "path": path, "status": e.status(), "code": e.code(),
-                "message": e.to_string(),
-            });
-            if e.status() >= 500 {
-                log::error("request_failed", fields);
+            let failed = e.status() >= 500;
+            let line = log::Line::new(if failed { "request_failed" } else { "request_refused" })
+                .field("method", method.as_ref())
+                .field("path", &path)
+                .field("status", &e.status())
+                .field("code", e.code())
+                .field("message", &e.to_string());
+            if failed {
+                log::write_error(line);
             } else {
-                log::info("request_refused", fields);
+                log::write_info(line);
             }
             Ok(http::error_response(&e, cors.as_deref()))
         }

@@ -52,10 +52,10 @@ pub async fn publish(
         "pending": ok.iter().map(|u| count(u, "pending")).sum::<usize>(),
         "closed": ok.iter().map(|u| count(u, "closed")).sum::<usize>(),
     });
-    log::info(
+    log::info!(
         "publish_many",
-        json!({ "users": users.len(), "failed": users.len() - ok.len(), "clientCount": client_count,
-            "ms": Date::now().as_millis().saturating_sub(started) }),
+        "users" => users.len(), "failed" => users.len() - ok.len(), "clientCount" => client_count,
+        "ms" => Date::now().as_millis().saturating_sub(started),
     );
     // Each user's results once (in its `acks`), the flat HopeFlow-shaped list, and at most
     // PUBLISH_RESULTS_MAX_BYTES of both (review F3).

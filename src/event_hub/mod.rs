@@ -85,7 +85,7 @@ impl worker::DurableObject for EventHub {
         };
         result.or_else(|e| {
             if e.status() >= 500 && e.status() != 503 {
-                log::error("events_error", json!({ "code": e.code(), "message": e.to_string() }));
+                log::error!("events_error", "code" => e.code(), "message" => e.to_string());
             }
             http::error(&e, None)
         })
@@ -153,7 +153,7 @@ impl EventHub {
         let queue = self.queue(&presence)?;
         let backlog = queue.len()?;
         if backlog + list.len() as u64 > presence.max_backlog {
-            log::error("events_full", json!({ "shard": self.shard.get(), "backlog": backlog, "refused": list.len() }));
+            log::error!("events_full", "shard" => self.shard.get(), "backlog" => backlog, "refused" => list.len());
             return Err(Error::Unavailable(format!(
                 "this event shard holds {backlog} events (PRESENCE_WEBHOOK_MAX_BACKLOG); hand them again later"
             )));
@@ -173,9 +173,9 @@ impl EventHub {
         if storage.get_alarm().await?.is_none() {
             self.set_alarm(now + presence.flush_ms as i64).await?;
         }
-        log::info(
+        log::info!(
             "events_queued",
-            json!({ "shard": self.shard.get(), "events": list.len(), "backlog": backlog + list.len() as u64 }),
+            "shard" => self.shard.get(), "events" => list.len(), "backlog" => backlog + list.len() as u64,
         );
         Ok(http::json(200, json!({ "queued": list.len() }).to_string(), None)?)
     }
@@ -197,12 +197,10 @@ impl EventHub {
                 Box::pin(async { Err(Failure::retry("an event shard does not hop")) })
             })
             .await?;
-        log::info(
+        log::info!(
             "events_flushed",
-            json!({
-                "shard": self.shard.get(), "events": done.events, "requests": done.requests, "backlog": queue.len()?,
-                "ms": Date::now().as_millis().saturating_sub(started),
-            }),
+            "shard" => self.shard.get(), "events" => done.events, "requests" => done.requests,
+            "backlog" => queue.len()?, "ms" => Date::now().as_millis().saturating_sub(started),
         );
         Ok(())
     }

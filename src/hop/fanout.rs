@@ -99,10 +99,7 @@ pub async fn presence_fan_out(
                 Either::Left((Err(e), _)) => e.to_string(),
                 Either::Right(_) => format!("no answer within {limit_ms} ms"),
             };
-            crate::runtime::log::error(
-                "presence_hop_failed",
-                json!({ "channel": channel, "to": user, "message": failed }),
-            );
+            crate::runtime::log::error!("presence_hop_failed", "channel" => channel, "to" => user, "message" => failed);
             None
         }) as Boxed<'_, Option<(String, u64)>>
     });

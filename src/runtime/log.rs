@@ -2,23 +2,31 @@
 //! Workers Logs (`[observability]` in wrangler.toml) can filter on fields. Never pass a token or a
 //! secret here.
 
-use serde_json::{Map, Value};
+pub use crate::core::log_line::Line;
 
-/// Logs an event at info level.
-pub fn info(event: &str, fields: Value) {
-    worker::console_log!("{}", line(event, fields));
+/// Prints a line at info level.
+pub fn write_info(line: Line) {
+    worker::console_log!("{}", line.finish());
 }
 
-/// Logs an event at error level.
-pub fn error(event: &str, fields: Value) {
-    worker::console_error!("{}", line(event, fields));
+/// Prints a line at error level.
+pub fn write_error(line: Line) {
+    worker::console_error!("{}", line.finish());
 }
 
-fn line(event: &str, fields: Value) -> String {
-    let mut map = Map::new();
-    map.insert("event".into(), Value::String(event.into()));
-    if let Value::Object(fields) = fields {
-        map.extend(fields);
-    }
-    Value::Object(map).to_string()
+/// Logs an event at info level: `log::info!("connect", "userId" => user_id, "open" => open + 1)`,
+/// each value anything serde serializes (borrowed, not moved), in the order given.
+macro_rules! info {
+    ($event:expr $(, $key:literal => $value:expr)* $(,)?) => {
+        $crate::runtime::log::write_info($crate::runtime::log::Line::new($event)$(.field($key, &$value))*)
+    };
 }
+
+/// Logs an event at error level, as [`info!`].
+macro_rules! error {
+    ($event:expr $(, $key:literal => $value:expr)* $(,)?) => {
+        $crate::runtime::log::write_error($crate::runtime::log::Line::new($event)$(.field($key, &$value))*)
+    };
+}
+
+pub(crate) use {error, info};

@@ -160,7 +160,8 @@ fn write(env: &Env, event: &'static str, label: &str, status: u16, ms: f64) {
         Err(e) => {
             bump(m::ANALYTICS_ERRORS, "");
             let message = e.as_string().unwrap_or_else(|| "the runtime refused the data point".into());
-            crate::runtime::log::error("analytics_error", serde_json::json!({ "event": event, "message": message }));
+            // `point`, not `event`: that key is the line's own.
+            crate::runtime::log::error!("analytics_error", "point" => event, "message" => message);
         }
     }
 }

@@ -31,7 +31,7 @@ pub fn alarm_failed(failures: &Cell<u32>, error: &Error, now: i64) -> i64 {
     let count = failures.get() + 1;
     failures.set(count);
     let delay = webhook::alarm_retry_ms(count);
-    log::error("alarm_error", json!({ "message": error.to_string(), "failures": count, "retryInMs": delay }));
+    log::error!("alarm_error", "message" => error.to_string(), "failures" => count, "retryInMs" => delay);
     now + delay
 }
 
@@ -322,11 +322,11 @@ impl Queue<'_> {
     }
 
     fn log_info(&self, event: &str, fields: Value) {
-        log::info(event, self.with_context(fields));
+        log::write_info(log::Line::new(event).fields(&self.with_context(fields)));
     }
 
     fn log_error(&self, event: &str, fields: Value) {
-        log::error(event, self.with_context(fields));
+        log::write_error(log::Line::new(event).fields(&self.with_context(fields)));
     }
 }
 

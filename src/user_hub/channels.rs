@@ -94,7 +94,7 @@ impl UserHub {
                     _ if e.status() == 429 => "channel_full",
                     _ => "unavailable",
                 };
-                log::error("join_failed", json!({ "userId": user_id, "channel": channel, "message": e.to_string() }));
+                log::error!("join_failed", "userId" => user_id, "channel" => channel, "message" => e.to_string());
                 return send_error(ws, code, &format!("could not join `{channel}`: {e}"), frame_id, &[]);
             }
         };
@@ -122,7 +122,7 @@ impl UserHub {
         if let Err(e) = stored {
             // Without the attachment the membership would vanish at the next hibernation, silently:
             // undo it and say so, so the client joins again.
-            log::error("storage_error", json!({ "op": "join", "message": e.to_string() }));
+            log::error!("storage_error", "op" => "join", "message" => e.to_string());
             if let Some(conn) = self.conns.borrow_mut().as_mut().and_then(|c| c.get_mut(id)) {
                 conn.channels.retain(|(c, _)| *c != channel);
                 conn.watching.retain(|c| *c != channel);
@@ -132,7 +132,7 @@ impl UserHub {
             }
             return send_error(ws, "unavailable", &format!("could not join `{channel}`: try again"), frame_id, &[]);
         }
-        log::info("join", json!({ "userId": user_id, "connectionId": id, "channel": channel, "presence": presence }));
+        log::info!("join", "userId" => user_id, "connectionId" => id, "channel" => channel, "presence" => presence);
         match snapshot {
             Some(snapshot) => {
                 let mut ok = json!({ "type": "ok", "channel": channel, "presence": snapshot });
@@ -165,7 +165,7 @@ impl UserHub {
                 None
             } else {
                 if let Err(e) = conn.ws.serialize_attachment(Attachment::of(conn)) {
-                    log::error("storage_error", json!({ "op": "leave", "message": e.to_string() }));
+                    log::error!("storage_error", "op" => "leave", "message" => e.to_string());
                 }
                 Some(conn.user_id.clone())
             }
@@ -176,7 +176,7 @@ impl UserHub {
             } else if self.watching_count(channel) == 0 {
                 self.unwatch(&user_id, channel).await;
             }
-            log::info("leave", json!({ "userId": user_id, "connectionId": id, "channel": channel }));
+            log::info!("leave", "userId" => user_id, "connectionId" => id, "channel" => channel);
         }
         reply_ok(ws, frame_id);
     }
@@ -203,12 +203,12 @@ impl UserHub {
                 .sql_exec("UPDATE channels SET left_at = ? WHERE name = ?", vec![now.into(), channel.clone().into()]);
             match marked {
                 Ok(_) => lingering = true,
-                Err(e) => log::error("storage_error", json!({ "op": "linger", "message": e.to_string() })),
+                Err(e) => log::error!("storage_error", "op" => "linger", "message" => e.to_string()),
             }
         }
         if lingering {
             if let Err(e) = self.schedule_alarm(Some(now + (linger as i64) * 1000), false).await {
-                log::error("alarm_error", json!({ "op": "linger", "message": e.to_string() }));
+                log::error!("alarm_error", "op" => "linger", "message" => e.to_string());
             }
         }
     }
@@ -310,7 +310,7 @@ impl UserHub {
     pub(super) async fn unregister(&self, user_id: &str, channel: &str, reason: LeftReason) {
         for statement in ["DELETE FROM channels WHERE name = ?", "DELETE FROM channel_watch WHERE name = ?"] {
             if let Err(e) = self.sql_exec(statement, vec![channel.to_string().into()]) {
-                log::error("storage_error", json!({ "op": "unregister", "message": e.to_string() }));
+                log::error!("storage_error", "op" => "unregister", "message" => e.to_string());
             }
         }
         let version = self.next_version();
@@ -319,7 +319,7 @@ impl UserHub {
             ..MemberUpdate::new(channel, user_id, false, version)
         };
         if let Err(e) = channel_hop::update_membership(&self.env, &update).await {
-            log::error("leave_failed", json!({ "userId": user_id, "channel": channel, "message": e.to_string() }));
+            log::error!("leave_failed", "userId" => user_id, "channel" => channel, "message" => e.to_string());
         }
     }
 
@@ -385,9 +385,9 @@ impl UserHub {
                     let message = body["message"].as_str().unwrap_or("the channel did not answer");
                     return send_error(ws, code, message, frame_id, &[]);
                 }
-                log::info(
+                log::info!(
                     "client_publish",
-                    json!({ "userId": user_id, "connectionId": id, "channel": channel, "totals": body["totals"] }),
+                    "userId" => user_id, "connectionId" => id, "channel" => channel, "totals" => body["totals"],
                 );
                 if let Some(frame_id) = frame_id {
                     // `id` is echoed as the client sent it.

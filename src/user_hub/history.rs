@@ -9,7 +9,6 @@ use crate::core::filter::{EnvelopeView, FilterSet};
 use crate::core::protocol::{self, StoredEnvelope};
 use crate::runtime::log;
 use serde::Deserialize;
-use serde_json::json;
 use worker::Date;
 
 #[derive(Deserialize)]
@@ -102,10 +101,7 @@ impl UserHub {
         };
         self.reload_oldest(&sql)?;
         let remaining = sql.exec("SELECT count(*) AS value FROM history", None)?.to_array::<super::ValueRow>()?;
-        log::info(
-            "history_trimmed",
-            json!({ "deleted": deleted, "remaining": remaining.first().map_or(0, |r| r.value) }),
-        );
+        log::info!("history_trimmed", "deleted" => deleted, "remaining" => remaining.first().map_or(0, |r| r.value));
         Ok(())
     }
 
@@ -179,9 +175,9 @@ impl UserHub {
             // Over SSE this event's `id:` is `last`, so a reconnect with Last-Event-ID continues.
             conn.send(&protocol::replay_more_frame(last), Some(last));
         }
-        log::info(
+        log::info!(
             "replay",
-            json!({ "connectionId": id, "since": since, "replayed": sent, "gap": first_kept > since + 1, "more": more }),
+            "connectionId" => id, "since" => since, "replayed" => sent, "gap" => first_kept > since + 1, "more" => more,
         );
         Ok(more)
     }

@@ -42,7 +42,6 @@ use crate::hop::{self, user, user::Call};
 use crate::runtime::{http, js, log, settings};
 use js_sys::Promise;
 use serde::Deserialize;
-use serde_json::json;
 use state::Conn;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -232,7 +231,7 @@ impl worker::DurableObject for UserHub {
         let result = answer.await;
         result.or_else(|e| {
             if e.status() >= 500 {
-                log::error("hub_error", json!({ "code": e.code(), "message": e.to_string() }));
+                log::error!("hub_error", "code" => e.code(), "message" => e.to_string());
             }
             http::error(&e, cors.as_deref())
         })
@@ -244,7 +243,7 @@ impl worker::DurableObject for UserHub {
         // The run re-arms itself, after a failure too; only when no alarm could be set does this
         // throw, so the runtime retries the alarm (with its own backoff).
         if let Err(e) = self.run_alarm().await {
-            log::error("alarm_error", json!({ "op": "rearm", "message": e.to_string() }));
+            log::error!("alarm_error", "op" => "rearm", "message" => e.to_string());
             return Err(worker::Error::RustError(format!("the alarm could not be re-armed: {e}")));
         }
         Response::empty()
@@ -288,7 +287,7 @@ impl UserHub {
                 Ok(body) => (200, body),
                 Err(e) => {
                     if e.status() >= 500 {
-                        log::error("hub_error", json!({ "code": e.code(), "message": e.to_string() }));
+                        log::error!("hub_error", "code" => e.code(), "message" => e.to_string());
                     }
                     (e.status(), e.body())
                 }
@@ -306,7 +305,7 @@ impl UserHub {
             Ok(Some(version)) => JsValue::from_f64(version as f64),
             Ok(None) => JsValue::UNDEFINED,
             Err(e) => {
-                log::error("hub_error", json!({ "code": e.code(), "message": e.to_string() }));
+                log::error!("hub_error", "code" => e.code(), "message" => e.to_string());
                 JsValue::UNDEFINED
             }
         }
@@ -316,7 +315,7 @@ impl UserHub {
     #[wasm_bindgen(js_name = channelConnections)]
     pub fn channel_connections_rpc(&self, channel: String) -> f64 {
         if let Err(e) = self.ensure_loaded() {
-            log::error("hub_error", json!({ "code": e.code(), "message": e.to_string() }));
+            log::error!("hub_error", "code" => e.code(), "message" => e.to_string());
         }
         self.joined_count(&channel) as f64
     }

@@ -56,7 +56,7 @@ impl UserHub {
         if let Some(row) = self.online_row()? {
             if row.offline_since.is_some() {
                 self.sql_exec("UPDATE presence SET offline_since = NULL", Vec::new())?;
-                log::info("offline_cancelled", json!({ "userId": row.user_id, "connectionId": connection_id }));
+                log::info!("offline_cancelled", "userId" => row.user_id, "connectionId" => connection_id);
             }
             return Ok(());
         }
@@ -74,7 +74,7 @@ impl UserHub {
     /// debounce (the alarm sends `offline` at its end).
     pub(crate) async fn online_closed(&self) {
         if let Err(e) = self.start_offline_debounce("close").await {
-            log::error("storage_error", json!({ "op": "online_closed", "message": e.to_string() }));
+            log::error!("storage_error", "op" => "online_closed", "message" => e.to_string());
         }
     }
 
@@ -88,15 +88,13 @@ impl UserHub {
         match self.online_row() {
             Ok(Some(OnlineRow { offline_since: None, .. })) => {}
             Ok(_) => return,
-            Err(e) => {
-                return log::error("storage_error", json!({ "op": "online_after_load", "message": e.to_string() }))
-            }
+            Err(e) => return log::error!("storage_error", "op" => "online_after_load", "message" => e.to_string()),
         }
         // The alarm must be armed, which waits; this runs inside a synchronous load.
         let hub = self.handle();
         wasm_bindgen_futures::spawn_local(async move {
             if let Err(e) = hub.start_offline_debounce("no socket after a wake").await {
-                log::error("storage_error", json!({ "op": "online_after_load", "message": e.to_string() }));
+                log::error!("storage_error", "op" => "online_after_load", "message" => e.to_string());
             }
         });
     }
@@ -109,7 +107,7 @@ impl UserHub {
         let Some(OnlineRow { user_id, offline_since: None, .. }) = self.online_row()? else { return Ok(()) };
         let now = Date::now().as_millis() as i64;
         self.sql_exec("UPDATE presence SET offline_since = ?", vec![now.into()])?;
-        log::info("offline_pending", json!({ "userId": user_id, "why": why, "dueInMs": self.debounce_ms(&config) }));
+        log::info!("offline_pending", "userId" => user_id, "why" => why, "dueInMs" => self.debounce_ms(&config));
         self.schedule_alarm(Some(now + self.debounce_ms(&config)), false).await
     }
 

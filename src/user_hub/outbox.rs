@@ -105,7 +105,7 @@ impl UserHub {
             "INSERT INTO outbox (event_id, body, created, attempts, next_at) VALUES (?, ?, ?, 0, ?)",
             vec![event_id.into(), body.into(), now.into(), now.into()],
         )?;
-        log::info("presence_event", json!({ "userId": user_id, "type": kind }));
+        log::info!("presence_event", "userId" => user_id, "type" => kind);
         self.schedule_alarm(Some(now), false).await
     }
 
@@ -155,7 +155,7 @@ impl UserHub {
                     vec![event_id.into(), body.into(), now.into(), now.into()],
                 )?,
             };
-            log::info("webhook_coalesced", json!({ "userId": user_id, "type": kind }));
+            log::info!("webhook_coalesced", "userId" => user_id, "type" => kind);
         } else {
             let event_id = format!("evt_{}", ids::uuid_v4().replace('-', ""));
             let body = webhook::event(&event_id, kind, user_id, &at, data);
@@ -213,7 +213,7 @@ impl UserHub {
         let at = js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(due as f64));
         storage.set_alarm(worker::ScheduledTime::new(at)).await?;
         self.alarm_set_at.set(Some(due));
-        log::info("alarm_set", json!({ "at": due, "inMs": due - Date::now().as_millis() as i64 }));
+        log::info!("alarm_set", "at" => due, "inMs" => due - Date::now().as_millis() as i64);
         Ok(())
     }
 
@@ -244,7 +244,7 @@ impl UserHub {
             return Err(Error::Internal("injected alarm failure (TEST_FAULTS=alarm)".into()));
         }
         self.ensure_loaded()?;
-        log::info("alarm", json!({ "now": Date::now().as_millis() }));
+        log::info!("alarm", "now" => Date::now().as_millis());
         self.enforce_lifetimes().await;
         self.end_lingering().await?;
         self.trim_history_by_age(&config)?;

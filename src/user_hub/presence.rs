@@ -9,7 +9,6 @@ use crate::hop::channel as channel_hop;
 use crate::hop::wire::MemberUpdate;
 use crate::runtime::js::send_shared;
 use crate::runtime::log;
-use serde_json::json;
 
 impl UserHub {
     /// After a `leave` of the user's last watching connection while others stay joined: the root
@@ -23,7 +22,7 @@ impl UserHub {
         let update =
             MemberUpdate { watch: Some(false), ..MemberUpdate::new(channel, user_id, true, self.next_version()) };
         if let Err(e) = channel_hop::update_membership(&self.env, &update).await {
-            log::error("unwatch_failed", json!({ "userId": user_id, "channel": channel, "message": e.to_string() }));
+            log::error!("unwatch_failed", "userId" => user_id, "channel" => channel, "message" => e.to_string());
         }
     }
 

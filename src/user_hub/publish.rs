@@ -155,7 +155,7 @@ impl UserHub {
             // publish follows (later publishes find the alarm set, or the alarm re-arms itself).
             if let Some(at) = self.next_history_expiry(&config) {
                 if let Err(e) = self.schedule_alarm(Some(at), false).await {
-                    log::error("alarm_error", json!({ "op": "history", "message": e.to_string() }));
+                    log::error!("alarm_error", "op" => "history", "message" => e.to_string());
                 }
             }
         }
@@ -193,13 +193,11 @@ impl UserHub {
         // when a connection did not ack (a channel of 100,000 is not 100,000 lines).
         let quiet = p.channel.is_some() && response.pending.is_empty() && response.closed.is_empty();
         if !quiet {
-            log::info(
+            log::info!(
                 "publish",
-                json!({
-                    "userId": p.user_id, "envelopeId": envelope_id, "seq": seq, "type": p.kind,
-                    "clientCount": client_count, "acked": response.acks.len(), "pending": response.pending.len(),
-                    "closed": response.closed.len(), "ms": js::now_ms().saturating_sub(started),
-                }),
+                "userId" => p.user_id, "envelopeId" => envelope_id, "seq" => seq, "type" => p.kind,
+                "clientCount" => client_count, "acked" => response.acks.len(), "pending" => response.pending.len(),
+                "closed" => response.closed.len(), "ms" => js::now_ms().saturating_sub(started),
             );
         }
         let body = serde_json::to_string(&response).map_err(|e| Error::Internal(e.to_string()))?;
@@ -215,7 +213,7 @@ impl UserHub {
                 .sql()
                 .exec("UPDATE idempotency SET response = ? WHERE key = ?", vec![stored.into(), key.clone().into()])
             {
-                log::error("storage_error", json!({ "op": "idempotency_answer", "message": e.to_string() }));
+                log::error!("storage_error", "op" => "idempotency_answer", "message" => e.to_string());
             }
         }
         Ok(body)
@@ -260,7 +258,7 @@ impl UserHub {
             }),
         };
         answer["duplicate"] = json!(true);
-        log::info("publish_duplicate", json!({ "envelopeId": row.envelope_id, "seq": row.seq }));
+        log::info!("publish_duplicate", "envelopeId" => row.envelope_id, "seq" => row.seq);
         Ok(Some(answer.to_string()))
     }
 

@@ -28,11 +28,11 @@ use worker::{Date, Response, WebSocket, WebSocketIncomingMessage, WebSocketPair}
 fn inject_fault(text: &str) {
     match text {
         "__panic" => {
-            log::error("fault_injected", json!({ "kind": "panic" }));
+            log::error!("fault_injected", "kind" => "panic");
             panic!("fault injected (FAULT_INJECTION=on)");
         }
         "__trap" => {
-            log::error("fault_injected", json!({ "kind": "trap" }));
+            log::error!("fault_injected", "kind" => "trap");
             core::arch::wasm32::unreachable()
         }
         _ => {}
@@ -130,9 +130,10 @@ impl UserHub {
             Some(filters) => self.change_filters(&id, &filter::FilterList::from_json(&filters), None, true, since),
             None => false,
         };
-        log::info(
+        log::info!(
             "connect",
-            json!({ "userId": user_id, "connectionId": id, "transport": transport.name(), "open": open + 1, "since": since }),
+            "userId" => user_id, "connectionId" => id, "transport" => transport.name(), "open" => open + 1,
+            "since" => since,
         );
         let data = json!({ "connectionId": id, "transport": transport.name(), "connectedAt": rfc3339(now as u64) });
         let mut stored = self.enqueue_event(webhook::CONNECTION_OPENED, &user_id, data).await.map(|_| ());
@@ -176,7 +177,7 @@ impl UserHub {
             Ok(c) => c,
             Err(e) => {
                 // The details (runtime and SQLite messages) go to the log, not to the client.
-                log::error("hub_error", json!({ "op": "load", "message": e.to_string() }));
+                log::error!("hub_error", "op" => "load", "message" => e.to_string());
                 send_error(ws, "internal_error", "the hub could not load its state; try again", None, &[]);
                 return None;
             }
@@ -349,7 +350,7 @@ impl UserHub {
                 if let Some(conn) = self.conns.borrow_mut().as_mut().and_then(|c| c.get_mut(id)) {
                     conn.filters = before;
                 }
-                log::error("storage_error", json!({ "op": "store_filters", "message": e.to_string() }));
+                log::error!("storage_error", "op" => "store_filters", "message" => e.to_string());
                 metrics::rejected("internal_error");
                 reply(&protocol::error_frame(
                     "internal_error",
@@ -365,7 +366,7 @@ impl UserHub {
             match self.replay(id, since, &before) {
                 Ok(m) => more = m,
                 Err(e) => {
-                    log::error("storage_error", json!({ "op": "replay", "message": e.to_string() }));
+                    log::error!("storage_error", "op" => "replay", "message" => e.to_string());
                     metrics::rejected("internal_error");
                     reply(&protocol::error_frame(
                         "internal_error",
@@ -425,7 +426,7 @@ impl UserHub {
                 &[],
             ),
             Err(e) => {
-                log::error("storage_error", json!({ "op": "enqueue_message", "message": e.to_string() }));
+                log::error!("storage_error", "op" => "enqueue_message", "message" => e.to_string());
                 send_error(ws, "internal_error", "the message could not be stored; send it again", frame_id, &[]);
             }
         }
@@ -440,9 +441,9 @@ impl UserHub {
         // A backend's kick ends the channel memberships at once: the linger is for clients that
         // reconnect, and the backend has just said this one should not be there.
         self.left_channels(&conn, by != "backend").await;
-        log::info(
+        log::info!(
             "close",
-            json!({ "userId": conn.user_id, "connectionId": id, "code": code, "reason": reason, "by": by }),
+            "userId" => conn.user_id, "connectionId" => id, "code" => code, "reason" => reason, "by" => by,
         );
         self.report_close(&conn, id, code, reason, by).await;
         self.online_closed().await;
@@ -454,7 +455,7 @@ impl UserHub {
             "connectedAt": rfc3339(conn.connected_at as u64),
         });
         if let Err(e) = self.enqueue_event(webhook::CONNECTION_CLOSED, &conn.user_id, data).await {
-            log::error("storage_error", json!({ "op": "enqueue_close", "message": e.to_string() }));
+            log::error!("storage_error", "op" => "enqueue_close", "message" => e.to_string());
         }
     }
 
@@ -470,9 +471,10 @@ impl UserHub {
         metrics::close(code.min(u16::MAX as usize) as u16);
         metrics::flush(&self.env);
         self.left_channels(&conn, true).await;
-        log::info(
+        log::info!(
             "close",
-            json!({ "userId": conn.user_id, "connectionId": id, "code": code, "reason": reason, "clean": was_clean, "by": "client" }),
+            "userId" => conn.user_id, "connectionId" => id, "code" => code, "reason" => reason, "clean" => was_clean,
+            "by" => "client",
         );
         self.report_close(&conn, &id, code.min(u16::MAX as usize) as u16, reason, "client").await;
         self.online_closed().await;
@@ -485,7 +487,7 @@ impl UserHub {
         let Some(conn) = self.forget(&id) else { return };
         metrics::close(1011);
         self.left_channels(&conn, true).await;
-        log::error("socket_error", json!({ "connectionId": id, "message": error }));
+        log::error!("socket_error", "connectionId" => id, "message" => error);
         self.report_close(&conn, &id, 1011, "socket error", "error").await;
         self.online_closed().await;
     }

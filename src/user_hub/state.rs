@@ -11,7 +11,6 @@ use crate::core::protocol::{self, Transport};
 use crate::core::ratelimit::TokenBucket;
 use crate::runtime::log;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use std::collections::HashMap;
 use std::rc::Rc;
 use worker::{Date, WebSocket};
@@ -248,7 +247,7 @@ impl UserHub {
         }
         self.seq.set(seq);
         self.oldest.set(oldest);
-        log::info("hub_loaded", json!({ "connections": conns.len(), "seq": seq }));
+        log::info!("hub_loaded", "connections" => conns.len(), "seq" => seq);
         *self.conns.borrow_mut() = Some(conns);
         self.online_after_load();
         Ok(())
@@ -277,7 +276,7 @@ impl UserHub {
             }
             for statement in statements {
                 if let Err(e) = self.sql().exec(statement, vec![id.to_string().into()]) {
-                    log::error("storage_error", json!({ "op": "forget", "message": e.to_string() }));
+                    log::error!("storage_error", "op" => "forget", "message" => e.to_string());
                 }
             }
         }
