@@ -169,7 +169,58 @@ test("README's current figures are the steady-state, sixth- and fourth-round fil
   const cold = rows["cold start: first connect on a fresh workerd"].map(nums).flat();
   assert.deepEqual(cold.slice(0, 2).map(Number), [round6Run.extra.coldstart.switchboard.first_connect_ms, round6Run.extra.coldstart.reference.first_connect_ms]);
   near(cold[2], cold[0] / cold[1], "cold start ratio");
-  near(nums(rows["release wasm, gzip"][0])[0], round6Run.extra.wasm.gzip_bytes / 1000, "wasm size");
+  const round7File = "bench/results-published/2026-12-01-log-lines-ab.json";
+  assert.ok(section.includes(path.basename(round7File)), "names the seventh round's file");
+  near(nums(rows["release wasm, gzip"][0])[0], json(round7File).extra.wasm.gzip_bytes / 1000, "wasm size");
+});
+
+test("the seventh round's two A/B tables (BENCHMARKS.md) are their published sittings, both orders and pooled", () => {
+  const median = (v) => ((s) => (s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2))([...v].sort((x, y) => x - y));
+  const sizes = [];
+  for (const [heading, name] of [["| one JSON reader |", "one-reader"], ["| log lines |", "log-lines"]]) {
+    const ab = json(`bench/results-published/2026-12-01-${name}-ab.json`);
+    const swapped = json(`bench/results-published/2026-12-01-${name}-ab-swapped.json`);
+    assert.equal(ab.errors + swapped.errors, 0);
+    // The same two builds, each order once: the swapped A/B puts the build before in Switchboard's place
+    // (a file's wasm size is its Switchboard side's).
+    assert.ok(ab.config.against && swapped.config.against, `${name}: both are A/Bs`);
+    assert.equal(swapped.config.build, ab.config.against, `${name}: the swapped A/B measures the build before`);
+    assert.ok(ab.extra.wasm.gzip_bytes < swapped.extra.wasm.gzip_bytes, `${name}: this build is the smaller`);
+    sizes.push([ab.extra.wasm.gzip_bytes, swapped.extra.wasm.gzip_bytes]);
+    const [a, b] = [ab, swapped].map(byName);
+    const rows = table(MD, heading);
+    assert.ok(rows.length >= 3, `${name}: rows`);
+    for (const [label, ...cells] of rows) {
+      const [k, metric] = label.startsWith("CPU per WebSocket connect") ? ["idle", "cpu_ms_per_connect"] : [label, "cpu_ms_per_publish"];
+      const [[t1, t2, t3], [s1, s2, s3], [p1, p2, p3]] = cells.map(nums);
+      near(t1, a[k].switchboard[metric], `${name} ${k} this`);
+      near(t2, a[k].reference[metric], `${name} ${k} before`);
+      near(t3, a[k].ratio[metric], `${name} ${k} ratio`);
+      near(s1, b[k].switchboard[metric], `${name} ${k} swapped: before`);
+      near(s2, b[k].reference[metric], `${name} ${k} swapped: this`);
+      near(s3, b[k].ratio[metric], `${name} ${k} swapped ratio`);
+      const runs = (r, side) => r[k][`${side}_runs`].map((m) => m[metric]);
+      const thisPooled = median([...runs(a, "switchboard"), ...runs(b, "reference")]);
+      const beforePooled = median([...runs(a, "reference"), ...runs(b, "switchboard")]);
+      near(p1, thisPooled, `${name} ${k} pooled this`);
+      near(p2, beforePooled, `${name} ${k} pooled before`);
+      near(p3, thisPooled / beforePooled, `${name} ${k} pooled ratio`);
+    }
+  }
+  // The rounds chain: the log lines' "before" is the one-reader build; the sizes in the text are these.
+  assert.equal(sizes[0][0], sizes[1][1], "the log lines were measured against the one-reader build");
+  const [[reader, first], [last]] = sizes;
+  const section = MD.slice(MD.indexOf("### Two size cuts"), MD.indexOf("### What stands in the way"));
+  const kb = (bytes) => (bytes / 1000).toFixed(1);
+  for (const claim of [`(${kb(first)} → ${kb(reader)} KB)`, `(${kb(reader)} → ${kb(last)} KB)`, `${((first - last) / 1000).toFixed(1)} KB of gzip`]) {
+    assert.ok(section.includes(claim), `BENCHMARKS says ${claim}`);
+  }
+  // "the one figure both orders agree on (0.935, and 1/1.073 = 0.932 ...)"
+  const [x, y, z] = nums(section.match(/both orders agree on \(([\d.]+), and 1\/([\d.]+) = ([\d.]+)/).slice(1).join(" "));
+  const idle = [json("bench/results-published/2026-12-01-log-lines-ab.json"), json("bench/results-published/2026-12-01-log-lines-ab-swapped.json")].map((r) => byName(r).idle.ratio.cpu_ms_per_connect);
+  near(x, idle[0], "connect ratio, this order");
+  near(y, idle[1], "connect ratio, swapped");
+  near(z, 1 / idle[1], "connect ratio, swapped and inverted");
 });
 
 test("the token check's A/B table (BENCHMARKS.md) is its three published sittings, to their rounding", () => {
