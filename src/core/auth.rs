@@ -17,7 +17,7 @@ use jwt_compact::{
     alg::{Hs256, Hs256Key, Hs256Signature},
     Algorithm, AlgorithmSignature,
 };
-use serde::{Deserialize, Deserializer};
+use serde::{de::DeserializeOwned, Deserialize, Deserializer};
 use serde_json::Value;
 use std::collections::HashMap;
 
@@ -247,6 +247,13 @@ impl TokenCache {
     }
 }
 
+/// A token part read into `T`: UTF-8 text of a JSON object (serde would also read a struct from an
+/// array, element by element). The header and the claims are both read so.
+fn read_object<T: DeserializeOwned>(bytes: &[u8]) -> Option<T> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    text.trim_ascii_start().starts_with('{').then(|| serde_json::from_str(text).ok()).flatten()
+}
+
 /// Signature and claims, without the time checks: `(identity, nbf in ms)`.
 ///
 /// jwt-compact checks the HS256 signature (an HMAC compared in constant time); the token's three
@@ -267,8 +274,7 @@ fn verify_signature(token: &str, secrets: &[Vec<u8>]) -> Result<(Identity, Optio
     let header = Base64UrlUnpadded::decode_vec(header).map_err(|_| malformed())?;
     let claims = Base64UrlUnpadded::decode_vec(claims).map_err(|_| malformed())?;
     let signature = Base64UrlUnpadded::decode_vec(signature).map_err(|_| malformed())?;
-    let header: JoseHeader =
-        std::str::from_utf8(&header).ok().and_then(|h| serde_json::from_str(h).ok()).ok_or_else(malformed)?;
+    let header: JoseHeader = read_object(&header).ok_or_else(malformed)?;
     if header.cty.as_deref().is_some_and(|cty| !cty.eq_ignore_ascii_case("json")) {
         return Err(malformed());
     }
@@ -285,11 +291,7 @@ fn verify_signature(token: &str, secrets: &[Vec<u8>]) -> Result<(Identity, Optio
         return Err(Error::InvalidToken("the token's signature does not verify".into()));
     }
 
-    // Claims are a JSON object (serde would also take an array, field by field).
-    let claims = std::str::from_utf8(&claims)
-        .ok()
-        .filter(|c| c.trim_ascii_start().starts_with('{'))
-        .and_then(|c| serde_json::from_str::<RawClaims>(c).ok())
+    let claims: RawClaims = read_object(&claims)
         .ok_or_else(|| Error::InvalidToken("the token's claims are not valid JSON claims".into()))?;
     let user_id = match claims.user_id {
         Some(Value::String(s)) if !s.trim().is_empty() => Some(s),
@@ -487,6 +489,8 @@ pub(crate) mod tests {
         let not_utf8 = b"{\"userId\":\"u\xff\"}";
         assert!(reason(&sign_raw(b"s", hs, not_utf8)).contains("not valid JSON claims"), "claims that are not UTF-8");
         assert!(reason(&sign_raw(b"s", b"{\"alg\":\"HS256\xff\"}", r#"{"userId":"u"}"#)).contains("well-formed"));
+        // The header is an object too: serde would read `alg` from an array's first element.
+        assert!(reason(&sign_raw(b"s", r#"["HS256"]"#, r#"{"userId":"u"}"#)).contains("well-formed"), "array header");
         // Claims are read only once a secret verifies them.
         assert!(reason(&sign_raw(b"other", hs, r#"{"exp":"soon"}"#)).contains("does not verify"));
         assert!(reason(&sign_raw(b"s", r#"{"alg":"HS256","cty":"cbor"}"#, r#"{"userId":"u"}"#)).contains("well-formed"));
