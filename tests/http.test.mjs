@@ -95,6 +95,8 @@ test("publish refuses missing, malformed, forged, expired and immature tokens wi
     // Signed claims that are not an object: an array is not read field by field.
     [mint([now() + 3600, now() - 10, now() - 10, "u", "publish"]), "invalid_token"],
     [mint({ scope: "publish" }, { header: { alg: "HS256", cty: "cbor" } }), "invalid_token"],
+    // A signed header that is not an object: `alg` is not read from an array's first element.
+    [mint({ scope: "publish", exp: now() + 3600 }, { header: ["HS256"] }), "invalid_token"],
     [`${mint({ scope: "publish" })}.x`, "invalid_token"],
     ["x".repeat(20000), "invalid_token"],
   ];
