@@ -14,10 +14,10 @@ use crate::core::config::WebhookConfig;
 use crate::core::error::Error;
 use crate::core::ids;
 use crate::core::webhook::{self, Delivery};
-use crate::runtime::log;
+use crate::runtime::log::{self, Line};
 use futures_util::future::{select, Either};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
@@ -254,8 +254,13 @@ impl Queue<'_> {
                     self.sql.exec("DELETE FROM outbox WHERE id >= ? AND id <= ?", vec![head.id.into(), last.into()])?;
                     let event = if to == Target::Hop { "webhook_handed_off" } else { "webhook" };
                     self.log_info(
-                        event,
-                        json!({ "eventId": head.event_id, "webhookId": webhook_id, "events": batch.len(), "status": status, "attempt": head.attempts + 1, "ms": ms }),
+                        Line::new(event)
+                            .field("eventId", &head.event_id)
+                            .field("webhookId", &webhook_id)
+                            .field("events", &batch.len())
+                            .field("status", &status)
+                            .field("attempt", &(head.attempts + 1))
+                            .field("ms", &ms),
                     );
                     done.events += batch.len();
                     self.solo.set(self.solo.get().saturating_sub(batch.len()));
@@ -266,8 +271,11 @@ impl Queue<'_> {
             if failure.status.is_some_and(|s| webhook::classify(s) == Delivery::Permanent) {
                 if batch.len() > 1 {
                     self.log_error(
-                        "webhook_refused",
-                        json!({ "webhookId": webhook_id, "events": batch.len(), "reason": failure.reason, "then": "one event at a time" }),
+                        Line::new("webhook_refused")
+                            .field("webhookId", &webhook_id)
+                            .field("events", &batch.len())
+                            .field("reason", &failure.reason)
+                            .field("then", "one event at a time"),
                     );
                     self.solo.set(batch.len());
                     continue;
@@ -286,8 +294,14 @@ impl Queue<'_> {
                 vec![attempts.into(), next_at.into(), head.id.into()],
             )?;
             self.log_error(
-                "webhook_failed",
-                json!({ "eventId": head.event_id, "webhookId": webhook_id, "events": batch.len(), "attempt": attempts, "reason": failure.reason, "retryInMs": delay, "ms": ms }),
+                Line::new("webhook_failed")
+                    .field("eventId", &head.event_id)
+                    .field("webhookId", &webhook_id)
+                    .field("events", &batch.len())
+                    .field("attempt", &attempts)
+                    .field("reason", &failure.reason)
+                    .field("retryInMs", &delay)
+                    .field("ms", &ms),
             );
             return Ok(done);
         }
@@ -305,28 +319,25 @@ impl Queue<'_> {
         )?;
         let event: Value = serde_json::from_str(&row.body).unwrap_or_default();
         self.log_error(
-            "webhook_dropped",
-            json!({
-                "eventId": row.event_id, "type": event["type"], "userId": event["subject"], "status": status,
-                "attempts": row.attempts + 1, "reason": reason, "dropped": self.dropped()?,
-            }),
+            Line::new("webhook_dropped")
+                .field("eventId", &row.event_id)
+                .field("type", &event["type"])
+                .field("userId", &event["subject"])
+                .field("status", &status)
+                .field("attempts", &(row.attempts + 1))
+                .field("reason", reason)
+                .field("dropped", &self.dropped()?),
         );
         Ok(())
     }
 
-    fn with_context(&self, mut fields: Value) -> Value {
-        if let (Some(f), Some(c)) = (fields.as_object_mut(), self.context.as_object()) {
-            f.extend(c.iter().map(|(k, v)| (k.clone(), v.clone())));
-        }
-        fields
+    /// Logs `line` with the fields that name this queue.
+    fn log_info(&self, line: Line) {
+        log::write_info(line.fields(&self.context));
     }
 
-    fn log_info(&self, event: &str, fields: Value) {
-        log::write_info(log::Line::new(event).fields(&self.with_context(fields)));
-    }
-
-    fn log_error(&self, event: &str, fields: Value) {
-        log::write_error(log::Line::new(event).fields(&self.with_context(fields)));
+    fn log_error(&self, line: Line) {
+        log::write_error(line.fields(&self.context));
     }
 }
 
