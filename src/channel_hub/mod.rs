@@ -21,8 +21,7 @@ mod root;
 use crate::core::error::Error;
 use crate::core::ratelimit::TokenBucket;
 use crate::hop::channel::{self, Call};
-use crate::runtime::{http, log};
-use serde::Deserialize;
+use crate::runtime::{http, log, rows};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
 use std::rc::Rc;
@@ -63,11 +62,6 @@ impl Drop for Running {
     fn drop(&mut self) {
         self.0.set(self.0.get().saturating_sub(1));
     }
-}
-
-#[derive(Deserialize)]
-struct MemberRow {
-    user_id: String,
 }
 
 impl worker::DurableObject for ChannelHub {
@@ -136,8 +130,8 @@ impl ChannelHub {
         if cache.is_none() {
             let sql = self.sql();
             sql.exec(SCHEMA, None)?;
-            let rows = sql.exec("SELECT user_id FROM members", None)?.to_array::<MemberRow>()?;
-            *cache = Some(rows.into_iter().map(|r| r.user_id).collect());
+            let all = rows::all(sql.exec("SELECT user_id FROM members", None)?)?;
+            *cache = Some(all.iter().filter_map(|r| rows::text(r, 0)).collect());
         }
         Ok(())
     }
@@ -159,11 +153,9 @@ impl ChannelHub {
 
     /// Re-reads one user's row into the cache after a write.
     fn refresh(&self, user_id: &str) -> Result<usize, Error> {
-        let present = !self
-            .sql()
-            .exec("SELECT user_id FROM members WHERE user_id = ?", vec![user_id.to_string().into()])?
-            .to_array::<MemberRow>()?
-            .is_empty();
+        let present =
+            rows::first(self.sql().exec("SELECT user_id FROM members WHERE user_id = ?", vec![user_id.into()])?)?
+                .is_some();
         self.with_members(|m| {
             if present {
                 m.insert(user_id.to_string());

@@ -12,6 +12,7 @@ use crate::core::error::Error;
 use crate::core::presence::{self, Change, LeftReason, SNAPSHOT_MEMBERS};
 use crate::hop::fanout::{join_boxed, presence_fan_out, Boxed};
 use crate::hop::wire::MemberUpdate;
+use crate::runtime::rows::{self, int, text};
 use crate::runtime::{http, js, log, settings};
 use futures_util::future::{select, Either};
 use serde_json::{json, Value};
@@ -23,28 +24,6 @@ pub const MAX_PRESENCE_PAGE: usize = 100;
 
 /// How long after a failed hand-over of member events the alarm tries again.
 const RETRY_MS: i64 = 5_000;
-
-/// A query's rows as plain values. Read by position through [`text`] and [`int`] rather than
-/// deserialised into a struct per query: each such struct is a serde visitor in the wasm, and the
-/// release wasm has a size budget.
-fn rows(cursor: worker::SqlCursor) -> Result<Vec<Vec<V>>, Error> {
-    Ok(cursor.raw().collect::<worker::Result<Vec<_>>>()?)
-}
-
-fn text(row: &[V], i: usize) -> Option<String> {
-    match row.get(i) {
-        Some(V::String(s)) => Some(s.clone()),
-        _ => None,
-    }
-}
-
-fn int(row: &[V], i: usize) -> i64 {
-    match row.get(i) {
-        Some(V::Integer(n)) => *n,
-        Some(V::Float(f)) => *f as i64,
-        _ => 0,
-    }
-}
 
 /// One pending change: the user's state at the last batch, and now.
 struct Pending {
@@ -128,7 +107,7 @@ impl ChannelHub {
     /// A member left (a leave, the end of a linger, a kick, or a prune): the pending change, and
     /// its presence row goes.
     pub(super) fn member_removed(&self, channel: &str, user: &str, reason: LeftReason) -> Result<(), Error> {
-        let data = rows(
+        let data = rows::all(
             self.sql().exec("SELECT data FROM presence_members WHERE user_id = ?", vec![user.to_string().into()])?,
         )?
         .first()
@@ -161,7 +140,7 @@ impl ChannelHub {
             return Ok(());
         }
         let query = format!("SELECT {} FROM presence_pending WHERE user_id = ?", Pending::COLUMNS);
-        let earlier = rows(sql.exec(&query, vec![user.to_string().into()])?)?.first().map(|r| Pending::read(r));
+        let earlier = rows::all(sql.exec(&query, vec![user.to_string().into()])?)?.first().map(|r| Pending::read(r));
         // The state at the last batch: the earliest pending change's "before", if there is one.
         let (was_present, was_data) = match earlier {
             Some(row) => (row.was_present, row.was_data),
@@ -213,7 +192,7 @@ impl ChannelHub {
 
     fn state_row(&self) -> Result<BatchState, Error> {
         let found =
-            rows(self.sql().exec("SELECT channel, version, flushed_at FROM presence_state WHERE id = 0", None)?)?;
+            rows::all(self.sql().exec("SELECT channel, version, flushed_at FROM presence_state WHERE id = 0", None)?)?;
         Ok(match found.first() {
             Some(r) => {
                 BatchState { channel: text(r, 0).unwrap_or_default(), version: int(r, 1), flushed_at: int(r, 2) }
@@ -223,7 +202,7 @@ impl ChannelHub {
     }
 
     fn count(&self, query: &str) -> Result<i64, Error> {
-        Ok(rows(self.sql().exec(query, None)?)?.first().map_or(0, |r| int(r, 0)))
+        Ok(rows::all(self.sql().exec(query, None)?)?.first().map_or(0, |r| int(r, 0)))
     }
 
     fn watcher_count(&self) -> Result<u64, Error> {
@@ -232,7 +211,7 @@ impl ChannelHub {
 
     /// Members with their data, in user id order, after `cursor`.
     fn members_with_data(&self, cursor: &str, limit: usize) -> Result<Vec<(String, Option<String>)>, Error> {
-        let found = rows(self.sql().exec(
+        let found = rows::all(self.sql().exec(
             "SELECT m.user_id, p.data FROM members m LEFT JOIN presence_members p ON p.user_id = m.user_id
              WHERE m.user_id > ? ORDER BY m.user_id LIMIT ?",
             vec![cursor.to_string().into(), (limit as i64).into()],
@@ -257,7 +236,7 @@ impl ChannelHub {
         self.load()?;
         let sql = self.sql();
         let query = format!("SELECT {} FROM presence_pending ORDER BY user_id", Pending::COLUMNS);
-        let pending: Vec<Pending> = rows(sql.exec(&query, None)?)?.iter().map(|r| Pending::read(r)).collect();
+        let pending: Vec<Pending> = rows::all(sql.exec(&query, None)?)?.iter().map(|r| Pending::read(r)).collect();
         let state = self.state_row()?;
         if pending.is_empty() {
             // Only member events an earlier batch could not hand on (their retry).
@@ -279,7 +258,7 @@ impl ChannelHub {
         let count = self.member_count()?;
         self.hand_member_events(&state.channel, member_events(&state.channel, &changes)).await?;
         let watchers: Vec<String> =
-            rows(sql.exec("SELECT user_id FROM presence_members WHERE watch = 1 ORDER BY user_id", None)?)?
+            rows::all(sql.exec("SELECT user_id FROM presence_members WHERE watch = 1 ORDER BY user_id", None)?)?
                 .iter()
                 .filter_map(|r| text(r, 0))
                 .collect();
@@ -314,7 +293,7 @@ impl ChannelHub {
     /// `presence_events`); what cannot be handed now is kept for the next alarm, set for it.
     async fn hand_member_events(&self, channel: &str, fresh: Vec<Value>) -> Result<(), Error> {
         let sql = self.sql();
-        let kept: Vec<(i64, Value)> = rows(sql.exec("SELECT id, body FROM presence_events ORDER BY id", None)?)?
+        let kept: Vec<(i64, Value)> = rows::all(sql.exec("SELECT id, body FROM presence_events ORDER BY id", None)?)?
             .iter()
             .filter_map(|r| serde_json::from_str(&text(r, 1)?).ok().map(|v| (int(r, 0), v)))
             .collect();

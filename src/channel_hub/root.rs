@@ -1,13 +1,13 @@
 //! The root's role: the channel's members (joins and leaves from users' hubs, versioned), the members
 //! API, and the start of every publish to the channel.
 
-use super::{relay, ChannelHub, MemberRow, Running};
+use super::{relay, ChannelHub, Running};
 use crate::core::channel;
 use crate::core::error::Error;
 use crate::core::presence::LeftReason;
 use crate::core::ratelimit::TokenBucket;
 use crate::hop::wire::{MemberUpdate, PublishMeta};
-use crate::runtime::{http, js, log, settings};
+use crate::runtime::{http, js, log, rows, settings};
 use serde_json::json;
 use std::rc::Rc;
 use worker::{Date, Request, Response};
@@ -66,17 +66,12 @@ impl ChannelHub {
         let limit = crate::core::query::page_limit(limit, MAX_PAGE)?;
         let cursor = cursor.unwrap_or_default().to_string();
         let count = self.with_members(|m| m.len())?;
-        let mut page = self
-            .sql()
-            .exec(
-                "SELECT user_id FROM members WHERE user_id > ? ORDER BY user_id LIMIT ?",
-                vec![cursor.into(), (limit as i64 + 1).into()],
-            )?
-            .to_array::<MemberRow>()?;
-        let more = page.len() > limit;
-        page.truncate(limit);
-        let next = more.then(|| page.last().map(|r| r.user_id.clone())).flatten();
-        let members: Vec<String> = page.into_iter().map(|r| r.user_id).collect();
+        let query = "SELECT user_id FROM members WHERE user_id > ? ORDER BY user_id LIMIT ?";
+        let page = rows::all(self.sql().exec(query, vec![cursor.into(), (limit as i64 + 1).into()])?)?;
+        let mut members: Vec<String> = page.iter().filter_map(|r| rows::text(r, 0)).collect();
+        let more = members.len() > limit;
+        members.truncate(limit);
+        let next = more.then(|| members.last().cloned()).flatten();
         let body = json!({ "channel": channel, "count": count, "members": members, "nextCursor": next });
         Ok(http::json(200, body.to_string(), cors)?)
     }

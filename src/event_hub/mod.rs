@@ -21,7 +21,7 @@ use crate::core::config::PresenceWebhookConfig;
 use crate::core::error::Error;
 use crate::hop::events::{self, Call};
 use crate::runtime::webhook::{Failure, Queue, Target};
-use crate::runtime::{http, log, settings};
+use crate::runtime::{http, log, rows, settings};
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
@@ -52,11 +52,6 @@ pub struct EventHub {
     alarm_failures: Cell<u32>,
     /// This shard's number (stored in `meta` by the first hand-off), for the logs.
     shard: Cell<Option<i64>>,
-}
-
-#[derive(Deserialize)]
-struct ValueRow {
-    value: i64,
 }
 
 /// The one field of an event the shard reads.
@@ -113,8 +108,7 @@ impl EventHub {
         let sql = self.state.storage().sql();
         if !self.ready.get() {
             sql.exec(SCHEMA, None)?;
-            let shard = sql.exec("SELECT value FROM meta WHERE key = 'shard'", None)?.to_array::<ValueRow>()?;
-            self.shard.set(shard.first().map(|r| r.value));
+            self.shard.set(rows::first_int(sql.exec("SELECT value FROM meta WHERE key = 'shard'", None)?)?);
             self.ready.set(true);
         }
         Ok(sql)

@@ -15,8 +15,8 @@ use crate::core::error::Error;
 use crate::core::ids;
 use crate::core::webhook::{self, Delivery};
 use crate::runtime::log::{self, Line};
+use crate::runtime::rows;
 use futures_util::future::{select, Either};
-use serde::Deserialize;
 use serde_json::Value;
 use std::cell::Cell;
 use std::future::Future;
@@ -83,7 +83,6 @@ pub async fn send(hook: &WebhookConfig, webhook_id: &str, body: &str, content_ty
 }
 
 /// One queued event.
-#[derive(Deserialize)]
 pub struct Row {
     pub id: i64,
     pub event_id: String,
@@ -101,20 +100,18 @@ pub enum Target {
     Hop,
 }
 
-#[derive(Deserialize)]
-struct SpanRow {
-    lo: Option<i64>,
-    hi: Option<i64>,
-}
-
-#[derive(Deserialize)]
-struct ValueRow {
-    value: i64,
-}
-
-#[derive(Deserialize)]
-struct NextRow {
-    next_at: i64,
+impl Row {
+    /// A row of `SELECT id, event_id, body, created, attempts, next_at`.
+    fn read(r: &[worker::SqlStorageValue]) -> Row {
+        Row {
+            id: rows::int(r, 0),
+            event_id: rows::text(r, 1).unwrap_or_default(),
+            body: rows::text(r, 2).unwrap_or_default(),
+            created: rows::int(r, 3),
+            attempts: rows::int(r, 4),
+            next_at: rows::int(r, 5),
+        }
+    }
 }
 
 /// What one [`Queue::drain`] did.
@@ -155,37 +152,26 @@ impl Queue<'_> {
     /// never reused, so the count is read from the primary key's two ends, not by scanning (rows
     /// read are billed); an id skipped by an ignored insert only makes it larger.
     pub fn len(&self) -> Result<u64, Error> {
-        let span = self.sql.exec("SELECT min(id) AS lo, max(id) AS hi FROM outbox", None)?.to_array::<SpanRow>()?;
-        Ok(match span.first() {
-            Some(SpanRow { lo: Some(lo), hi: Some(hi) }) => (hi - lo + 1).max(0) as u64,
+        let span = rows::first(self.sql.exec("SELECT min(id), max(id) FROM outbox", None)?)?;
+        Ok(match span.map(|r| (rows::opt_int(&r, 0), rows::opt_int(&r, 1))) {
+            Some((Some(lo), Some(hi))) => (hi - lo + 1).max(0) as u64,
             _ => 0,
         })
     }
 
     /// The newest row's id (0 when empty).
     pub fn last_id(&self) -> Result<i64, Error> {
-        let span = self.sql.exec("SELECT min(id) AS lo, max(id) AS hi FROM outbox", None)?.to_array::<SpanRow>()?;
-        Ok(span.first().and_then(|s| s.hi).unwrap_or(0))
+        Ok(rows::first_int(self.sql.exec("SELECT max(id) FROM outbox", None)?)?.unwrap_or(0))
     }
 
     /// When the head event is due, if any event waits.
     pub fn next_at(&self) -> Result<Option<i64>, Error> {
-        Ok(self
-            .sql
-            .exec("SELECT next_at FROM outbox ORDER BY id LIMIT 1", None)?
-            .to_array::<NextRow>()?
-            .first()
-            .map(|r| r.next_at))
+        rows::first_int(self.sql.exec("SELECT next_at FROM outbox ORDER BY id LIMIT 1", None)?)
     }
 
     /// Events dropped from this queue so far (permanent refusals and events past their age).
     pub fn dropped(&self) -> Result<i64, Error> {
-        Ok(self
-            .sql
-            .exec("SELECT value FROM meta WHERE key = 'webhook_dropped'", None)?
-            .to_array::<ValueRow>()?
-            .first()
-            .map_or(0, |r| r.value))
+        Ok(rows::first_int(self.sql.exec("SELECT value FROM meta WHERE key = 'webhook_dropped'", None)?)?.unwrap_or(0))
     }
 
     /// Sends due events, oldest first, until the queue is empty, the head is not due, an attempt
@@ -203,13 +189,10 @@ impl Queue<'_> {
         let mut done = Drained::default();
         while done.events < self.max_events {
             let limit = if self.solo.get() > 0 { 1 } else { self.batch_max };
-            let rows = self
-                .sql
-                .exec(
-                    "SELECT id, event_id, body, created, attempts, next_at FROM outbox WHERE id <= ? ORDER BY id LIMIT ?",
-                    vec![self.until_id.into(), (limit as i64).into()],
-                )?
-                .to_array::<Row>()?;
+            let query =
+                "SELECT id, event_id, body, created, attempts, next_at FROM outbox WHERE id <= ? ORDER BY id LIMIT ?";
+            let bindings = vec![self.until_id.into(), (limit as i64).into()];
+            let rows: Vec<Row> = rows::all(self.sql.exec(query, bindings)?)?.iter().map(|r| Row::read(r)).collect();
             let Some(head) = rows.first() else { return Ok(done) };
             let now = Date::now().as_millis() as i64;
             let too_old = |r: &Row| r.created < now - (hook.max_age_seconds as i64) * 1000;

@@ -4,8 +4,8 @@
 //! connections. See `docs/channels.md`.
 
 use super::reply::{reply_ok, send, send_error};
-use super::state::{Attachment, Conn};
-use super::{OptionalRow, UserHub, ValueRow};
+use super::state::Conn;
+use super::UserHub;
 use crate::core::channel;
 use crate::core::config::Config;
 use crate::core::error::Error;
@@ -13,8 +13,7 @@ use crate::core::presence::LeftReason;
 use crate::core::ratelimit::TokenBucket;
 use crate::hop::channel as channel_hop;
 use crate::hop::wire::{MemberUpdate, PublishMeta};
-use crate::runtime::log;
-use serde::Deserialize;
+use crate::runtime::{log, rows};
 use serde_json::json;
 use serde_json::value::RawValue;
 use std::cell::RefCell;
@@ -117,7 +116,7 @@ impl UserHub {
             if presence && !conn.watching.contains(&channel) {
                 conn.watching.push(channel.clone());
             }
-            conn.ws.serialize_attachment(Attachment::of(conn))
+            conn.store_attachment()
         };
         if let Err(e) = stored {
             // Without the attachment the membership would vanish at the next hibernation, silently:
@@ -164,7 +163,7 @@ impl UserHub {
             if conn.channels.len() == before {
                 None
             } else {
-                if let Err(e) = conn.ws.serialize_attachment(Attachment::of(conn)) {
+                if let Err(e) = conn.store_attachment() {
                     log::error!("storage_error", "op" => "leave", "message" => e.to_string());
                 }
                 Some(conn.user_id.clone())
@@ -215,26 +214,17 @@ impl UserHub {
 
     /// The alarm's part: memberships whose linger has ended, with still no connection joined, end.
     pub(crate) async fn end_lingering(&self) -> Result<(), crate::core::error::Error> {
-        #[derive(Deserialize)]
-        struct Row {
-            name: String,
-            user_id: String,
-        }
         let config = self.config()?;
         // Alarms are not exact to the millisecond; an end this close counts as reached.
         let cutoff = Date::now().as_millis() as i64 + 250 - (config.channel_linger_seconds as i64) * 1000;
-        let due = self
-            .sql_exec(
-                "SELECT name, user_id FROM channels WHERE left_at IS NOT NULL AND left_at <= ?",
-                vec![cutoff.into()],
-            )?
-            .to_array::<Row>()?;
-        for row in due {
-            if self.joined_count(&row.name) == 0 {
-                self.unregister(&row.user_id, &row.name, LeftReason::Linger).await;
+        let query = "SELECT name, user_id FROM channels WHERE left_at IS NOT NULL AND left_at <= ?";
+        for row in rows::all(self.sql_exec(query, vec![cutoff.into()])?)? {
+            let (Some(name), Some(user_id)) = (rows::text(&row, 0), rows::text(&row, 1)) else { continue };
+            if self.joined_count(&name) == 0 {
+                self.unregister(&user_id, &name, LeftReason::Linger).await;
             } else {
                 // Joined again meanwhile: no longer lingering (so the alarm is not re-armed for it).
-                self.sql_exec("UPDATE channels SET left_at = NULL WHERE name = ?", vec![row.name.into()])?;
+                self.sql_exec("UPDATE channels SET left_at = NULL WHERE name = ?", vec![name.into()])?;
             }
         }
         Ok(())
@@ -253,17 +243,13 @@ impl UserHub {
         data: Option<String>,
     ) -> Result<Option<serde_json::Value>, Error> {
         let name = || channel.to_string().into();
-        let known = self
-            .sql_exec("SELECT count(*) AS value FROM channels WHERE name = ?", vec![name()])?
-            .to_array::<ValueRow>()?
-            .first()
-            .is_some_and(|r| r.value > 0);
+        let known = rows::first_int(self.sql_exec("SELECT count(*) FROM channels WHERE name = ?", vec![name()])?)?
+            .unwrap_or(0)
+            > 0;
         let watched = watch
-            && self
-                .sql_exec("SELECT count(*) AS value FROM channel_watch WHERE name = ?", vec![name()])?
-                .to_array::<ValueRow>()?
-                .first()
-                .is_some_and(|r| r.value > 0);
+            && rows::first_int(self.sql_exec("SELECT count(*) FROM channel_watch WHERE name = ?", vec![name()])?)?
+                .unwrap_or(0)
+                > 0;
         if known {
             // Still a member (perhaps lingering after a close): no need to tell the root.
             self.sql_exec("UPDATE channels SET left_at = NULL WHERE name = ?", vec![name()])?;
@@ -418,11 +404,8 @@ impl UserHub {
 
     /// Whether this user's last connection in `channel` closed less than `CHANNEL_LINGER_SECONDS` ago.
     pub(super) fn lingering(&self, config: &Config, channel: &str) -> Result<bool, Error> {
-        let left_at = self
-            .sql_exec("SELECT left_at AS value FROM channels WHERE name = ?", vec![channel.to_string().into()])?
-            .to_array::<OptionalRow>()?
-            .first()
-            .and_then(|r| r.value);
+        let left_at =
+            rows::first_int(self.sql_exec("SELECT left_at FROM channels WHERE name = ?", vec![channel.into()])?)?;
         let now = Date::now().as_millis() as i64;
         Ok(left_at.is_some_and(|at| now < at + (config.channel_linger_seconds as i64) * 1000))
     }
@@ -430,11 +413,7 @@ impl UserHub {
     /// When the earliest lingering membership ends, in ms since the epoch.
     pub(crate) fn next_linger_end(&self) -> Result<Option<i64>, Error> {
         let config = self.config()?;
-        let first = self
-            .sql_exec("SELECT min(left_at) AS value FROM channels", Vec::new())?
-            .to_array::<OptionalRow>()?
-            .first()
-            .and_then(|r| r.value);
+        let first = rows::first_int(self.sql_exec("SELECT min(left_at) FROM channels", Vec::new())?)?;
         Ok(first.map(|at| at + (config.channel_linger_seconds as i64) * 1000))
     }
 

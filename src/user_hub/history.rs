@@ -1,21 +1,13 @@
 //! The user's history: every envelope recorded under its `seq` before it leaves, trimmed by age and
 //! count, and replayed to a connection that resumes with `since`.
 
-use super::state::OldestRow;
 use super::UserHub;
 use crate::core::config::Config;
 use crate::core::error::Error;
 use crate::core::filter::{EnvelopeView, FilterSet};
 use crate::core::protocol::{self, StoredEnvelope};
-use crate::runtime::log;
-use serde::Deserialize;
+use crate::runtime::{log, rows};
 use worker::Date;
-
-#[derive(Deserialize)]
-struct HistoryRow {
-    seq: i64,
-    envelope: String,
-}
 
 impl UserHub {
     /// Records the next `seq` and stores the envelope in history, before any envelope carrying it
@@ -100,8 +92,8 @@ impl UserHub {
             sql.exec("DELETE FROM history", None)?.rows_written()
         };
         self.reload_oldest(&sql)?;
-        let remaining = sql.exec("SELECT count(*) AS value FROM history", None)?.to_array::<super::ValueRow>()?;
-        log::info!("history_trimmed", "deleted" => deleted, "remaining" => remaining.first().map_or(0, |r| r.value));
+        let remaining = rows::first_int(sql.exec("SELECT count(*) FROM history", None)?)?.unwrap_or(0);
+        log::info!("history_trimmed", "deleted" => deleted, "remaining" => remaining);
         Ok(())
     }
 
@@ -131,11 +123,18 @@ impl UserHub {
         } else {
             None
         };
-        let mut rows = cursor.as_ref().map(|c| c.next::<HistoryRow>()).into_iter().flatten().peekable();
+        // Each row is `(seq, envelope)`.
+        let mut stored = cursor
+            .as_ref()
+            .map(|c| c.raw())
+            .into_iter()
+            .flatten()
+            .map(|row| row.map(|r| (rows::int(&r, 0) as u64, rows::text(&r, 1).unwrap_or_default())))
+            .peekable();
         let conns = self.conns.borrow();
         let Some(conn) = conns.as_ref().and_then(|c| c.get(id)) else { return Ok(false) };
-        let first_kept = match rows.peek() {
-            Some(Ok(r)) => r.seq as u64,
+        let first_kept = match stored.peek() {
+            Some(Ok((seq, _))) => *seq,
             Some(Err(_)) => since + 1,
             None => current + 1,
         };
@@ -144,17 +143,16 @@ impl UserHub {
         }
         let (mut sent, mut read, mut bytes, mut last) = (0, 0u64, 0usize, since);
         let mut full = false;
-        for row in rows {
-            let row = row?;
-            if read > 0 && bytes + row.envelope.len() > config.replay_page_bytes {
+        for row in stored {
+            let (seq, envelope) = row?;
+            if read > 0 && bytes + envelope.len() > config.replay_page_bytes {
                 full = true;
                 break;
             }
             read += 1;
-            bytes += row.envelope.len();
-            last = row.seq as u64;
-            let Ok(stored) = serde_json::from_str::<StoredEnvelope<'_>>(&row.envelope) else { continue };
-            let seq = row.seq as u64;
+            bytes += envelope.len();
+            last = seq;
+            let Ok(stored) = serde_json::from_str::<StoredEnvelope<'_>>(&envelope) else { continue };
             let wanted = match &stored.channel {
                 // A channel's envelopes go to the connections that joined it; those after the join
                 // were sent live.
@@ -166,7 +164,7 @@ impl UserHub {
                 }
             };
             if wanted {
-                conn.send(&protocol::replayed(&row.envelope), Some(seq));
+                conn.send(&protocol::replayed(&envelope), Some(seq));
                 sent += 1;
             }
         }
@@ -183,12 +181,9 @@ impl UserHub {
     }
 
     /// Re-reads the oldest stored envelope's `(seq, at)` after a trim (see `UserHub::oldest`).
-    fn reload_oldest(&self, sql: &super::HubSql<'_>) -> Result<(), Error> {
-        let oldest = sql
-            .exec("SELECT seq, at FROM history ORDER BY seq LIMIT 1", None)?
-            .to_array::<OldestRow>()?
-            .first()
-            .map(|r| (r.seq as u64, r.at));
+    pub(super) fn reload_oldest(&self, sql: &super::HubSql<'_>) -> Result<(), Error> {
+        let oldest = rows::first(sql.exec("SELECT seq, at FROM history ORDER BY seq LIMIT 1", None)?)?
+            .map(|r| (rows::int(&r, 0) as u64, rows::int(&r, 1)));
         self.oldest.set(oldest);
         Ok(())
     }

@@ -41,7 +41,6 @@ use crate::hop::wire::PublishMeta;
 use crate::hop::{self, user, user::Call};
 use crate::runtime::{http, js, log, settings};
 use js_sys::Promise;
-use serde::Deserialize;
 use state::Conn;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -338,18 +337,6 @@ impl UserHub {
             Ok(JsValue::UNDEFINED)
         })
     }
-}
-
-/// A row with one integer column `value`.
-#[derive(Deserialize)]
-struct ValueRow {
-    value: i64,
-}
-
-/// A row with one nullable integer column `value`.
-#[derive(Deserialize)]
-struct OptionalRow {
-    value: Option<i64>,
 }
 
 impl UserHub {

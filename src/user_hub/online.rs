@@ -18,15 +18,14 @@ use crate::core::config::Config;
 use crate::core::error::Error;
 use crate::core::protocol::{rfc3339, Transport};
 use crate::core::webhook;
-use crate::runtime::log;
-use serde::Deserialize;
+use crate::runtime::{log, rows};
 use serde_json::json;
 use worker::Date;
 
 /// Alarms are not exact to the millisecond; an offline this close to due counts as due.
 const SLACK_MS: i64 = 250;
 
-#[derive(Deserialize)]
+/// The row of `SELECT user_id, online_at, offline_since FROM presence`.
 struct OnlineRow {
     user_id: String,
     online_at: i64,
@@ -35,11 +34,12 @@ struct OnlineRow {
 
 impl UserHub {
     fn online_row(&self) -> Result<Option<OnlineRow>, Error> {
-        Ok(self
-            .sql_exec("SELECT user_id, online_at, offline_since FROM presence", Vec::new())?
-            .to_array::<OnlineRow>()?
-            .into_iter()
-            .next())
+        let row = rows::first(self.sql_exec("SELECT user_id, online_at, offline_since FROM presence", Vec::new())?)?;
+        Ok(row.map(|r| OnlineRow {
+            user_id: rows::text(&r, 0).unwrap_or_default(),
+            online_at: rows::int(&r, 1),
+            offline_since: rows::opt_int(&r, 2),
+        }))
     }
 
     fn open_count(&self) -> usize {

@@ -33,9 +33,8 @@ use crate::core::ids;
 use crate::core::protocol::rfc3339;
 use crate::core::webhook;
 use crate::hop;
-use crate::runtime::log;
 use crate::runtime::webhook::{Failure, Queue, Target};
-use serde::Deserialize;
+use crate::runtime::{log, rows};
 use serde_json::{json, Value};
 use worker::Date;
 
@@ -46,13 +45,6 @@ const COALESCED_PREFIX: &str = "evc_";
 /// Event ids of rows that go to the user's event shard (`hop::events`) instead of `WEBHOOK_URL`:
 /// the online/offline events of `PRESENCE_WEBHOOKS=on`, batched there with other users' events.
 pub(crate) const SHARD_PREFIX: &str = "evs_";
-
-#[derive(Deserialize)]
-struct TailRow {
-    id: i64,
-    event_id: String,
-    body: String,
-}
 
 /// What became of an event handed to [`UserHub::enqueue_event`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,26 +121,27 @@ impl UserHub {
             let mut connections: Vec<String> =
                 self.conns.borrow().iter().flat_map(|c| c.keys().cloned()).collect::<Vec<_>>();
             connections.sort();
-            let tail = sql
-                .exec("SELECT id, event_id, body FROM outbox ORDER BY id DESC LIMIT 1", None)?
-                .to_array::<TailRow>()?
-                .into_iter()
-                .next()
-                // A row being sent right now is not changed under the attempt: a new one starts.
-                .filter(|t| t.event_id.starts_with(COALESCED_PREFIX) && t.id > self.outbox_sending.get());
+            // The newest row, as `(id, body)`, if it is a coalesced event; a row being sent right now
+            // is not changed under the attempt: a new one starts.
+            let tail = rows::first(sql.exec("SELECT id, event_id, body FROM outbox ORDER BY id DESC LIMIT 1", None)?)?
+                .filter(|t| {
+                    rows::text(t, 1).is_some_and(|e| e.starts_with(COALESCED_PREFIX))
+                        && rows::int(t, 0) > self.outbox_sending.get()
+                })
+                .map(|t| (rows::int(&t, 0), rows::text(&t, 2).unwrap_or_default()));
             let event_id = format!("{COALESCED_PREFIX}{}", ids::uuid_v4().replace('-', ""));
             let previous = tail
                 .as_ref()
-                .and_then(|t| serde_json::from_str::<Value>(&t.body).ok())
+                .and_then(|(_, body)| serde_json::from_str::<Value>(body).ok())
                 .and_then(|mut v| v.get_mut("data").map(Value::take));
             let data = webhook::coalesce(previous.as_ref(), opened, &connections, &at);
             let body = webhook::event(&event_id, webhook::CONNECTION_COALESCED, user_id, &at, data);
             match tail {
                 // A fresh id: the merged event is a new event, so a receiver that de-duplicates by
                 // id never mistakes it for the version it may have seen fail.
-                Some(t) => sql.exec(
+                Some((id, _)) => sql.exec(
                     "UPDATE outbox SET event_id = ?, body = ? WHERE id = ?",
-                    vec![event_id.into(), body.into(), t.id.into()],
+                    vec![event_id.into(), body.into(), id.into()],
                 )?,
                 None => sql.exec(
                     "INSERT INTO outbox (event_id, body, created, attempts, next_at) VALUES (?, ?, ?, 0, ?)",

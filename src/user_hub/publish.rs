@@ -11,8 +11,7 @@ use crate::core::ids;
 use crate::core::protocol::{self, rfc3339, AckOut, PublishResponse, Transport};
 use crate::hop::wire::PublishMeta;
 use crate::runtime::js::{self, send_shared};
-use crate::runtime::{http, log, metrics};
-use serde::Deserialize;
+use crate::runtime::{http, log, metrics, rows};
 use serde_json::json;
 use std::cell::OnceCell;
 use worker::{Request, Response};
@@ -20,7 +19,7 @@ use worker::{Request, Response};
 /// How long past `ACK_TIMEOUT_MAX_MS` an unanswered idempotency row counts as a publish that died.
 const STALE_GRACE_MS: i64 = 2_000;
 
-#[derive(Deserialize)]
+/// A row of `SELECT seq, envelope_id, at, body_hash, response FROM idempotency`.
 struct IdempotencyRow {
     seq: i64,
     envelope_id: String,
@@ -233,13 +232,15 @@ impl UserHub {
         let sql = self.sql();
         let cutoff = now_ms - (config.idempotency_seconds as i64) * 1000;
         sql.exec("DELETE FROM idempotency WHERE at < ?", vec![cutoff.into()])?;
-        let rows = sql
-            .exec(
-                "SELECT seq, envelope_id, at, body_hash, response FROM idempotency WHERE key = ?",
-                vec![key.to_string().into()],
-            )?
-            .to_array::<IdempotencyRow>()?;
-        let Some(row) = rows.into_iter().next() else { return Ok(None) };
+        let query = "SELECT seq, envelope_id, at, body_hash, response FROM idempotency WHERE key = ?";
+        let Some(r) = rows::first(sql.exec(query, vec![key.into()])?)? else { return Ok(None) };
+        let row = IdempotencyRow {
+            seq: rows::int(&r, 0),
+            envelope_id: rows::text(&r, 1).unwrap_or_default(),
+            at: rows::int(&r, 2),
+            body_hash: rows::text(&r, 3).unwrap_or_default(),
+            response: rows::text(&r, 4),
+        };
         if row.body_hash != body_hash {
             return Err(Error::IdempotencyConflict);
         }

@@ -5,7 +5,7 @@
 use super::channels::ClientPublish;
 use super::outbox::Enqueued;
 use super::reply::{reply_ok, send, send_error};
-use super::state::{conn_id, deadline, Attachment, Conn};
+use super::state::{conn_id, deadline, Conn};
 use super::UserHub;
 use crate::core::acks::AckOutcome;
 use crate::core::channel::ChannelGrants;
@@ -121,7 +121,7 @@ impl UserHub {
             held: Vec::new(),
             presence: presence.map(|d| std::rc::Rc::from(d.as_str())),
         };
-        conn.ws.serialize_attachment(Attachment::of(&conn))?;
+        conn.store_attachment()?;
         conn.send(&protocol::welcome_frame(&id, &user_id, accepted_seq), None);
         if let Some(conns) = self.conns.borrow_mut().as_mut() {
             conns.insert(id.clone(), conn);

@@ -9,10 +9,11 @@ use crate::core::error::Error;
 use crate::core::filter::FilterSet;
 use crate::core::protocol::{self, Transport};
 use crate::core::ratelimit::TokenBucket;
-use crate::runtime::log;
+use crate::runtime::{log, rows};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::rc::Rc;
+use worker::worker_sys::ext::WebSocketExt;
 use worker::{Date, WebSocket};
 
 /// One open connection, as cached in memory.
@@ -65,10 +66,18 @@ impl Conn {
             Transport::Sse => self.ws.send_with_str(protocol::sse_event(seq, text)),
         };
     }
+
+    /// Stores what must survive hibernation in the socket's attachment.
+    pub fn store_attachment(&self) -> Result<(), Error> {
+        let text = serde_json::to_string(&Attachment::of(self)).map_err(|e| Error::Internal(e.to_string()))?;
+        let raw: &web_sys::WebSocket = self.ws.as_ref();
+        raw.serialize_attachment(text.into()).map_err(|e| Error::from(worker::Error::from(e)))
+    }
 }
 
-/// What each socket carries through hibernation besides its tag (the connection id).
-/// Versioned so a deploy that changes it can still read the old shape.
+/// What each socket carries through hibernation besides its tag (the connection id), as JSON text:
+/// serde-wasm-bindgen's object form cost 3.7 KB of the gzipped wasm. Versioned so a deploy
+/// that changes it can still read the old shape.
 #[derive(Serialize, Deserialize, Debug)]
 pub struct Attachment {
     pub v: u8,
@@ -97,7 +106,13 @@ pub struct Attachment {
 }
 
 impl Attachment {
-    pub(super) fn of(conn: &Conn) -> Attachment {
+    /// The socket's attachment, if it holds one this build can read.
+    fn load(ws: &WebSocket) -> Option<Attachment> {
+        let raw: &web_sys::WebSocket = ws.as_ref();
+        serde_json::from_str(&raw.deserialize_attachment().ok()?.as_string()?).ok()
+    }
+
+    fn of(conn: &Conn) -> Attachment {
         Attachment {
             v: 1,
             user_id: conn.user_id.clone(),
@@ -135,25 +150,6 @@ pub(super) fn conn_id(hub: &UserHub, ws: &WebSocket) -> Option<String> {
     crate::runtime::js::socket_id(ws, || hub.state.get_tags(ws).into_iter().next())
 }
 
-#[derive(Deserialize)]
-struct SubRow {
-    conn_id: String,
-    filters: String,
-}
-
-#[derive(Deserialize)]
-struct GrantRow {
-    conn_id: String,
-    join_grants: String,
-    publish_grants: String,
-}
-
-#[derive(Deserialize)]
-pub(super) struct OldestRow {
-    pub seq: i64,
-    pub at: i64,
-}
-
 impl UserHub {
     /// Rebuilds the connection cache from the sockets' tags and attachments and the stored filters,
     /// once per construction. Rows of connections that no longer exist are deleted.
@@ -166,51 +162,44 @@ impl UserHub {
         sql.exec(SCHEMA, None)?;
         // The newest envelope's seq is in history when history is on; meta holds it otherwise (and
         // before an age trim could delete the newest row).
-        let seq = sql
-            .exec(
-                "SELECT max(coalesce((SELECT value FROM meta WHERE key = 'seq'), 0), coalesce((SELECT max(seq) FROM history), 0)) AS value",
-                None,
-            )?
-            .to_array::<super::ValueRow>()?
-            .first()
-            .map_or(0, |r| r.value.max(0) as u64);
-        let oldest = sql
-            .exec("SELECT seq, at FROM history ORDER BY seq LIMIT 1", None)?
-            .to_array::<OldestRow>()?
-            .first()
-            .map(|r| (r.seq as u64, r.at));
-        let mut stored: HashMap<String, String> = sql
-            .exec("SELECT conn_id, filters FROM subscriptions", None)?
-            .to_array::<SubRow>()?
-            .into_iter()
-            .map(|r| (r.conn_id, r.filters))
-            .collect();
-        let mut grants: HashMap<String, Rc<ChannelGrants>> = sql
-            .exec("SELECT conn_id, join_grants, publish_grants FROM grants", None)?
-            .to_array::<GrantRow>()?
-            .into_iter()
-            .map(|r| {
-                let g = ChannelGrants {
-                    join: Grants::from_text(&r.join_grants),
-                    publish: Grants::from_text(&r.publish_grants),
-                };
-                (r.conn_id, Rc::new(g))
-            })
-            .collect();
-        // Read as plain values, not deserialised (a serde visitor per row type costs wasm size).
-        let mut presence: HashMap<String, Rc<str>> = HashMap::new();
-        for row in sql.exec("SELECT conn_id, data FROM conn_presence", None)?.raw() {
-            if let [worker::SqlStorageValue::String(id), worker::SqlStorageValue::String(data)] = row?.as_slice() {
-                presence.insert(id.clone(), Rc::from(data.as_str()));
-            }
-        }
+        let seq = rows::first_int(sql.exec(
+            "SELECT max(coalesce((SELECT value FROM meta WHERE key = 'seq'), 0), coalesce((SELECT max(seq) FROM history), 0))",
+            None,
+        )?)?
+        .map_or(0, |n| n.max(0) as u64);
+        self.reload_oldest(&sql)?;
+        let text = |r: &[_], i| rows::text(r, i).unwrap_or_default();
+        let mut stored: HashMap<String, String> =
+            rows::all(sql.exec("SELECT conn_id, filters FROM subscriptions", None)?)?
+                .iter()
+                .map(|r| (text(r, 0), text(r, 1)))
+                .collect();
+        let mut grants: HashMap<String, Rc<ChannelGrants>> =
+            rows::all(sql.exec("SELECT conn_id, join_grants, publish_grants FROM grants", None)?)?
+                .iter()
+                .map(|r| {
+                    let g =
+                        ChannelGrants { join: Grants::from_text(&text(r, 1)), publish: Grants::from_text(&text(r, 2)) };
+                    (text(r, 0), Rc::new(g))
+                })
+                .collect();
+        let mut presence: HashMap<String, Rc<str>> =
+            rows::all(sql.exec("SELECT conn_id, data FROM conn_presence", None)?)?
+                .iter()
+                .map(|r| (text(r, 0), Rc::from(text(r, 1))))
+                .collect();
         let now = Date::now().as_millis() as f64;
         let mut conns = HashMap::new();
         for ws in self.state.get_websockets() {
             let Some(id) = crate::runtime::js::socket_id(&ws, || self.state.get_tags(&ws).into_iter().next()) else {
                 continue;
             };
-            let Some(a) = ws.deserialize_attachment::<Attachment>().ok().flatten() else { continue };
+            let Some(a) = Attachment::load(&ws) else {
+                // No attachment this build can read (a deploy ends every socket, so an older shape is
+                // rare): closed, so the client reconnects, rather than kept open without its state.
+                let _ = ws.close(Some(1011), Some("the hub could not read this connection's state; reconnect"));
+                continue;
+            };
             let filters = stored.remove(&id).map(|t| FilterSet::from_json(&t)).unwrap_or_default();
             let conn_grants = grants.remove(&id).unwrap_or_default();
             let watching = a.watched();
@@ -246,7 +235,6 @@ impl UserHub {
             sql.exec("DELETE FROM conn_presence WHERE conn_id = ?", vec![orphan.clone().into()])?;
         }
         self.seq.set(seq);
-        self.oldest.set(oldest);
         log::info!("hub_loaded", "connections" => conns.len(), "seq" => seq);
         *self.conns.borrow_mut() = Some(conns);
         self.online_after_load();

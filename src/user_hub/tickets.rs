@@ -3,22 +3,13 @@
 //! here, in the user's own hub, because a single object serialises every use of a ticket: a read and
 //! a delete with no `await` between them cannot be raced, so a ticket connects once.
 
-use super::{UserHub, ValueRow};
+use super::UserHub;
 use crate::core::error::Error;
 use crate::core::ticket::MAX_TICKETS_PER_USER;
 use crate::hop::wire::NewTicket;
-use crate::runtime::http;
-use serde::Deserialize;
+use crate::runtime::{http, rows};
 use serde_json::json;
 use worker::{Date, Response};
-
-#[derive(Deserialize)]
-struct TicketRow {
-    expires_at: i64,
-    exp: Option<i64>,
-    join_grants: String,
-    publish_grants: String,
-}
 
 impl UserHub {
     /// Stores a ticket for `TICKET_SECONDS`. Expired tickets are deleted first; a user holds at most
@@ -29,11 +20,7 @@ impl UserHub {
         let now = Date::now().as_millis() as i64;
         self.sql_exec("DELETE FROM tickets WHERE expires_at <= ?", vec![now.into()])?;
         self.sql_exec("DELETE FROM ticket_presence WHERE hash NOT IN (SELECT hash FROM tickets)", Vec::new())?;
-        let live = self
-            .sql_exec("SELECT count(*) AS value FROM tickets", Vec::new())?
-            .to_array::<ValueRow>()?
-            .first()
-            .map_or(0, |r| r.value);
+        let live = rows::first_int(self.sql_exec("SELECT count(*) FROM tickets", Vec::new())?)?.unwrap_or(0);
         if live as usize >= MAX_TICKETS_PER_USER {
             return Err(Error::TooManyRequests(format!(
                 "this user holds {live} unused connect tickets: use them, or wait {} s",
@@ -63,39 +50,25 @@ impl UserHub {
     /// Takes the ticket with this hash (deleting it whatever happens next) and returns the claims
     /// stored with it; unknown and expired tickets are 401 `invalid_ticket`.
     pub(super) fn take_ticket(&self, hash: &str) -> Result<NewTicket, Error> {
-        let row = self
-            .sql_exec(
-                "SELECT expires_at, exp, join_grants, publish_grants FROM tickets WHERE hash = ?",
-                vec![hash.to_string().into()],
-            )?
-            .to_array::<TicketRow>()?
-            .into_iter()
-            .next();
-        let Some(row) = row else {
+        let query = "SELECT expires_at, exp, join_grants, publish_grants FROM tickets WHERE hash = ?";
+        let Some(row) = rows::first(self.sql_exec(query, vec![hash.into()])?)? else {
             return Err(Error::InvalidTicket(
                 "unknown connect ticket: a ticket connects once, within TICKET_SECONDS of POST /tickets".into(),
             ));
         };
         self.sql_exec("DELETE FROM tickets WHERE hash = ?", vec![hash.to_string().into()])?;
-        let presence = match self
-            .sql_exec("SELECT data FROM ticket_presence WHERE hash = ?", vec![hash.to_string().into()])?
-            .raw()
-            .next()
-            .transpose()?
-            .as_deref()
-        {
-            Some([worker::SqlStorageValue::String(data)]) => Some(data.clone()),
-            _ => None,
-        };
+        let presence =
+            rows::first(self.sql_exec("SELECT data FROM ticket_presence WHERE hash = ?", vec![hash.into()])?)?
+                .and_then(|r| rows::text(&r, 0));
         self.sql_exec("DELETE FROM ticket_presence WHERE hash = ?", vec![hash.to_string().into()])?;
-        if row.expires_at <= Date::now().as_millis() as i64 {
+        if rows::int(&row, 0) <= Date::now().as_millis() as i64 {
             return Err(Error::InvalidTicket("the connect ticket has expired: ask POST /tickets for a new one".into()));
         }
         Ok(NewTicket {
             hash: hash.to_string(),
-            expires_at_ms: row.exp,
-            channels: crate::core::channel::Grants::from_text(&row.join_grants),
-            publish_channels: crate::core::channel::Grants::from_text(&row.publish_grants),
+            expires_at_ms: rows::opt_int(&row, 1),
+            channels: crate::core::channel::Grants::from_text(&rows::text(&row, 2).unwrap_or_default()),
+            publish_channels: crate::core::channel::Grants::from_text(&rows::text(&row, 3).unwrap_or_default()),
             presence,
         })
     }
