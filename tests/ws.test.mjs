@@ -165,6 +165,11 @@ test("at most 50 filters are read from a frame and 100 held per connection", asy
   assert.equal(r3.code, "invalid_filter");
   assert.equal(r3.skipped.length, 5);
   assert.match(r3.skipped[0].reason, /100 filters/);
+  // Invalid entries and entries over the limit are listed together, in the frame's order.
+  const mixed = [{ type: 1 }, { type: "t300" }, {}, { type: "t301" }];
+  const r3b = await c.request({ type: "subscribe", id: 31, filters: mixed });
+  assert.deepEqual(r3b.skipped.map((s) => s.index), [0, 1, 2, 3]);
+  assert.deepEqual(r3b.skipped.map((s) => /100 filters/.test(s.reason)), [false, true, false, true]);
   assert.equal((await publish(w, { userId: u, type: "t200", timeoutMs: 0 })).body.clientCount, 0);
   // Making room lets new ones in.
   await c.request({ type: "unsubscribe", id: 4, filters: batch(0, 5) });

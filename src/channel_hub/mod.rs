@@ -130,8 +130,13 @@ impl ChannelHub {
         if cache.is_none() {
             let sql = self.sql();
             sql.exec(SCHEMA, None)?;
-            let all = rows::all(sql.exec("SELECT user_id FROM members", None)?)?;
-            *cache = Some(all.iter().filter_map(|r| rows::text(r, 0)).collect());
+            // Inserted one by one: `collect` into a set sorts a `Vec` first, its own copy of std's
+            // sort in the wasm.
+            let mut members = BTreeSet::new();
+            for row in rows::all(sql.exec("SELECT user_id FROM members", None)?)? {
+                members.extend(rows::text(&row, 0));
+            }
+            *cache = Some(members);
         }
         Ok(())
     }

@@ -40,22 +40,24 @@ impl UserHub {
     pub(super) fn list_connections(&self, cors: Option<&str>) -> Result<Response, Error> {
         self.ensure_loaded()?;
         let conns = self.conns.borrow();
-        let mut list: Vec<serde_json::Value> = conns
-            .iter()
-            .flat_map(|c| c.iter())
-            .map(|(id, c)| {
-                json!({
-                    "connectionId": id,
-                    "transport": c.transport.name(),
-                    "connectedAt": rfc3339(c.connected_at as u64),
-                    "expiresAt": c.expires_at.map(|e| rfc3339(e as u64)),
-                    "closesAt": c.deadline.map(|d| rfc3339(d as u64)),
-                    "filters": c.filters.as_slice(),
-                    "lastPingAt": self.last_auto_ping(&c.ws).map(rfc3339),
-                })
-            })
-            .collect();
-        list.sort_by(|a, b| a["connectedAt"].as_str().cmp(&b["connectedAt"].as_str()));
+        // Oldest first: keyed by the connect time (RFC 3339 of one width sorts as time does) and the
+        // id, in the map JSON objects use. Inserted one by one: a sort, or `collect` into a map
+        // (which sorts first), would be its own copy of std's sort in the wasm.
+        let mut by_age = serde_json::Map::new();
+        for (id, c) in conns.iter().flat_map(|c| c.iter()) {
+            let connected_at = rfc3339(c.connected_at as u64);
+            let item = json!({
+                "connectionId": id,
+                "transport": c.transport.name(),
+                "connectedAt": connected_at,
+                "expiresAt": c.expires_at.map(|e| rfc3339(e as u64)),
+                "closesAt": c.deadline.map(|d| rfc3339(d as u64)),
+                "filters": c.filters.as_slice(),
+                "lastPingAt": self.last_auto_ping(&c.ws).map(rfc3339),
+            });
+            by_age.insert(format!("{connected_at}{id}"), item);
+        }
+        let list: Vec<serde_json::Value> = by_age.into_values().collect();
         // The user's webhook queue: events waiting, and events dropped for good.
         let webhooks = json!({ "backlog": self.outbox_len()?, "dropped": self.webhooks_dropped()? });
         Ok(http::json(200, json!({ "connections": list, "webhooks": webhooks }).to_string(), cors)?)

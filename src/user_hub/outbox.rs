@@ -36,6 +36,7 @@ use crate::hop;
 use crate::runtime::webhook::{Failure, Queue, Target};
 use crate::runtime::{log, rows};
 use serde_json::{json, Value};
+use std::collections::BTreeSet;
 use worker::Date;
 
 /// Events sent per alarm run at most; a longer backlog continues from the next alarm at once.
@@ -118,9 +119,10 @@ impl UserHub {
             if !opened && kind != webhook::CONNECTION_CLOSED {
                 return Ok(Enqueued::Full);
             }
-            let mut connections: Vec<String> =
-                self.conns.borrow().iter().flat_map(|c| c.keys().cloned()).collect::<Vec<_>>();
-            connections.sort();
+            // In id order, through a set (a sort would be its own copy of std's sort in the wasm).
+            let mut ids = BTreeSet::new();
+            ids.extend(self.conns.borrow().iter().flat_map(|c| c.keys().cloned()));
+            let connections: Vec<String> = ids.into_iter().collect();
             // The newest row, as `(id, body)`, if it is a coalesced event; a row being sent right now
             // is not changed under the attempt: a new one starts.
             let tail = rows::first(sql.exec("SELECT id, event_id, body FROM outbox ORDER BY id DESC LIMIT 1", None)?)?

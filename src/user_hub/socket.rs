@@ -333,11 +333,14 @@ impl UserHub {
             let Some(conn) = conns.as_mut().and_then(|c| c.get_mut(id)) else { return false };
             let before = conn.filters.clone();
             if add {
+                // Both lists are in index order: each of these goes in at its place, so the reply
+                // lists every skipped entry in the frame's order (no sort: its own copy of std's
+                // sort in the wasm).
                 for index in conn.filters.add(parsed.valid) {
-                    skipped.push(Skipped {
-                        index,
-                        reason: format!("this connection already holds {} filters", filter::MAX_FILTERS_PER_CONNECTION),
-                    });
+                    let at = skipped.partition_point(|s| s.index < index);
+                    let reason =
+                        format!("this connection already holds {} filters", filter::MAX_FILTERS_PER_CONNECTION);
+                    skipped.insert(at, Skipped { index, reason });
                 }
             } else {
                 conn.filters.remove(&parsed.valid);
@@ -384,7 +387,6 @@ impl UserHub {
             }
             return more;
         }
-        skipped.sort_by_key(|s| s.index);
         let message = format!("{} filter(s) skipped; the others were applied", skipped.len());
         metrics::rejected("invalid_filter");
         reply(&protocol::error_frame("invalid_filter", &message, frame_id, &skipped));
