@@ -78,6 +78,37 @@ for (const kind of ["panic", "trap"]) {
   });
 }
 
+test("a socket whose attachment this build cannot read is closed with 1011 when its hub loads again; the others keep working", async () => {
+  const u = unique("attachment");
+  const a = await subscribed(u);
+  const old = await subscribed(u);
+  const first = await publish(w, { userId: u, type: "t", payload: { n: 1 } });
+  assert.equal(first.body.clientCount, 2, first.text);
+  // The older builds' attachment shape: an object, where this build stores JSON text.
+  const seen = w.logs.length;
+  old.send("__old_attachment");
+  const written = () => w.logs.slice(seen).some((l) => l.includes('"kind":"old_attachment"'));
+  for (let i = 0; i < 100 && !written(); i++) await new Promise((r) => setTimeout(r, 50));
+  assert.ok(written(), "the attachment was replaced");
+  const mark = a.mark();
+  assert.equal(await w.evict(u), true, "the hub was running and was evicted");
+  // The next publish constructs the hub, which rebuilds its connections from the sockets.
+  const res = await publish(w, { userId: u, type: "t", payload: { n: 2 } });
+  assert.equal(res.status, 200, res.text);
+  assert.equal(res.body.seq, 2, res.text);
+  assert.deepEqual(res.body.acks.map((x) => x.connectionId), [a.id], res.text);
+  assert.deepEqual([res.body.clientCount, res.body.pending, res.body.closed], [1, [], []], res.text);
+  const frame = await old.closeFrame();
+  assert.equal(frame.code, 1011);
+  assert.match(frame.reason, /could not read this connection's state; reconnect/);
+  assert.deepEqual((await a.since(mark)).map((f) => f.seq ?? f.type), [2]);
+  // Its client reconnects, and the hub has both sockets again.
+  const again = await subscribed(u);
+  const third = await publish(w, { userId: u, type: "t", payload: { n: 3 } });
+  assert.deepEqual(third.body.acks.map((x) => x.connectionId).sort(), [a.id, again.id].sort(), third.text);
+  for (const client of [a, again]) client.close();
+});
+
 test("without FAULT_INJECTION the fault frames are ordinary bad frames", async () => {
   const plain = await startWorker();
   try {

@@ -141,7 +141,8 @@ pub struct Config {
     /// a multi-user or channel hop before it counts as failed (`HOP_GRACE_MS`).
     pub hop_grace_ms: u64,
     /// `FAULT_INJECTION=on`: the socket frames `__panic` and `__trap` make the hub panic or trap, for
-    /// the test that the Worker recovers from both. Never set it in production.
+    /// the test that the Worker recovers from both, and `__old_attachment` gives the socket an
+    /// attachment this build cannot read (`user_hub::faults`). Never set it in production.
     pub fault_injection: bool,
     /// Largest payload of a client `publish` frame (JSON text): each one is a history row at every
     /// member, so it is far below `MAX_FRAME_BYTES`.

@@ -23,6 +23,7 @@
 
 mod channels;
 mod connections;
+mod faults;
 mod history;
 mod online;
 mod outbox;

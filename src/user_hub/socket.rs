@@ -22,23 +22,6 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use worker::{Date, Response, WebSocket, WebSocketIncomingMessage, WebSocketPair};
 
-/// Test-only (`FAULT_INJECTION=on`): the frame `__panic` panics and `__trap` executes a raw wasm
-/// `unreachable`, inside the hub's synchronous socket handler, for the test that every hub still
-/// works afterwards (tests/recovery.test.mjs).
-fn inject_fault(text: &str) {
-    match text {
-        "__panic" => {
-            log::error!("fault_injected", "kind" => "panic");
-            panic!("fault injected (FAULT_INJECTION=on)");
-        }
-        "__trap" => {
-            log::error!("fault_injected", "kind" => "trap");
-            core::arch::wasm32::unreachable()
-        }
-        _ => {}
-    }
-}
-
 /// The part of a client frame that must wait on I/O, handed from the synchronous handler to the
 /// asynchronous one.
 pub(super) enum Deferred {
@@ -208,7 +191,7 @@ impl UserHub {
             return too_large(id);
         }
         if config.fault_injection {
-            inject_fault(&text);
+            super::faults::inject(ws, &text);
         }
         // Acks the hub is waiting for are paced by publishes, not by the client: they never count
         // against the flood limit. Everything else does, and pays before it is parsed, so a flood
