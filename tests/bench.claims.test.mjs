@@ -169,9 +169,9 @@ test("README's current figures are the steady-state, sixth- and fourth-round fil
   const cold = rows["cold start: first connect on a fresh workerd"].map(nums).flat();
   assert.deepEqual(cold.slice(0, 2).map(Number), [round6Run.extra.coldstart.switchboard.first_connect_ms, round6Run.extra.coldstart.reference.first_connect_ms]);
   near(cold[2], cold[0] / cold[1], "cold start ratio");
-  const round7File = "bench/results-published/2026-12-01-log-lines-ab.json";
-  assert.ok(section.includes(path.basename(round7File)), "names the seventh round's file");
-  near(nums(rows["release wasm, gzip"][0])[0], json(round7File).extra.wasm.gzip_bytes / 1000, "wasm size");
+  const round8File = "bench/results-published/2026-12-01-size-target-ab.json";
+  assert.ok(section.includes(path.basename(round8File)), "names the eighth round's file");
+  near(nums(rows["release wasm, gzip"][0])[0], json(round8File).extra.wasm.gzip_bytes / 1000, "wasm size");
 });
 
 test("the seventh round's two A/B tables (BENCHMARKS.md) are their published sittings, both orders and pooled", () => {
@@ -221,6 +221,56 @@ test("the seventh round's two A/B tables (BENCHMARKS.md) are their published sit
   near(x, idle[0], "connect ratio, this order");
   near(y, idle[1], "connect ratio, swapped");
   near(z, 1 / idle[1], "connect ratio, swapped and inverted");
+});
+
+test("the eighth round's size steps and A/B (BENCHMARKS.md) are its published sitting", () => {
+  const ab = json("bench/results-published/2026-12-01-size-target-ab.json");
+  assert.equal(ab.errors, 0);
+  assert.ok(ab.config.against, "an A/B against the build before");
+  const section = MD.slice(MD.indexOf("### The size target met"), MD.indexOf("### What stands in the way"));
+  // The steps' last row is the measured build, and it is under the target the heading claims.
+  const steps = table(section, "| step | raw bytes | gzip bytes |");
+  const [raw, gz] = nums(steps[steps.length - 1][1].replace(/,/g, "") + " " + steps[steps.length - 1][2].replace(/,/g, "")).map(Number);
+  assert.equal(gz, ab.extra.wasm.gzip_bytes, "the last step is the published build");
+  assert.ok(gz <= 300000 && section.startsWith(`### The size target met (issue 12, eighth round): ${(gz / 1000).toFixed(1)} KB`));
+  assert.ok(raw > gz);
+  for (let i = 1; i < steps.length; i++) {
+    const [prev, cur] = [steps[i - 1], steps[i]].map((r) => Number(r[2].replace(/,/g, "")));
+    const said = section.match(new RegExp(`\\(-(\\d+\\.\\d) KB of gzip\\)`, "g"))[i - 1];
+    near(said.match(/[\d.]+/)[0], (prev - cur) / 1000, `step ${i}'s saving`);
+  }
+  // The A/B table: both orders and the pooled medians, as the seventh round's.
+  const swapped = json("bench/results-published/2026-12-01-size-target-ab-swapped.json");
+  assert.equal(swapped.errors, 0);
+  assert.equal(swapped.config.build, ab.config.against, "the swapped A/B measures the build before");
+  assert.equal(swapped.extra.wasm.gzip_bytes, Number(steps[0][2].replace(/,/g, "")), "the build before is the first step");
+  const median = (v) => ((s) => (s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2))([...v].sort((x, y) => x - y));
+  const [a, b] = [ab, swapped].map(byName);
+  const rows = table(section, "| eighth round |");
+  assert.equal(rows.length, 3);
+  for (const [label, ...cells] of rows) {
+    const [k, metric] = label.startsWith("CPU per WebSocket connect") ? ["idle", "cpu_ms_per_connect"]
+      : label.startsWith("memory") ? ["idle", "mem_kb_per_socket"] : [label, "cpu_ms_per_publish"];
+    const [[t1, t2, t3], [s1, s2, s3], [p1, p2, p3]] = cells.map(nums);
+    near(t1, a[k].switchboard[metric], `${k} this`);
+    near(t2, a[k].reference[metric], `${k} before`);
+    near(t3, a[k].ratio[metric], `${k} ratio`);
+    near(s1, b[k].switchboard[metric], `${k} swapped: before`);
+    near(s2, b[k].reference[metric], `${k} swapped: this`);
+    near(s3, b[k].ratio[metric], `${k} swapped ratio`);
+    const runs = (r, side) => r[k][`${side}_runs`].map((m) => m[metric]);
+    const thisPooled = median([...runs(a, "switchboard"), ...runs(b, "reference")]);
+    const beforePooled = median([...runs(a, "reference"), ...runs(b, "switchboard")]);
+    near(p1, thisPooled, `${k} pooled this`);
+    near(p2, beforePooled, `${k} pooled before`);
+    near(p3, thisPooled / beforePooled, `${k} pooled ratio`);
+  }
+  const cold = [ab, swapped].map((r) => r.extra.coldstart);
+  for (const claim of [`took ${cold[0].switchboard.first_connect_ms.toFixed(1)} ms against ${cold[0].reference.first_connect_ms.toFixed(1)} ms`,
+    `${cold[1].reference.first_connect_ms.toFixed(1)} against ${cold[1].switchboard.first_connect_ms.toFixed(1)} in the other`,
+    `${((Number(steps[0][2].replace(/,/g, "")) - gz) / 1000).toFixed(1)} KB of gzip (${((Number(steps[0][1].replace(/,/g, "")) - raw) / 1000).toFixed(1)} KB raw) less`]) {
+    assert.ok(section.includes(claim), `BENCHMARKS says ${claim}`);
+  }
 });
 
 test("the token check's A/B table (BENCHMARKS.md) is its three published sittings, to their rounding", () => {
