@@ -126,19 +126,18 @@ test("the 'What each change bought' table is its published file, and its summary
   assert.deepEqual(ratiosAtOrBelow, ["fanout100", "fanout1000", "throughput", "payload512k"], "the sentence after the table names these");
 });
 
-test("README's current figures are the steady-state, sixth- and fourth-round files', to their rounding", () => {
+test("README's current figures are the last sitting's two files, to their rounding", () => {
   const section = README.slice(README.indexOf("## Benchmarks"), README.indexOf("## Contributing"));
-  const steadyFile = "bench/results-published/2026-11-30-toll-round3-steady.json";
-  const round6File = "bench/results-published/2026-11-30-token-check.json";
-  const round4File = "bench/results-published/2026-11-30-round4-after.json";
+  const steadyFile = "bench/results-published/2026-12-01-final-steady.json";
+  const idleFile = "bench/results-published/2026-12-01-final-idle.json";
   assert.ok(section.includes(steadyFile), "names the steady-state file");
-  assert.ok(section.includes(path.basename(round6File)), "names the sixth round's file");
-  assert.ok(section.includes(path.basename(round4File)), "names the fourth round's file");
-  const steady = byName(json(steadyFile));
-  const round6Run = json(round6File);
-  const round6 = byName(round6Run);
-  const round4 = byName(json(round4File));
-  assert.equal(round6Run.errors, 0);
+  assert.ok(section.includes(path.basename(idleFile)), "names the idle file");
+  const [steadyRun, idleRun] = [json(steadyFile), json(idleFile)];
+  assert.equal(steadyRun.errors + idleRun.errors, 0);
+  assert.equal(steadyRun.config.warm, 5000, "the steady state is measured after 5,000 publishes");
+  assert.equal(steadyRun.extra.wasm.gzip_bytes, idleRun.extra.wasm.gzip_bytes, "one build");
+  const steady = byName(steadyRun);
+  const idle = byName(idleRun).idle;
   const rows = Object.fromEntries(table(section, "| figure |").map((r) => [r[0], r.slice(1)]));
   const cpu = (label, scenarios) => {
     const [sb, ref, ratio] = rows[label].map(nums);
@@ -150,28 +149,36 @@ test("README's current figures are the steady-state, sixth- and fourth-round fil
   };
   cpu("CPU per publish: rtt (1 socket, acked)", ["rtt"]);
   cpu("CPU per publish: fanout to 100 sockets", ["fanout100"]);
+  cpu("CPU per publish: fanout to 1,000 sockets", ["fanout1000"]);
+  cpu("CPU per publish: 200 users, 16 concurrent publishers", ["throughput"]);
   cpu("CPU per publish: 50 users, 16 concurrent publishers", ["throughput50"]);
   cpu("CPU per publish: payload 1 KiB / 64 KiB / 512 KiB", ["payload1k", "payload64k", "payload512k"]);
   cpu("CPU per publish: rtt with permessage-deflate (as browsers connect)", ["rtt_deflate"]);
+  const [rate, p50] = nums(rows["50 users, 16 concurrent publishers: publish rate / p50"][2]);
+  near(rate, steady.throughput50.ratio.publishes_per_s, "throughput50 rate");
+  near(p50, steady.throughput50.ratio.p50_ms, "throughput50 p50");
   const connect = rows["CPU per WebSocket connect (10 per user)"].map(nums).flat();
-  near(connect[0], round6.idle.switchboard.cpu_ms_per_connect, "connect switchboard");
-  near(connect[1], round6.idle.reference.cpu_ms_per_connect, "connect reference");
-  near(connect[2], round6.idle.ratio.cpu_ms_per_connect, "connect ratio");
-  // "read 1.27-1.44x as the connect figure": the range holds this sitting's ratio.
-  const [lo, hi] = section.match(/read ([\d.]+)-([\d.]+)x as the\s+connect figure/).slice(1).map(Number);
-  assert.ok(lo <= connect[2] && connect[2] <= hi, `the connect range ${lo}-${hi} holds ${connect[2]}`);
+  near(connect[0], idle.switchboard.cpu_ms_per_connect, "connect switchboard");
+  near(connect[1], idle.reference.cpu_ms_per_connect, "connect reference");
+  near(connect[2], idle.ratio.cpu_ms_per_connect, "connect ratio");
   const mem = rows["memory per idle socket (hubs in memory)"].map(nums).flat();
-  near(mem[0], round6.idle.switchboard.mem_kb_per_socket, "memory switchboard");
-  near(mem[1], round6.idle.reference.mem_kb_per_socket, "memory reference");
-  near(mem[2], round6.idle.ratio.mem_kb_per_socket, "memory ratio");
+  near(mem[0], idle.switchboard.mem_kb_per_socket, "memory switchboard");
+  near(mem[1], idle.reference.mem_kb_per_socket, "memory reference");
+  near(mem[2], idle.ratio.mem_kb_per_socket, "memory ratio");
   const channel = nums(rows["channel of 100 members: CPU per member delivery"][0]);
-  near(channel[0], round4.channel100.switchboard.cpu_us_per_delivery / 1000, "channel (fourth round's sitting)");
+  near(channel[0], steady.channel100.switchboard.cpu_us_per_delivery / 1000, "channel");
+  assert.ok(section.includes(`Switchboard's ${channel[0]} ms is at that floor`), "the channel bullet quotes the table");
   const cold = rows["cold start: first connect on a fresh workerd"].map(nums).flat();
-  assert.deepEqual(cold.slice(0, 2).map(Number), [round6Run.extra.coldstart.switchboard.first_connect_ms, round6Run.extra.coldstart.reference.first_connect_ms]);
+  assert.deepEqual(cold.slice(0, 2).map(Number), [idleRun.extra.coldstart.switchboard.first_connect_ms, idleRun.extra.coldstart.reference.first_connect_ms]);
   near(cold[2], cold[0] / cold[1], "cold start ratio");
-  const round8File = "bench/results-published/2026-12-01-size-target-ab.json";
-  assert.ok(section.includes(path.basename(round8File)), "names the eighth round's file");
-  near(nums(rows["release wasm, gzip"][0])[0], json(round8File).extra.wasm.gzip_bytes / 1000, "wasm size");
+  near(nums(rows["release wasm, gzip"][0])[0], idleRun.extra.wasm.gzip_bytes / 1000, "wasm size");
+  // Which targets the text says this sitting meets: exactly those that hold.
+  const met = [steady.rtt.ratio.cpu_ms_per_publish <= 1, steady.throughput50.ratio.p50_ms <= 1.1, idle.ratio.mem_kb_per_socket <= 1.05, idleRun.extra.wasm.gzip_bytes <= 300000];
+  assert.deepEqual(met, [true, true, true, true], "rtt, the p50, memory and the wasm's size meet their targets");
+  const others = [..."fanout100 fanout1000 throughput throughput50 payload1k payload64k rtt_deflate".split(" ").map((k) => steady[k].ratio.cpu_ms_per_publish <= 1),
+    steady.payload512k.ratio.cpu_ms_per_publish <= 1.3, steady.throughput50.ratio.publishes_per_s >= 1, idle.ratio.cpu_ms_per_connect <= 1.1];
+  assert.ok(others.every((held) => !held), "and no other");
+  assert.match(section, /In this sitting rtt, the p50, memory and the wasm's size meet theirs/);
 });
 
 test("the seventh round's two A/B tables (BENCHMARKS.md) are their published sittings, both orders and pooled", () => {
@@ -270,6 +277,53 @@ test("the eighth round's size steps and A/B (BENCHMARKS.md) are its published si
     `${cold[1].reference.first_connect_ms.toFixed(1)} against ${cold[1].switchboard.first_connect_ms.toFixed(1)} in the other`,
     `${((Number(steps[0][2].replace(/,/g, "")) - gz) / 1000).toFixed(1)} KB of gzip (${((Number(steps[0][1].replace(/,/g, "")) - raw) / 1000).toFixed(1)} KB raw) less`]) {
     assert.ok(section.includes(claim), `BENCHMARKS says ${claim}`);
+  }
+});
+
+test("the last sitting's target table (BENCHMARKS.md) is its four files and the fifth round's floor, with each verdict from its value", () => {
+  const R = "bench/results-published/";
+  const [steadyRun, idleRun, floorSteady, floorIdle, floorOld] = ["2026-12-01-final-steady", "2026-12-01-final-idle", "2026-12-01-floor-steady", "2026-12-01-floor-idle", "2026-11-30-rust-floor"].map((f) => json(`${R}${f}.json`));
+  for (const r of [steadyRun, idleRun, floorSteady, floorIdle]) assert.equal(r.errors, 0);
+  for (const r of [floorSteady, floorIdle]) assert.equal(r.config.build, "bench/floor/build", "the floor's sittings measure the floor");
+  const [S, I, FS, FI, FO] = [steadyRun, idleRun, floorSteady, floorIdle, floorOld].map(byName);
+  const section = MD.slice(MD.indexOf("### The last sitting (issue 12)"), MD.indexOf("### What stands in the way"));
+  const rows = Object.fromEntries(table(section, "| target | limit |").map((r) => [r[0], r.slice(1)]));
+  const check = (label, value, floor, floorSource, met) => {
+    const [limit, sw, fl, verdict] = rows[label];
+    near(nums(sw)[0], value, `${label}: Switchboard`);
+    if (floor !== null) near(nums(fl)[0], floor, `${label}: floor`);
+    assert.ok(fl.includes(floorSource), `${label}: the floor is from ${floorSource}`);
+    const bound = Number(nums(limit)[0]);
+    assert.equal(verdict, met(value, bound) ? "yes" : "no", `${label}: the verdict follows from ${value} against ${limit}`);
+  };
+  const atMost = (v, b) => v <= b;
+  const atLeast = (v, b) => v >= b;
+  const cpu = (d, k) => d[k].ratio.cpu_ms_per_publish;
+  for (const [k, label] of [["rtt", "rtt"], ["fanout100", "fanout100"], ["fanout1000", "fanout1000"], ["throughput", "throughput"], ["payload1k", "payload 1 KiB"], ["payload64k", "payload 64 KiB"], ["payload512k", "payload 512 KiB"]]) {
+    const fromThis = k in FS;
+    check(`CPU per publish: ${label}`, cpu(S, k), cpu(fromThis ? FS : FO, k), fromThis ? "this sitting" : "fifth round", atMost);
+  }
+  check("throughput50: publish rate", S.throughput50.ratio.publishes_per_s, FO.throughput50.ratio.publishes_per_s, "fifth round", atLeast);
+  check("throughput50: publish p50", S.throughput50.ratio.p50_ms, FO.throughput50.ratio.p50_ms, "fifth round", atMost);
+  check("CPU per WebSocket connect", I.idle.ratio.cpu_ms_per_connect, FI.idle.ratio.cpu_ms_per_connect, "this sitting", atMost);
+  check("memory per idle socket", I.idle.ratio.mem_kb_per_socket, FI.idle.ratio.mem_kb_per_socket, "this sitting", atMost);
+  check("channel100: CPU per member delivery", S.channel100.switchboard.cpu_us_per_delivery / 1000, null, "plain JS", atMost);
+  const cold = (r) => r.extra.coldstart.switchboard.first_connect_ms / r.extra.coldstart.reference.first_connect_ms;
+  check("cold start: first connect", cold(idleRun), cold(floorIdle), "this sitting", atMost);
+  check("release wasm, gzip", idleRun.extra.wasm.gzip_bytes / 1000, floorIdle.extra.wasm.gzip_bytes / 1000, "this sitting", atMost);
+  // README's sentence on the floor's new figures.
+  const said = README.match(/where these had not: fanout1000\s+([\d.]+)x, throughput ([\d.]+)x, connects ([\d.]+)x and cold start ([\d.]+)x[^]*?: ([\d.]+) KB;/);
+  assert.ok(said, "README quotes the floor's new figures");
+  near(said[1], cpu(FS, "fanout1000"), "README floor fanout1000");
+  near(said[2], cpu(FS, "throughput"), "README floor throughput");
+  near(said[3], FI.idle.ratio.cpu_ms_per_connect, "README floor connect");
+  near(said[4], cold(floorIdle), "README floor cold start");
+  near(said[5], floorIdle.extra.wasm.gzip_bytes / 1000, "README floor wasm");
+  // "Every target not met has its limit below the Rust floor's own figure."
+  for (const [label, [limit, , fl, verdict]] of Object.entries(rows)) {
+    if (verdict === "yes" || label.startsWith("channel")) continue;
+    const [bound, floor] = [Number(nums(limit)[0]), Number(nums(fl)[0])];
+    assert.ok(label.includes("rate") ? floor < bound : floor > bound, `${label}: the floor (${floor}) misses ${limit} too`);
   }
 });
 
