@@ -107,11 +107,9 @@ impl ChannelHub {
     /// A member left (a leave, the end of a linger, a kick, or a prune): the pending change, and
     /// its presence row goes.
     pub(super) fn member_removed(&self, channel: &str, user: &str, reason: LeftReason) -> Result<(), Error> {
-        let data = rows::all(
-            self.sql().exec("SELECT data FROM presence_members WHERE user_id = ?", vec![user.to_string().into()])?,
-        )?
-        .first()
-        .and_then(|r| text(r, 0));
+        let data =
+            rows::first(self.sql().exec("SELECT data FROM presence_members WHERE user_id = ?", vec![user.into()])?)?
+                .and_then(|r| text(&r, 0));
         self.sql().exec("DELETE FROM presence_members WHERE user_id = ?", vec![user.to_string().into()])?;
         self.record_change(channel, user, true, data, false, None, reason.name())
     }
@@ -140,7 +138,7 @@ impl ChannelHub {
             return Ok(());
         }
         let query = format!("SELECT {} FROM presence_pending WHERE user_id = ?", Pending::COLUMNS);
-        let earlier = rows::all(sql.exec(&query, vec![user.to_string().into()])?)?.first().map(|r| Pending::read(r));
+        let earlier = rows::first(sql.exec(&query, vec![user.into()])?)?.map(|r| Pending::read(&r));
         // The state at the last batch: the earliest pending change's "before", if there is one.
         let (was_present, was_data) = match earlier {
             Some(row) => (row.was_present, row.was_data),
@@ -191,9 +189,10 @@ impl ChannelHub {
     }
 
     fn state_row(&self) -> Result<BatchState, Error> {
-        let found =
-            rows::all(self.sql().exec("SELECT channel, version, flushed_at FROM presence_state WHERE id = 0", None)?)?;
-        Ok(match found.first() {
+        let found = rows::first(
+            self.sql().exec("SELECT channel, version, flushed_at FROM presence_state WHERE id = 0", None)?,
+        )?;
+        Ok(match found.as_deref() {
             Some(r) => {
                 BatchState { channel: text(r, 0).unwrap_or_default(), version: int(r, 1), flushed_at: int(r, 2) }
             }
@@ -202,7 +201,7 @@ impl ChannelHub {
     }
 
     fn count(&self, query: &str) -> Result<i64, Error> {
-        Ok(rows::all(self.sql().exec(query, None)?)?.first().map_or(0, |r| int(r, 0)))
+        Ok(rows::first_int(self.sql().exec(query, None)?)?.unwrap_or(0))
     }
 
     fn watcher_count(&self) -> Result<u64, Error> {

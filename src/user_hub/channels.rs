@@ -243,13 +243,9 @@ impl UserHub {
         data: Option<String>,
     ) -> Result<Option<serde_json::Value>, Error> {
         let name = || channel.to_string().into();
-        let known = rows::first_int(self.sql_exec("SELECT count(*) FROM channels WHERE name = ?", vec![name()])?)?
-            .unwrap_or(0)
-            > 0;
-        let watched = watch
-            && rows::first_int(self.sql_exec("SELECT count(*) FROM channel_watch WHERE name = ?", vec![name()])?)?
-                .unwrap_or(0)
-                > 0;
+        let known = rows::first(self.sql_exec("SELECT 1 FROM channels WHERE name = ?", vec![name()])?)?.is_some();
+        let watched =
+            watch && rows::first(self.sql_exec("SELECT 1 FROM channel_watch WHERE name = ?", vec![name()])?)?.is_some();
         if known {
             // Still a member (perhaps lingering after a close): no need to tell the root.
             self.sql_exec("UPDATE channels SET left_at = NULL WHERE name = ?", vec![name()])?;
